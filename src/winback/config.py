@@ -1,0 +1,71 @@
+"""One typed settings object for the whole of winback.
+
+Values come, highest priority first, from explicit arguments (the CLI's ``--home``), environment variables
+``WINBACK_*``, a ``winback.toml`` file (in the current directory, or the file named by
+``WINBACK_CONFIG``), and the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+def _config_file() -> Path:
+    return Path(os.environ.get("WINBACK_CONFIG", "winback.toml"))
+
+
+class Settings(BaseSettings):
+    """Everything a user can configure; see the README's configuration table."""
+
+    model_config = SettingsConfigDict(env_prefix="WINBACK_", extra="forbid", validate_default=True)
+
+    home: Path = Field(Path(".winback"), description="Directory of the embedded state (event store, models).")
+    session_gap_minutes: int = Field(30, gt=0, description="Inactivity that ends a session without an id.")
+    cart_idle_minutes: int = Field(30, gt=0, description="Inactivity after which a cart counts as abandoned.")
+    recovery_window_days: int = Field(7, gt=0, description="Days after abandonment a purchase recovers it.")
+    max_future: timedelta = Field(
+        timedelta(days=1), description="How far past the current time an event timestamp may lie."
+    )
+    min_timestamp: str = Field(
+        "1990-01-01", description="Earlier timestamps are rejected (usually milliseconds read as seconds)."
+    )
+    default_currency: str = Field("USD", pattern=r"^[A-Z]{3}$", description="Currency of events without one.")
+    error_limit: int = Field(20, gt=0, description="Bad rows listed in an error message.")
+    memory_limit: str = Field("1GB", description="DuckDB memory limit; larger work spills to the home's tmp/.")
+    threads: int | None = Field(None, gt=0, description="DuckDB threads (default: all cores).")
+
+    @field_validator("home")
+    @classmethod
+    def _expand(cls, home: Path) -> Path:
+        return home.expanduser()
+
+    @property
+    def store_path(self) -> Path:
+        return self.home / "events.duckdb"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, _config_file()))
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment and ``winback.toml``, with ``overrides`` (not None) on top."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,480 @@
+"""The event store: an append-only, idempotent DuckDB table in the winback home.
+
+Why it is shaped this way:
+
+- Identity is a 128-bit key, ``md5`` of the source's event id or, without one, of the event's canonical
+  content. A fixed-width key is what makes loading 10M events and checking them for duplicates fast;
+  the ``events`` view shows it as the 32-hex-digit ``event_id`` users see.
+- A command's whole load is one transaction: rows are inserted, checked, de-duplicated and counted, and
+  either everything commits or nothing does (bad rows, a crash, Ctrl-C).
+- Rows are validated by the same SQL rules whatever the source (:mod:`winback.events.normalize`); the
+  fast path filters with the rules and only when rows are missing does a second pass explain them.
+- Sessions are computed here, at query time, from the settings, so every source is sessionised the
+  same way and changing the gap needs no reload.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from winback.config import Settings
+from winback.errors import BadInputError, WinbackError
+from winback.events.normalize import IGNORE, Canonical, ParseOptions, RawEvents, canonicalize, sql_string
+from winback.events.schema import EVENT_FIELDS
+
+SCHEMA_VERSION = "1"
+
+BEHAVIOUR_TYPES = ("view", "add_to_cart", "remove_from_cart", "checkout_start", "purchase")
+
+_DDL = """
+CREATE TABLE IF NOT EXISTS event_log (
+    event_key UHUGEINT NOT NULL,
+    event_id VARCHAR,
+    event_type VARCHAR NOT NULL,
+    timestamp TIMESTAMPTZ NOT NULL,
+    user_id VARCHAR,
+    anonymous_id VARCHAR,
+    session_id VARCHAR,
+    product_id VARCHAR,
+    category VARCHAR,
+    price DOUBLE,
+    quantity INTEGER,
+    order_id VARCHAR,
+    value DOUBLE,
+    currency VARCHAR,
+    properties JSON,
+    batch_id INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ingest_batches (
+    batch_id INTEGER PRIMARY KEY,
+    source VARCHAR NOT NULL,
+    format VARCHAR NOT NULL,
+    loaded_at TIMESTAMPTZ NOT NULL,
+    ingested BIGINT NOT NULL,
+    duplicates BIGINT NOT NULL,
+    rejected BIGINT NOT NULL,
+    ignored BIGINT NOT NULL,
+    rejects_path VARCHAR
+);
+CREATE TABLE IF NOT EXISTS store_meta (key VARCHAR PRIMARY KEY, value VARCHAR NOT NULL);
+CREATE OR REPLACE VIEW events AS
+SELECT coalesce(event_id, lower(lpad(hex(event_key), 32, '0'))) AS event_id,
+       event_type, timestamp, user_id, anonymous_id, session_id, product_id, category, price, quantity,
+       order_id, value, currency, CAST(properties AS VARCHAR) AS properties, batch_id
+FROM event_log;
+"""
+
+#: Canonical content hashed into the key of an event without a source id. NULLs are spelled out so
+#: that a value moving from one field to another changes the key.
+_CONTENT = "concat_ws(chr(31), " + ", ".join(
+    f"coalesce(CAST({c} AS VARCHAR), chr(0))"
+    for c in (
+        "event_type",
+        "epoch_us(timestamp)",
+        "user_id",
+        "anonymous_id",
+        "session_id",
+        "product_id",
+        "category",
+        "price",
+        "quantity",
+        "order_id",
+        "value",
+        "currency",
+        "properties",
+    )
+) + ")"
+_KEY = f"md5_number(coalesce('id:' || event_id, {_CONTENT}))"
+
+_STORED = [c for c in EVENT_FIELDS if c != "event_id"]
+
+
+@dataclass
+class PreparedInput:
+    """One source ready to load: the adapter's raw columns and how to parse them."""
+
+    name: str  # what error messages call it (the file path)
+    format: str
+    raw: RawEvents
+    options: ParseOptions = field(default_factory=ParseOptions)
+    timestamp_format: str = "auto"
+    record: str | None = None  # SQL of the source row as JSON, for the rejects file
+    #: Identical rows in one file are one event logged twice (default), or distinct events (a daily
+    #: transaction log where a customer bought the same thing twice in a day).
+    identical_rows_distinct: bool = False
+
+
+@dataclass
+class BatchReport:
+    """What happened to one source."""
+
+    source: str
+    format: str
+    ingested: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    ignored: int = 0
+    rejects_path: str | None = None
+
+
+@dataclass
+class IngestReport:
+    """What one load did, in total and per source."""
+
+    batches: list[BatchReport]
+
+    def total(self, key: str) -> int:
+        return sum(int(getattr(b, key)) for b in self.batches)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ingested": self.total("ingested"),
+            "duplicates": self.total("duplicates"),
+            "rejected": self.total("rejected"),
+            "ignored": self.total("ignored"),
+            "files": [vars(b) for b in self.batches],
+        }
+
+
+StageCallback = Callable[[str, str], None]
+
+
+def no_progress(source: str, stage: str) -> None:
+    return None
+
+
+class EventStore:
+    """The embedded event store. Open with ``EventStore(settings)``; use as a context manager."""
+
+    def __init__(self, settings: Settings, *, read_only: bool = False) -> None:
+        self.settings = settings
+        path = settings.store_path
+        if read_only and not path.exists():
+            raise BadInputError(
+                f"no event store at {path}: load events first with `winback ingest` "
+                "(or point --home / WINBACK_HOME at an existing one)"
+            )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        (settings.home / "tmp").mkdir(exist_ok=True)
+        config: dict[str, Any] = {
+            "memory_limit": settings.memory_limit,
+            "temp_directory": str(settings.home / "tmp"),
+        }
+        if settings.threads:
+            config["threads"] = settings.threads
+        try:
+            self.con = duckdb.connect(str(path), read_only=read_only, config=config)
+        except duckdb.IOException as exc:
+            raise WinbackError(f"cannot open the event store {path}: {exc}") from exc
+        self.con.execute("SET TimeZone = 'UTC'; SET enable_progress_bar = false")
+        if not read_only:
+            self.con.execute(_DDL)
+            self.con.execute(
+                "INSERT INTO store_meta VALUES ('schema_version', ?) ON CONFLICT DO NOTHING", [SCHEMA_VERSION]
+            )
+        self._create_session_views()
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> EventStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- reading -----------------------------------------------------------------------------------
+
+    def _create_session_views(self) -> None:
+        """Temporary (per-connection) views, so the configured session gap applies to every query."""
+        gap = int(self.settings.session_gap_minutes)
+        behaviour = ", ".join(sql_string(t) for t in BEHAVIOUR_TYPES)
+        self.con.execute(
+            f"""
+            CREATE OR REPLACE TEMP VIEW identity_map AS
+            SELECT anonymous_id, arg_min(user_id, timestamp) AS user_id
+            FROM event_log WHERE anonymous_id IS NOT NULL AND user_id IS NOT NULL
+            GROUP BY anonymous_id;
+
+            CREATE OR REPLACE TEMP VIEW event_sessions AS
+            WITH keyed AS (
+                SELECT e.*, coalesce(e.user_id, m.user_id, 'anonymous:' || e.anonymous_id) AS user_key,
+                       e.event_type IN ({behaviour}) AS is_behaviour
+                FROM event_log e
+                LEFT JOIN identity_map m ON e.user_id IS NULL AND e.anonymous_id = m.anonymous_id
+            ),
+            marked AS (
+                SELECT *, coalesce(timestamp - lag(timestamp) OVER w > INTERVAL {gap} MINUTE, true)
+                          AS starts_session
+                FROM keyed
+                WINDOW w AS (PARTITION BY user_key, is_behaviour AND session_id IS NULL
+                             ORDER BY timestamp, event_key)
+            )
+            SELECT * EXCLUDE (starts_session),
+                   CASE WHEN NOT is_behaviour THEN NULL
+                        WHEN session_id IS NOT NULL THEN session_id
+                        ELSE user_key || '#' || sum(CAST(starts_session AS INTEGER)) OVER (
+                            PARTITION BY user_key, is_behaviour AND session_id IS NULL
+                            ORDER BY timestamp, event_key
+                            ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+                   END AS session_key
+            FROM marked;
+            """
+        )
+
+    def count(self) -> int:
+        row = self.con.execute("SELECT count(*) FROM event_log").fetchone()
+        return int(row[0]) if row else 0
+
+    def to_arrow(self, where: str = "true") -> pa.Table:
+        """Events in canonical form (``EVENT_SCHEMA`` columns), ordered by time."""
+        cols = ", ".join(EVENT_FIELDS)
+        result: pa.Table = self.con.execute(
+            f"SELECT {cols} FROM events WHERE {where} ORDER BY timestamp, event_id"
+        ).to_arrow_table()
+        return result
+
+    # -- writing -----------------------------------------------------------------------------------
+
+    def append(self, table: pa.Table, source: str = "arrow") -> IngestReport:
+        """Load canonical events from an Arrow table through the same validation as files."""
+        missing = {"event_type", "timestamp"} - set(table.column_names)
+        if missing:
+            raise BadInputError(f"{source}: missing columns {sorted(missing)}; expected the canonical schema")
+        view = f"arrow_append_{id(table)}"
+        self.con.register(view, table)
+        try:
+            types = {f.name: _duck_type(f.type) for f in table.schema}
+            raw = RawEvents(
+                source=f"{view} s",
+                fields={c: f"s.{c}" for c in table.column_names if c in EVENT_FIELDS},
+                sources={c: c for c in table.column_names},
+                location_word="row",
+                raw_types=types,
+            )
+            return self.ingest([PreparedInput(source, "arrow", raw, record="to_json(s)")])
+        finally:
+            self.con.unregister(view)
+
+    def ingest(
+        self,
+        inputs: list[PreparedInput],
+        *,
+        skip_bad_rows: bool = False,
+        rejects_dir: Path | None = None,
+        on_stage: StageCallback = no_progress,
+    ) -> IngestReport:
+        """Load ``inputs`` in one transaction: all of them, or (on bad rows, unless skipped) none."""
+        con = self.con
+        row = con.execute("SELECT coalesce(max(batch_id), 0) FROM ingest_batches").fetchone()
+        first_batch = int(row[0]) + 1 if row else 1
+        reports: list[BatchReport] = []
+        failures: list[str] = []
+        written: list[Path] = []
+        con.execute("BEGIN TRANSACTION")
+        try:
+            for offset, inp in enumerate(inputs):
+                batch_id = first_batch + offset
+                report = BatchReport(inp.name, inp.format)
+                reports.append(report)
+                canonical = canonicalize(inp.raw, inp.options, self.settings, inp.timestamp_format)
+                con.execute(f"SET TimeZone = {sql_string(inp.options.timezone)}")  # for naive times
+                on_stage(inp.name, "reading")
+                inserted = self._insert(inp, canonical, batch_id)
+                total = self._count_rows(inp)
+                if inserted < total:
+                    on_stage(inp.name, "checking rows")
+                    self._explain(inp, canonical, report, skip_bad_rows, rejects_dir, batch_id, failures)
+                    if report.rejects_path:
+                        written.append(Path(report.rejects_path))
+                report.ingested = inserted
+                con.execute("SET TimeZone = 'UTC'")
+            if failures:
+                raise BadInputError(
+                    "nothing was stored: "
+                    + ", ".join(f"{b.source} has {b.rejected:,} bad rows" for b in reports if b.rejected)
+                    + f" (showing up to {self.settings.error_limit}). Fix them, or load the good rows with "
+                    "--skip-bad-rows, which writes the bad ones with their reasons to a file.",
+                    failures,
+                )
+            on_stage("", "removing duplicates")
+            self._remove_duplicates(first_batch, reports)
+            now = datetime.now(UTC)
+            for offset, r in enumerate(reports):
+                con.execute(
+                    "INSERT INTO ingest_batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [first_batch + offset, r.source, r.format, now, r.ingested, r.duplicates, r.rejected,
+                     r.ignored, r.rejects_path],
+                )
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            con.execute("SET TimeZone = 'UTC'")
+            for path in written:
+                path.unlink(missing_ok=True)
+            raise
+        return IngestReport(reports)
+
+    def _pipeline(self, inp: PreparedInput, canonical: Canonical, *, explain: bool) -> str:
+        extra = [f"{inp.raw.location} AS _loc"] if explain or inp.identical_rows_distinct else []
+        extra += [f"{inp.record or 'NULL'} AS _record"] if explain else []
+        return (
+            f"WITH raw AS (SELECT {', '.join([*extra, *canonical.raw_select])} FROM {inp.raw.source}), "
+            f"parsed AS (SELECT *, {', '.join(canonical.parsed_select)} FROM raw) "
+        )
+
+    def _insert(self, inp: PreparedInput, canonical: Canonical, batch_id: int) -> int:
+        cols = ", ".join(_STORED)
+        key = _KEY
+        if inp.identical_rows_distinct:  # the n-th copy of a row in a file is its own event
+            nth = f"row_number() OVER (PARTITION BY {_CONTENT} ORDER BY _loc)"
+            key = f"md5_number(coalesce('id:' || event_id, {_CONTENT} || '#' || {nth}))"
+        sql = (
+            self._pipeline(inp, canonical, explain=False)
+            + f", good AS (SELECT * FROM parsed WHERE NOT ({canonical.bad}) AND event_type <> '{IGNORE}') "
+            f"INSERT INTO event_log (event_key, event_id, {cols}, batch_id) "
+            f"SELECT {key}, event_id, {cols}, {batch_id} FROM good"
+        )
+        try:
+            row = self.con.execute(sql).fetchone()
+        except duckdb.Error as exc:
+            raise BadInputError(f"{inp.name}: cannot be read as {inp.format}: {_first_line(exc)}") from exc
+        return int(row[0]) if row else 0
+
+    def _count_rows(self, inp: PreparedInput) -> int:
+        row = self.con.execute(f"SELECT count(*) FROM {inp.raw.source}").fetchone()
+        return int(row[0]) if row else 0
+
+    def _explain(
+        self,
+        inp: PreparedInput,
+        canonical: Canonical,
+        report: BatchReport,
+        skip_bad_rows: bool,
+        rejects_dir: Path | None,
+        batch_id: int,
+        failures: list[str],
+    ) -> None:
+        """Second pass, only when rows were left out: count ignored rows, describe the bad ones."""
+        con = self.con
+        base = self._pipeline(inp, canonical, explain=True)
+        flagged = (
+            base + f", flagged AS (SELECT *, {canonical.bad} AS _bad FROM parsed) "
+        )
+        row = con.execute(
+            flagged + f"SELECT count(*) FILTER (_bad), count(*) FILTER (NOT _bad AND event_type = '{IGNORE}') "
+            "FROM flagged"
+        ).fetchone()
+        report.rejected, report.ignored = (int(row[0]), int(row[1])) if row else (0, 0)
+        if not report.rejected:
+            return
+        detail = (
+            flagged + f"SELECT _loc, r_item, {canonical.problems()} AS problems, _record "
+            "FROM flagged WHERE _bad ORDER BY _loc"
+        )
+        if not skip_bad_rows:
+            limit = self.settings.error_limit - len(failures)
+            if limit > 0:
+                for loc, item, problems, _ in con.execute(f"{detail} LIMIT {limit}").fetchall():
+                    failures.extend(self._describe(inp, loc, item, problems))
+            return
+        directory = rejects_dir or self.settings.home / "rejects"
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{Path(inp.name).name}.batch{batch_id}.rejects.jsonl"
+        tmp = path.with_suffix(".tmp")
+        with tmp.open("w", encoding="utf-8") as out:
+            cursor = con.execute(detail)
+            while chunk := cursor.fetchmany(10_000):
+                for loc, item, problems, record in chunk:
+                    out.write(
+                        json.dumps(
+                            {
+                                "file": inp.name,
+                                inp.raw.location_word: loc,
+                                "errors": [self._problem_text(inp, item, p) for p in problems],
+                                "record": json.loads(record) if record else None,
+                            },
+                            default=str,
+                        )
+                        + "\n"
+                    )
+        os.replace(tmp, path)
+        report.rejects_path = str(path)
+
+    def _describe(self, inp: PreparedInput, loc: int, item: str | None, problems: list[dict[str, str]]) -> list[str]:
+        where = f"{inp.name}, {inp.raw.location_word} {loc}"
+        return [f"{where}: {self._problem_text(inp, item, p)}" for p in problems]
+
+    @staticmethod
+    def _problem_text(inp: PreparedInput, item: str | None, problem: dict[str, str]) -> str:
+        fld, found, expected = problem["field"], problem["found"], problem["expected"]
+        if fld == "(record)":  # adapter-detected: found holds {"field", "found", "expected"} as JSON
+            detail = json.loads(found)
+            return f"{detail['field']}: found {detail['found']!r}, expected {detail['expected']}"
+        source = inp.raw.sources.get(fld)
+        if source and item is not None:
+            source = source.replace("{item}", item)
+        named = f"{fld} ({source})" if source and source != fld else fld
+        return f"{named}: found {found!r}, expected {expected}"
+
+    def _remove_duplicates(self, first_batch: int, reports: list[BatchReport]) -> None:
+        """Keep the first copy of every key (older batches first, then file order); count the rest."""
+        con = self.con
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE dup_keys AS SELECT event_key FROM event_log WHERE event_key IN "
+            f"(SELECT event_key FROM event_log WHERE batch_id >= {first_batch}) "
+            "GROUP BY event_key HAVING count(*) > 1"
+        )
+        removed = con.execute(
+            "DELETE FROM event_log WHERE rowid IN (SELECT rowid FROM ("
+            "SELECT rowid, row_number() OVER (PARTITION BY event_key ORDER BY batch_id, rowid) AS n "
+            "FROM event_log WHERE event_key IN (SELECT event_key FROM dup_keys)) WHERE n > 1) "
+            "RETURNING batch_id"
+        ).fetchall()
+        con.execute("DROP TABLE dup_keys")
+        for (batch_id,) in removed:
+            report = reports[batch_id - first_batch]
+            report.duplicates += 1
+            report.ingested -= 1
+
+    def batches(self) -> list[dict[str, Any]]:
+        """The load history, newest first."""
+        cur = self.con.execute("SELECT * FROM ingest_batches ORDER BY batch_id DESC")
+        names = [d[0] for d in cur.description or []]
+        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0]
+
+
+def _duck_type(t: pa.DataType) -> str:
+    if pa.types.is_timestamp(t):
+        return "TIMESTAMPTZ"
+    if pa.types.is_date(t):
+        return "DATE"
+    if pa.types.is_integer(t):
+        return "BIGINT"
+    if pa.types.is_floating(t):
+        return "DOUBLE"
+    return "VARCHAR"
+
+
+@contextlib.contextmanager
+def open_store(settings: Settings, *, read_only: bool = False) -> Iterator[EventStore]:
+    """``with open_store(settings) as store:`` — closes the connection even on errors."""
+    store = EventStore(settings, read_only=read_only)
+    try:
+        yield store
+    finally:
+        store.close()
