@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from winback.config import Settings
+from winback.errors import BadInputError
 from winback.events.schema import EVENT_TYPES, PRODUCT_EVENT_TYPES
 
 #: Source event names understood without any mapping (compared lower-cased and trimmed).
@@ -75,6 +76,7 @@ class Check:
     condition: str
     expected: str
     found: str  # SQL for the offending value as text
+    truncate: bool = True  # shorten long values in messages
 
 
 @dataclass
@@ -107,6 +109,11 @@ class ParseOptions:
 
 def event_type_sql(raw: str, extra: Mapping[str, str]) -> str:
     """Canonical event type of ``raw`` (NULL when unknown), honouring the user's mapping first."""
+    for name, target in extra.items():
+        if target not in (*EVENT_TYPES, IGNORE):
+            raise BadInputError(
+                f"--event-types {name}={target}: expected one of {', '.join(EVENT_TYPES)} or {IGNORE}"
+            )
     mapping = {**EVENT_TYPE_SYNONYMS, **{k.strip().lower(): v for k, v in extra.items()}}
     cases = " ".join(f"WHEN {sql_string(k)} THEN {sql_string(v)}" for k, v in mapping.items())
     return f"(CASE lower(trim(CAST({raw} AS VARCHAR))) {cases} ELSE NULL END)"
@@ -185,7 +192,8 @@ class Canonical:
         """SQL of the list of problems of a row, as structs (field, found, expected)."""
         items = ", ".join(
             f"CASE WHEN coalesce({c.condition}, false) THEN {{'field': {sql_string(c.field)}, "
-            f"'found': left(CAST({c.found} AS VARCHAR), 80), 'expected': {sql_string(c.expected)}}} END"
+            f"'found': {f'left(CAST({c.found} AS VARCHAR), 80)' if c.truncate else c.found}, "
+            f"'expected': {sql_string(c.expected)}}} END"
             for c in self.checks
         )
         return f"list_filter([{items}], lambda x: x IS NOT NULL)"
@@ -217,10 +225,10 @@ def canonicalize(raw: RawEvents, options: ParseOptions, settings: Settings, time
     horizon = int(settings.max_future.total_seconds())
     min_ts = sql_string(settings.min_timestamp)
     checks = [
-        Check("(record)", "r_problem IS NOT NULL", "", "r_problem"),
+        Check("(record)", "r_problem IS NOT NULL", "", "r_problem", truncate=False),
         Check(
             "event_type",
-            f"event_type IS NULL OR event_type NOT IN ({', '.join(sql_string(t) for t in (*EVENT_TYPES, IGNORE))})",
+            "event_type IS NULL",  # the mapping yields only canonical types (checked in event_type_sql)
             f"one of {allowed} (map other names with --event-types NAME=TYPE, or NAME=ignore to drop them)",
             "coalesce(CAST(r_event_type AS VARCHAR), '(missing)')",
         ),
@@ -265,7 +273,8 @@ def canonicalize(raw: RawEvents, options: ParseOptions, settings: Settings, time
         *_money_checks("value"),
         Check(
             "currency",
-            "NOT regexp_full_match(currency, '[A-Z]{3}')",
+            f"CASE WHEN currency = {sql_string(settings.default_currency)} THEN false "
+            "ELSE NOT regexp_full_match(currency, '[A-Z]{3}') END",
             "a three-letter ISO 4217 currency code such as USD",
             "r_currency",
         ),

@@ -86,10 +86,10 @@ _CONTENT = "concat_ws(chr(31), " + ", ".join(
         "session_id",
         "product_id",
         "category",
-        "price",
+        "CAST(round(price * 1e6) AS BIGINT)",  # integers print far faster than doubles
         "quantity",
         "order_id",
-        "value",
+        "CAST(round(value * 1e6) AS BIGINT)",
         "currency",
         "properties",
     )
@@ -341,7 +341,8 @@ class EventStore:
             key = f"md5_number(coalesce('id:' || event_id, {_CONTENT} || '#' || {nth}))"
         sql = (
             self._pipeline(inp, canonical, explain=False)
-            + f", good AS (SELECT * FROM parsed WHERE NOT ({canonical.bad}) AND event_type <> '{IGNORE}') "
+            # One OR-ed predicate: DuckDB pushes `AND event_type <> ...` into the scan and runs 3x slower.
+            + f", good AS (SELECT * FROM parsed WHERE NOT ({canonical.bad} OR event_type = '{IGNORE}')) "
             f"INSERT INTO event_log (event_key, event_id, {cols}, batch_id) "
             f"SELECT {key}, event_id, {cols}, {batch_id} FROM good"
         )
@@ -428,24 +429,32 @@ class EventStore:
         return f"{named}: found {found!r}, expected {expected}"
 
     def _remove_duplicates(self, first_batch: int, reports: list[BatchReport]) -> None:
-        """Keep the first copy of every key (older batches first, then file order); count the rest."""
+        """Keep the first copy of every key (the lowest row id: older batches, then file order).
+
+        Aggregates and anti-joins rather than a window, so that DuckDB can spill them to disk and a
+        reload of a file larger than memory still fits the memory limit.
+        """
         con = self.con
-        con.execute(
-            "CREATE OR REPLACE TEMP TABLE dup_keys AS SELECT event_key FROM event_log WHERE event_key IN "
-            f"(SELECT event_key FROM event_log WHERE batch_id >= {first_batch}) "
-            "GROUP BY event_key HAVING count(*) > 1"
+        row = con.execute(f"SELECT count(*) FROM event_log WHERE batch_id < {first_batch}").fetchone()
+        scope = (  # into an empty store only the new rows can collide
+            f"WHERE event_key IN (SELECT event_key FROM event_log WHERE batch_id >= {first_batch})"
+            if row and row[0] else ""
         )
-        removed = con.execute(
-            "DELETE FROM event_log WHERE rowid IN (SELECT rowid FROM ("
-            "SELECT rowid, row_number() OVER (PARTITION BY event_key ORDER BY batch_id, rowid) AS n "
-            "FROM event_log WHERE event_key IN (SELECT event_key FROM dup_keys)) WHERE n > 1) "
-            "RETURNING batch_id"
-        ).fetchall()
-        con.execute("DROP TABLE dup_keys")
-        for (batch_id,) in removed:
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE dup_keys AS SELECT event_key, min(rowid) AS keep FROM event_log "
+            f"{scope} GROUP BY event_key HAVING count(*) > 1"
+        )
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE dup_rows AS SELECT e.rowid AS rid, e.batch_id FROM event_log e "
+            "JOIN dup_keys d USING (event_key) WHERE e.rowid <> d.keep"
+        )
+        counts = con.execute("SELECT batch_id, count(*) FROM dup_rows GROUP BY batch_id").fetchall()
+        con.execute("DELETE FROM event_log WHERE rowid IN (SELECT rid FROM dup_rows)")
+        con.execute("DROP TABLE dup_keys; DROP TABLE dup_rows")
+        for batch_id, n in counts:
             report = reports[batch_id - first_batch]
-            report.duplicates += 1
-            report.ingested -= 1
+            report.duplicates += int(n)
+            report.ingested -= int(n)
 
     def batches(self) -> list[dict[str, Any]]:
         """The load history, newest first."""

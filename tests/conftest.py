@@ -1,0 +1,32 @@
+"""Shared fixtures: the real data beside the checkout, and a fresh winback home per test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from winback.config import Settings, load_settings
+from winback.events.store import EventStore
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """``../shared/data``: real public data; its absence is a failure, not a skip."""
+    if not (DATA / "README.md").exists():
+        pytest.fail(f"the shared data directory is missing: expected {DATA} beside the checkout")
+    return DATA
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return load_settings(home=tmp_path / "home")
+
+
+@pytest.fixture
+def store(settings: Settings) -> Iterator[EventStore]:
+    with EventStore(settings) as s:
+        yield s

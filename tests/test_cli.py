@@ -1,0 +1,78 @@
+"""The ``winback`` command as a user runs it: help, JSON output, exit codes, configuration."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+WINBACK = [sys.executable, "-m", "winback.cli"]
+
+
+def run(*args: str, home: Path | None = None, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess:
+    environment = {**os.environ, **env}
+    environment.pop("WINBACK_HOME", None)
+    if home is not None:
+        environment["WINBACK_HOME"] = str(home)
+    return subprocess.run([*WINBACK, *args], capture_output=True, text=True, env=environment, cwd=cwd, timeout=300)
+
+
+@pytest.mark.parametrize("command", [["ingest"], ["events", "stats"], ["simulate"], ["demo"]])
+def test_every_command_has_help_with_an_example(command: list[str]) -> None:
+    result = run(*command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "Example" in result.stdout
+    assert "winback " + " ".join(command) in result.stdout
+
+
+def test_ingest_and_stats_as_json(tmp_path: Path, data_dir: Path) -> None:
+    home = tmp_path / "home"
+    result = run("ingest", str(data_dir / "rees46_2019-Oct_first1000rows.csv"), "--json", home=home)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["ingested"] == 1000
+    again = json.loads(run("ingest", str(data_dir / "rees46_2019-Oct_first1000rows.csv"), "--json", home=home).stdout)
+    assert {k: again[k] for k in ("ingested", "duplicates", "rejected")} == {"ingested": 0, "duplicates": 1000,
+                                                                              "rejected": 0}
+    stats = json.loads(run("events", "stats", "--json", home=home).stdout)
+    assert stats["events"] == 1000
+    assert stats["by_type"] == {"view": 987, "purchase": 10, "add_to_cart": 3}
+    assert stats["first"] == "2019-10-01T00:00:00+00:00"
+    text = run("events", "stats", home=home)
+    assert "abandoned" in text.stdout and "1,000" in text.stdout
+
+
+def test_exit_codes(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    bad = tmp_path / "bad.csv"
+    bad.write_text("timestamp,user_id,event_type,price\n2024-01-01T00:00:00Z,u,view,-1\n")
+    result = run("ingest", str(bad), home=home)
+    assert result.returncode == 2
+    assert f"{bad}, line 2: price" in result.stderr
+    assert run("ingest", "--no-such-option", home=home).returncode == 2
+    assert run("ingest", str(tmp_path / "missing.csv"), home=home).returncode == 2
+    assert run("events", "stats", home=tmp_path / "empty").returncode == 2  # no store yet
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    (locked / "events.duckdb").write_text("not a database")
+    failed = run("events", "stats", home=locked)
+    assert failed.returncode == 1
+    assert "cannot open the event store" in failed.stderr
+
+
+def test_home_from_flag_env_and_toml(tmp_path: Path, data_dir: Path) -> None:
+    sample = str(data_dir / "retailrocket_events_sample_1500visitors.csv")
+    (tmp_path / "winback.toml").write_text('home = "from-toml"\nsession_gap_minutes = 10\n')
+    assert run("ingest", sample, "--json", cwd=tmp_path).returncode == 0
+    assert (tmp_path / "from-toml" / "events.duckdb").exists()
+    stats_10 = json.loads(run("events", "stats", "--json", cwd=tmp_path).stdout)
+    stats_30 = json.loads(run("events", "stats", "--json", cwd=tmp_path, WINBACK_SESSION_GAP_MINUTES="30").stdout)
+    assert stats_10["sessions"] > stats_30["sessions"]  # a shorter gap splits more sessions
+    assert run("ingest", sample, "--json", "--home", str(tmp_path / "flag"), cwd=tmp_path).returncode == 0
+    assert (tmp_path / "flag" / "events.duckdb").exists()
+    bad = run("events", "stats", cwd=tmp_path, WINBACK_SESSION_GAP_MINUTES="-3")
+    assert bad.returncode == 2
+    assert "session_gap_minutes" in bad.stderr
