@@ -13,12 +13,16 @@ import pytest
 WINBACK = [sys.executable, "-m", "winback.cli"]
 
 
-def run(*args: str, home: Path | None = None, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess:
+def run(
+    *args: str, home: Path | None = None, cwd: Path | None = None, **env: str
+) -> subprocess.CompletedProcess:
     environment = {**os.environ, **env}
     environment.pop("WINBACK_HOME", None)
     if home is not None:
         environment["WINBACK_HOME"] = str(home)
-    return subprocess.run([*WINBACK, *args], capture_output=True, text=True, env=environment, cwd=cwd, timeout=300)
+    return subprocess.run(
+        [*WINBACK, *args], capture_output=True, text=True, env=environment, cwd=cwd, timeout=300
+    )
 
 
 @pytest.mark.parametrize("command", [["ingest"], ["events", "stats"], ["simulate"], ["demo"]])
@@ -34,15 +38,21 @@ def test_ingest_and_stats_as_json(tmp_path: Path, data_dir: Path) -> None:
     result = run("ingest", str(data_dir / "rees46_2019-Oct_first1000rows.csv"), "--json", home=home)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["ingested"] == 1000
-    again = json.loads(run("ingest", str(data_dir / "rees46_2019-Oct_first1000rows.csv"), "--json", home=home).stdout)
-    assert {k: again[k] for k in ("ingested", "duplicates", "rejected")} == {"ingested": 0, "duplicates": 1000,
-                                                                              "rejected": 0}
+    again = json.loads(
+        run("ingest", str(data_dir / "rees46_2019-Oct_first1000rows.csv"), "--json", home=home).stdout
+    )
+    assert {k: again[k] for k in ("ingested", "duplicates", "rejected")} == {
+        "ingested": 0,
+        "duplicates": 1000,
+        "rejected": 0,
+    }
     stats = json.loads(run("events", "stats", "--json", home=home).stdout)
     assert stats["events"] == 1000
     assert stats["by_type"] == {"view": 987, "purchase": 10, "add_to_cart": 3}
     assert stats["first"] == "2019-10-01T00:00:00+00:00"
     text = run("events", "stats", home=home)
-    assert "abandoned" in text.stdout and "1,000" in text.stdout
+    assert "abandoned" in text.stdout
+    assert "1,000" in text.stdout
 
 
 def test_exit_codes(tmp_path: Path) -> None:
@@ -69,7 +79,9 @@ def test_home_from_flag_env_and_toml(tmp_path: Path, data_dir: Path) -> None:
     assert run("ingest", sample, "--json", cwd=tmp_path).returncode == 0
     assert (tmp_path / "from-toml" / "events.duckdb").exists()
     stats_10 = json.loads(run("events", "stats", "--json", cwd=tmp_path).stdout)
-    stats_30 = json.loads(run("events", "stats", "--json", cwd=tmp_path, WINBACK_SESSION_GAP_MINUTES="30").stdout)
+    stats_30 = json.loads(
+        run("events", "stats", "--json", cwd=tmp_path, WINBACK_SESSION_GAP_MINUTES="30").stdout
+    )
     assert stats_10["sessions"] > stats_30["sessions"]  # a shorter gap splits more sessions
     assert run("ingest", sample, "--json", "--home", str(tmp_path / "flag"), cwd=tmp_path).returncode == 0
     assert (tmp_path / "flag" / "events.duckdb").exists()

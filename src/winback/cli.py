@@ -23,7 +23,7 @@ from winback.progress import reporter, wanted
 
 app = typer.Typer(
     name="winback",
-    help="winback: win back online shoppers. Events in, abandonment and churn out, incremental margin measured.",
+    help="winback: win back online shoppers. Events in, abandonment and churn out, incremental margin.",
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode="rich",
@@ -37,7 +37,9 @@ err = Console(stderr=True, soft_wrap=True)
 
 HomeOption = Annotated[
     Path | None,
-    typer.Option("--home", envvar="WINBACK_HOME", help="Where winback keeps its state [default: ./.winback]."),
+    typer.Option(
+        "--home", envvar="WINBACK_HOME", help="Where winback keeps its state [default: ./.winback]."
+    ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON (for scripts).")]
 
@@ -61,7 +63,9 @@ def _pairs(values: list[str], option: str) -> dict[str, str]:
                 continue
             key, sep, target = part.partition("=")
             if not sep or not key.strip() or not target.strip():
-                raise BadInputError(f"{option} {value!r}: expected NAME=VALUE pairs, e.g. {option} pv=view,buy=purchase")
+                raise BadInputError(
+                    f"{option} {value!r}: expected NAME=VALUE pairs, e.g. {option} pv=view,buy=purchase"
+                )
             pairs[key.strip()] = target.strip()
     return pairs
 
@@ -74,7 +78,9 @@ def _mapping_file(path: Path) -> dict[str, Any]:
     allowed = {"columns", "event_types", "event_type", "timestamp_format", "timezone", "header", "delimiter"}
     unknown = set(data) - allowed
     if unknown:
-        raise BadInputError(f"--mapping {path}: unknown keys {sorted(unknown)}; expected some of {sorted(allowed)}")
+        raise BadInputError(
+            f"--mapping {path}: unknown keys {sorted(unknown)}; expected some of {sorted(allowed)}"
+        )
     return data
 
 
@@ -84,7 +90,8 @@ def _mapping_file(path: Path) -> dict[str, Any]:
     "  winback ingest log.tsv --map user_id=visitorid --map timestamp=event_time "
     "--event-types pv=view,cart=add_to_cart,buy=purchase\n\n"
     "  winback ingest CDNOW_master.txt --format whitespace --event-type purchase --map user_id=customer_id "
-    "--map timestamp=date --map quantity=number_of_cds --map value=dollar_value --identical-rows distinct --json",
+    "--map timestamp=date --map quantity=number_of_cds --map value=dollar_value "
+    "--identical-rows distinct --json",
 )
 def ingest(
     paths: Annotated[list[Path], typer.Argument(help="Event files (CSV, TSV, text, Parquet, JSON Lines).")],
@@ -98,22 +105,25 @@ def ingest(
         Path | None, typer.Option("--mapping", help="TOML file with [columns], [event_types] and options.")
     ] = None,
     event_types: Annotated[
-        list[str] | None, typer.Option("--event-types", help="Source event names: pv=view,buy=purchase,x=ignore")
+        list[str] | None,
+        typer.Option("--event-types", help="Source event names: pv=view,buy=purchase,x=ignore"),
     ] = None,
     event_type: Annotated[
         str | None, typer.Option("--event-type", help="One event type for every row (a transaction log).")
     ] = None,
-    timestamp_format: Annotated[
-        str, typer.Option(help=f"One of {', '.join(TIMESTAMP_FORMATS)}.")
-    ] = "auto",
+    timestamp_format: Annotated[str, typer.Option(help=f"One of {', '.join(TIMESTAMP_FORMATS)}.")] = "auto",
     timezone: Annotated[str, typer.Option(help="Time zone of timestamps written without an offset.")] = "UTC",
     header: Annotated[
         bool | None, typer.Option("--header/--no-header", help="Whether the first line names the columns.")
     ] = None,
-    delimiter: Annotated[str | None, typer.Option(help="Column separator of a CSV [default: sniffed].")] = None,
+    delimiter: Annotated[
+        str | None, typer.Option(help="Column separator of a CSV [default: sniffed].")
+    ] = None,
     identical_rows: Annotated[
         str,
-        typer.Option(help="Identical rows of one file are one event logged twice ('duplicate') or 'distinct'."),
+        typer.Option(
+            help="Identical rows of one file are one event logged twice ('duplicate') or 'distinct'."
+        ),
     ] = "duplicate",
     skip_bad_rows: Annotated[
         bool, typer.Option("--skip-bad-rows", help="Store good rows; write bad ones with reasons to a file.")
@@ -130,8 +140,13 @@ def ingest(
     whole with every bad row named, unless --skip-bad-rows.
     """
     settings = _settings(home)
-    options = AdapterOptions(timestamp_format=timestamp_format, timezone=timezone, header=header,
-                             delimiter=delimiter, event_type=event_type)
+    options = AdapterOptions(
+        timestamp_format=timestamp_format,
+        timezone=timezone,
+        header=header,
+        delimiter=delimiter,
+        event_type=event_type,
+    )
     if mapping_file:
         spec = _mapping_file(mapping_file)
         options.columns.update({str(k): str(v) for k, v in spec.get("columns", {}).items()})
@@ -145,15 +160,24 @@ def ingest(
         raise BadInputError(f"--identical-rows {identical_rows}: expected 'duplicate' or 'distinct'")
     options.identical_rows_distinct = identical_rows == "distinct"
     with EventStore(settings) as store, reporter(wanted(json_output), store.con) as progress:
-        report = ingest_files(store, paths, fmt=fmt, options=options, skip_bad_rows=skip_bad_rows,
-                              rejects_dir=rejects_dir, on_stage=progress.stage)
+        report = ingest_files(
+            store,
+            paths,
+            fmt=fmt,
+            options=options,
+            skip_bad_rows=skip_bad_rows,
+            rejects_dir=rejects_dir,
+            on_stage=progress.stage,
+        )
     result = report.as_dict()
     if json_output:
         _print_json(result)
         return
     for f in result["files"]:
-        line = (f"{f['source']} ({f['format']}): {f['ingested']:,} ingested, {f['duplicates']:,} duplicates, "
-                f"{f['rejected']:,} rejected")
+        line = (
+            f"{f['source']} ({f['format']}): {f['ingested']:,} ingested, {f['duplicates']:,} duplicates, "
+            f"{f['rejected']:,} rejected"
+        )
         if f["ignored"]:
             line += f", {f['ignored']:,} ignored"
         print(line)

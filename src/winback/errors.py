@@ -1,4 +1,4 @@
-"""Errors the CLI turns into exit codes: bad input is the user's to fix (exit 2), the rest is ours (exit 1)."""
+"""Errors the CLI turns into exit codes: bad input is the user's to fix (exit 2), the rest ours (exit 1)."""
 
 from __future__ import annotations
 

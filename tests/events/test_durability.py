@@ -13,6 +13,7 @@ import duckdb
 import pytest
 
 from winback.config import load_settings
+from winback.errors import BadInputError
 from winback.events.ingest import ingest_files
 from winback.events.store import EventStore
 
@@ -37,8 +38,9 @@ def test_killed_mid_load_stores_nothing_and_a_rerun_loads_everything(tmp_path: P
     path = big_csv(tmp_path / "big.csv", 3_000_000)
     home = tmp_path / "home"
     env = {**os.environ, "WINBACK_HOME": str(home)}
-    proc = subprocess.Popen([*WINBACK, "ingest", str(path), "--json"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [*WINBACK, "ingest", str(path), "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     store_file = home / "events.duckdb"
     deadline = time.monotonic() + 30
     while not store_file.exists() and time.monotonic() < deadline:
@@ -67,3 +69,20 @@ def test_a_file_larger_than_the_memory_limit_streams_through(tmp_path: Path) -> 
         assert report["ingested"] == 2_000_000
         again = ingest_files(store, [path]).as_dict()
         assert (again["ingested"], again["duplicates"]) == (0, 2_000_000)
+
+
+@pytest.mark.slow
+def test_bad_row_deep_in_a_big_file_is_named_by_its_line(tmp_path: Path) -> None:
+    """Row numbers stay exact while DuckDB reads the file in parallel chunks."""
+    path = big_csv(tmp_path / "big.csv", 1_500_000)
+    lines = path.read_text().splitlines(keepends=True)
+    lines[1_234_567] = lines[1_234_567].replace(",view,", ",teleport,")
+    path.write_text("".join(lines))
+    settings = load_settings(home=tmp_path / "home")
+    with EventStore(settings) as store, pytest.raises(BadInputError) as info:
+        ingest_files(store, [path])
+    assert info.value.problems == [
+        f"{path}, line 1234568: event_type: found 'teleport', expected one of view, add_to_cart, "
+        "remove_from_cart, checkout_start, purchase, message_sent, message_opened, message_clicked, "
+        "unsubscribed (map other names with --event-types NAME=TYPE, or NAME=ignore to drop them)"
+    ]

@@ -29,8 +29,14 @@ def test_rees46_sample_is_detected_mapped_and_idempotent(store: EventStore, data
         "FROM events WHERE product_id = '3900821'"
     ).fetchone()
     assert row is not None
-    assert row[:6] == ("554748717", "9333dfbd-b87a-4708-9857-6336556b0fcc", "3900821",
-                       "appliances.environment.water_heater", 33.20, "USD")
+    assert row[:6] == (
+        "554748717",
+        "9333dfbd-b87a-4708-9857-6336556b0fcc",
+        "3900821",
+        "appliances.environment.water_heater",
+        33.20,
+        "USD",
+    )
     assert '"brand":"aqua"' in row[6]
     assert row[7].isoformat() == "2019-10-01T00:00:00+00:00"
     # Rows without a category_code fall back to the numeric category_id.
@@ -42,7 +48,9 @@ def test_rees46_sample_is_detected_mapped_and_idempotent(store: EventStore, data
     assert store.count() == 1000
 
 
-def test_retailrocket_sample_gets_gap_sessions_like_an_independent_count(store: EventStore, data_dir: Path) -> None:
+def test_retailrocket_sample_gets_gap_sessions_like_an_independent_count(
+    store: EventStore, data_dir: Path
+) -> None:
     path = data_dir / "retailrocket_events_sample_1500visitors.csv"
     assert adapters.detect(path).name == "retailrocket"
     result = ingest_files(store, [path]).as_dict()
@@ -67,7 +75,12 @@ def test_retailrocket_sample_gets_gap_sessions_like_an_independent_count(store: 
     assert purchases == (14,)
 
 
-CDNOW_MAP = {"user_id": "customer_id", "timestamp": "date", "quantity": "number_of_cds", "value": "dollar_value"}
+CDNOW_MAP = {
+    "user_id": "customer_id",
+    "timestamp": "date",
+    "quantity": "number_of_cds",
+    "value": "dollar_value",
+}
 
 
 def test_cdnow_master_through_the_generic_whitespace_adapter(store: EventStore, data_dir: Path) -> None:
@@ -110,5 +123,5 @@ def test_cdnow_sample_without_header_maps_columns_by_position(store: EventStore,
     stats = event_stats(store)
     assert stats["users"] == 2357
     extra = store.con.execute("SELECT properties FROM events LIMIT 1").fetchone()
-    assert extra is not None and '"column1"' in extra[0]  # the unmapped id column is kept
-
+    assert extra is not None
+    assert '"column1"' in extra[0]  # the unmapped id column is kept

@@ -49,7 +49,8 @@ def detect(path: Path) -> Adapter:
         if adapter.detect(head):
             return adapter
     raise BadInputError(
-        f"{path}: cannot tell its format from its name or first line; give --format, one of {', '.join(ADAPTERS)}"
+        f"{path}: cannot tell its format from its name or first line; "
+        f"give --format, one of {', '.join(ADAPTERS)}"
     )
 
 

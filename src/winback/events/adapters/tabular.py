@@ -68,15 +68,15 @@ def read_source(
             f"read_csv({p}, columns = {{'line': 'VARCHAR'}}, header = false, delim = '\\x1f', quote = '', "
             f"escape = '', auto_detect = false, skip = {int(header)})"
         )
-        split = f"SELECT row_number() OVER () AS _n, regexp_split_to_array(trim(line), '\\s+') AS f FROM {lines}"
+        split = (
+            f"SELECT row_number() OVER () AS _n, regexp_split_to_array(trim(line), '\\s+') AS f FROM {lines}"
+        )
         names = _whitespace_names(path, header)
         cols = ", ".join(f"f[{i + 1}] AS {sql_ident(n)}" for i, n in enumerate(names))
         return f"(SELECT _n, {cols} FROM ({split})) s", f"s._n + {int(header)}", "line", header
     delim = options.delimiter or ("\\t" if fmt == "tsv" else None)
     dialect = f", delim = {sql_string(delim)}" if delim else ""
-    header = options.header
-    if header is None:
-        header = _sniffed_header(con, f"{p}{dialect}")
+    header = _sniffed_header(con, f"{p}{dialect}") if options.header is None else options.header
     source = f"read_csv({p}, all_varchar = true, header = {str(header).lower()}{dialect}) s"
     return source, f"row_number() OVER () + {int(header)}", "line", header
 
@@ -130,8 +130,10 @@ def resolve_columns(
     mapping: dict[str, str] = {}
     for fld, ref in {**(preset.columns if preset else {}), **options.columns}.items():
         if fld not in EVENT_FIELDS:
-            raise BadInputError(f"--map {fld}={ref}: {fld!r} is not a canonical field; expected one of "
-                                f"{', '.join(EVENT_FIELDS)}")
+            raise BadInputError(
+                f"--map {fld}={ref}: {fld!r} is not a canonical field; expected one of "
+                f"{', '.join(EVENT_FIELDS)}"
+            )
         mapping[fld] = _column(path, available, lower, fld, ref)
     taken = set(mapping.values())
     for fld in EVENT_FIELDS:
@@ -186,10 +188,14 @@ def prepare_table(
         fields[fld] = f"coalesce({', '.join(parts)})"
     if options.event_type:
         if options.event_type not in EVENT_TYPES:
-            raise BadInputError(f"--event-type {options.event_type}: expected one of {', '.join(EVENT_TYPES)}")
+            raise BadInputError(
+                f"--event-type {options.event_type}: expected one of {', '.join(EVENT_TYPES)}"
+            )
         fields["event_type"] = sql_string(options.event_type)
-    for required, hint in (("event_type", " or give every row one type with --event-type purchase"),
-                           ("timestamp", "")):
+    for required, hint in (
+        ("event_type", " or give every row one type with --event-type purchase"),
+        ("timestamp", ""),
+    ):
         if required not in fields:
             raise BadInputError(
                 f"{path}: no {required} column among {', '.join(available)}; "
@@ -238,5 +244,7 @@ class TabularAdapter:
 
 CSV = TabularAdapter("csv", "comma (or sniffed) separated text, with or without a header", (".csv",))
 TSV = TabularAdapter("tsv", "tab-separated text", (".tsv", ".tab"))
-WHITESPACE = TabularAdapter("whitespace", "columns separated by runs of spaces (e.g. CDNOW)", (".txt", ".dat"))
+WHITESPACE = TabularAdapter(
+    "whitespace", "columns separated by runs of spaces (e.g. CDNOW)", (".txt", ".dat")
+)
 PARQUET = TabularAdapter("parquet", "Apache Parquet", (".parquet", ".pq"))
