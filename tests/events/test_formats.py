@@ -22,7 +22,9 @@ def stored(store: EventStore, cols: str = "user_id, event_type, timestamp") -> l
 
 def test_csv_without_header_with_positions_and_event_name_mapping(store: EventStore, tmp_path: Path) -> None:
     path = tmp_path / "log.csv"
-    path.write_text("1709287200,v1,pv,i1\n1709287260,v1,cart,i1\n1709287320,v1,buy,i1\n1709287380,v2,hover,i2\n")
+    path.write_text(
+        "1709287200,v1,pv,i1\n1709287260,v1,cart,i1\n1709287320,v1,buy,i1\n1709287380,v2,hover,i2\n"
+    )
     options = AdapterOptions(
         columns={"timestamp": "1", "user_id": "2", "event_type": "3", "product_id": "4"},
         event_type_map={"pv": "view", "cart": "add_to_cart", "buy": "purchase", "hover": "ignore"},
@@ -36,8 +38,9 @@ def test_csv_without_header_with_positions_and_event_name_mapping(store: EventSt
 def test_tsv_with_named_mapping_and_a_constant_event_type(store: EventStore, tmp_path: Path) -> None:
     path = tmp_path / "orders.tsv"
     path.write_text("client\twhen\tamount\n42\t20240301\t19.90\n43\t20240302\t5\n")
-    options = AdapterOptions(columns={"user_id": "client", "timestamp": "when", "value": "amount"},
-                             event_type="purchase")
+    options = AdapterOptions(
+        columns={"user_id": "client", "timestamp": "when", "value": "amount"}, event_type="purchase"
+    )
     assert adapters.detect(path).name == "tsv"
     ingest_files(store, [path], options=options)
     assert stored(store, "user_id, event_type, timestamp, value") == [
@@ -49,14 +52,16 @@ def test_tsv_with_named_mapping_and_a_constant_event_type(store: EventStore, tmp
 
 def test_parquet_with_typed_columns(store: EventStore, tmp_path: Path) -> None:
     path = tmp_path / "events.parquet"
-    table = pa.table({
-        "ts": pa.array([datetime(2024, 3, 1, 10, tzinfo=UTC), datetime(2024, 3, 1, 11, tzinfo=UTC)]),
-        "user": ["a", "b"],
-        "event": ["view", "purchase"],
-        "price": [1.5, 2.0],
-        "quantity": [None, 3],
-        "colour": ["red", "blue"],
-    })
+    table = pa.table(
+        {
+            "ts": pa.array([datetime(2024, 3, 1, 10, tzinfo=UTC), datetime(2024, 3, 1, 11, tzinfo=UTC)]),
+            "user": ["a", "b"],
+            "event": ["view", "purchase"],
+            "price": [1.5, 2.0],
+            "quantity": [None, 3],
+            "colour": ["red", "blue"],
+        }
+    )
     pq.write_table(table, path)
     ingest_files(store, [path], options=AdapterOptions(columns={"timestamp": "ts", "user_id": "user"}))
     rows = stored(store, "user_id, price, quantity, properties")
@@ -65,8 +70,17 @@ def test_parquet_with_typed_columns(store: EventStore, tmp_path: Path) -> None:
 
 def test_bad_parquet_rows_are_named_by_row_number(store: EventStore, tmp_path: Path) -> None:
     path = tmp_path / "events.parquet"
-    pq.write_table(pa.table({"timestamp": ["2024-01-01", "2024-01-02"], "user_id": ["a", "b"],
-                             "event_type": ["view", "view"], "price": [1.0, -1.0]}), path)
+    pq.write_table(
+        pa.table(
+            {
+                "timestamp": ["2024-01-01", "2024-01-02"],
+                "user_id": ["a", "b"],
+                "event_type": ["view", "view"],
+                "price": [1.0, -1.0],
+            }
+        ),
+        path,
+    )
     with pytest.raises(Exception, match=r"events.parquet, row 2: price"):
         ingest_files(store, [path])
 
@@ -78,7 +92,9 @@ def test_generic_json_lines_with_dotted_paths(store: EventStore, tmp_path: Path)
         "\n"
         '{"t": "2024-03-01T10:01:00+02:00", "who": {"id": 7}, "kind": "view", "sku": "s2"}\n'
     )
-    options = AdapterOptions(columns={"timestamp": "t", "user_id": "who.id", "event_type": "kind", "product_id": "sku"})
+    options = AdapterOptions(
+        columns={"timestamp": "t", "user_id": "who.id", "event_type": "kind", "product_id": "sku"}
+    )
     assert adapters.detect(path).name == "jsonl"
     ingest_files(store, [path], options=options)
     rows = stored(store, "user_id, event_type, timestamp, product_id, properties")
@@ -88,7 +104,9 @@ def test_generic_json_lines_with_dotted_paths(store: EventStore, tmp_path: Path)
 
 def test_malformed_json_line_is_named(store: EventStore, tmp_path: Path) -> None:
     path = tmp_path / "events.jsonl"
-    path.write_text('{"timestamp": "2024-03-01T10:00:00Z", "user_id": "u", "event_type": "view"}\n{not json\n')
+    path.write_text(
+        '{"timestamp": "2024-03-01T10:00:00Z", "user_id": "u", "event_type": "view"}\n{not json\n'
+    )
     with pytest.raises(Exception, match=r"events.jsonl, line 2: \(line\): found '\{not json"):
         ingest_files(store, [path])
     assert store.count() == 0
@@ -125,11 +143,11 @@ def test_sessions_identities_and_message_events(store: EventStore, tmp_path: Pat
     path = tmp_path / "e.csv"
     path.write_text(
         "timestamp,user_id,anonymous_id,event_type,product_id,session_id\n"
-        "2024-03-01T10:00:00Z,,a1,view,p1,\n"          # anonymous, later identified as u1
+        "2024-03-01T10:00:00Z,,a1,view,p1,\n"  # anonymous, later identified as u1
         "2024-03-01T10:20:00Z,u1,a1,add_to_cart,p1,\n"  # 20 min later: same session
-        "2024-03-01T10:40:00Z,u1,,message_sent,,\n"     # winback's own event: in no session
-        "2024-03-01T11:10:00Z,u1,,view,p2,\n"           # 50 min after the last behaviour: new session
-        "2024-03-01T11:15:00Z,u2,,view,p3,S9\n"         # the source's session id is kept
+        "2024-03-01T10:40:00Z,u1,,message_sent,,\n"  # winback's own event: in no session
+        "2024-03-01T11:10:00Z,u1,,view,p2,\n"  # 50 min after the last behaviour: new session
+        "2024-03-01T11:15:00Z,u2,,view,p3,S9\n"  # the source's session id is kept
         "2024-03-01T13:15:00Z,u2,,purchase,p3,S9\n"
     )
     ingest_files(store, [path])
@@ -143,8 +161,18 @@ def test_sessions_identities_and_message_events(store: EventStore, tmp_path: Pat
     assert rows[4][2] == rows[5][2] == "S9"
     stats = event_stats(store)
     assert (stats["users"], stats["sessions"], stats["carts"], stats["abandoned_carts"]) == (2, 3, 1, 1)
-    assert set(stats) >= {"events", "users", "sessions", "carts", "purchases", "revenue", "by_type", "by_day",
-                          "first", "last"}
+    assert set(stats) >= {
+        "events",
+        "users",
+        "sessions",
+        "carts",
+        "purchases",
+        "revenue",
+        "by_type",
+        "by_day",
+        "first",
+        "last",
+    }
 
 
 def test_unknown_format_and_missing_file(store: EventStore, tmp_path: Path) -> None:

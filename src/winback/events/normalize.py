@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from winback.config import Settings
 from winback.errors import BadInputError
@@ -54,6 +54,10 @@ _TIMESTAMP_HELP = {
     "unix_s": "unix seconds, as in the rest of the file",
     "unix_ms": "unix milliseconds, as in the rest of the file",
 }
+
+_ATOMIC = (
+    "every event of its line to be valid: another event of this record is bad, and a record is kept whole"
+)
 
 TEXT_FIELDS = ("user_id", "anonymous_id", "session_id", "product_id", "category", "order_id")
 
@@ -144,7 +148,9 @@ def timestamp_sql(raw: str, raw_type: str, fmt: str) -> str:
     t = raw_type.upper()
     if t.startswith("TIMESTAMP") or t == "DATE":
         return f"CAST({raw} AS TIMESTAMPTZ)"
-    if t in {"BIGINT", "INTEGER", "HUGEINT", "UBIGINT", "DOUBLE", "FLOAT", "DECIMAL"} or t.startswith("DECIMAL"):
+    if t in {"BIGINT", "INTEGER", "HUGEINT", "UBIGINT", "DOUBLE", "FLOAT", "DECIMAL"} or t.startswith(
+        "DECIMAL"
+    ):
         raw = f"CAST({raw} AS VARCHAR)"
     by_format = {
         "iso": f"TRY_CAST({raw} AS TIMESTAMPTZ)",
@@ -183,28 +189,42 @@ class Canonical:
     parsed_select: list[str]
     checks: list[Check]
     timestamp_format: str
+    #: A JSON record (an order with line items) is stored whole or not at all; needs the ``lined`` layer
+    #: of the store's pipeline, which marks every row of a line holding a bad row with ``_line_bad``.
+    atomic_lines: bool = False
+
+    @property
+    def row_bad(self) -> str:
+        return " OR ".join(f"coalesce({c.condition}, false)" for c in self.checks)
 
     @property
     def bad(self) -> str:
-        return " OR ".join(f"coalesce({c.condition}, false)" for c in self.checks)
+        return f"({self.row_bad}) OR _line_bad" if self.atomic_lines else self.row_bad
 
     def problems(self) -> str:
         """SQL of the list of problems of a row, as structs (field, found, expected)."""
+        checks = list(self.checks)
+        if self.atomic_lines:
+            checks.append(Check("(line)", f"_line_bad AND NOT ({self.row_bad})", _ATOMIC, "'(valid)'"))
         items = ", ".join(
             f"CASE WHEN coalesce({c.condition}, false) THEN {{'field': {sql_string(c.field)}, "
             f"'found': {f'left(CAST({c.found} AS VARCHAR), 80)' if c.truncate else c.found}, "
             f"'expected': {sql_string(c.expected)}}} END"
-            for c in self.checks
+            for c in checks
         )
         return f"list_filter([{items}], lambda x: x IS NOT NULL)"
 
 
-def canonicalize(raw: RawEvents, options: ParseOptions, settings: Settings, timestamp_format: str) -> Canonical:
+def canonicalize(
+    raw: RawEvents, options: ParseOptions, settings: Settings, timestamp_format: str
+) -> Canonical:
     """Build the parsing select lists and the checks for ``raw``."""
     f = raw.fields
     null = "CAST(NULL AS VARCHAR)"
     raw_select = [f"{f.get(name, null)} AS r_{name}" for name in (*TEXT_FIELDS, "event_id", "currency")]
-    raw_select += [f"{f.get(name, null)} AS r_{name}" for name in ("event_type", "timestamp", "price", "quantity")]
+    raw_select += [
+        f"{f.get(name, null)} AS r_{name}" for name in ("event_type", "timestamp", "price", "quantity")
+    ]
     raw_select += [f"{f.get('value', null)} AS r_value", f"{f.get('properties', null)} AS r_properties"]
     raw_select += [f"{raw.problem or null} AS r_problem", f"{raw.item_pointer or null} AS r_item"]
 
@@ -279,7 +299,14 @@ def canonicalize(raw: RawEvents, options: ParseOptions, settings: Settings, time
             "r_currency",
         ),
     ]
-    return Canonical(raw_select, parsed_select, checks, timestamp_format)
+    # A record the adapter could not read has no values to check: report only why it could not.
+    checks = [
+        checks[0],
+        *(replace(c, condition=f"r_problem IS NULL AND ({c.condition})") for c in checks[1:]),
+    ]
+    return Canonical(
+        raw_select, parsed_select, checks, timestamp_format, atomic_lines=raw.item_pointer is not None
+    )
 
 
 def _money_checks(name: str) -> list[Check]:
@@ -290,5 +317,7 @@ def _money_checks(name: str) -> list[Check]:
             "a number",
             f"r_{name}",
         ),
-        Check(name, f"{name} < 0", "a non-negative amount (refunds are not events winback reads)", f"r_{name}"),
+        Check(
+            name, f"{name} < 0", "a non-negative amount (refunds are not events winback reads)", f"r_{name}"
+        ),
     ]

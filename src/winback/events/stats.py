@@ -46,7 +46,9 @@ def event_stats(store: EventStore) -> dict[str, Any]:
     ).fetchone()
     assert purchases is not None
     currencies = [r[0] for r in con.execute("SELECT DISTINCT currency FROM event_log ORDER BY 1").fetchall()]
-    by_type = dict(con.execute("SELECT event_type, count(*) FROM event_log GROUP BY 1 ORDER BY 2 DESC").fetchall())
+    by_type = dict(
+        con.execute("SELECT event_type, count(*) FROM event_log GROUP BY 1 ORDER BY 2 DESC").fetchall()
+    )
     by_day = {
         str(d): n
         for d, n in con.execute(

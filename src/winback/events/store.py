@@ -76,24 +76,28 @@ FROM event_log;
 
 #: Canonical content hashed into the key of an event without a source id. NULLs are spelled out so
 #: that a value moving from one field to another changes the key.
-_CONTENT = "concat_ws(chr(31), " + ", ".join(
-    f"coalesce(CAST({c} AS VARCHAR), chr(0))"
-    for c in (
-        "event_type",
-        "epoch_us(timestamp)",
-        "user_id",
-        "anonymous_id",
-        "session_id",
-        "product_id",
-        "category",
-        "CAST(round(price * 1e6) AS BIGINT)",  # integers print far faster than doubles
-        "quantity",
-        "order_id",
-        "CAST(round(value * 1e6) AS BIGINT)",
-        "currency",
-        "properties",
+_CONTENT = (
+    "concat_ws(chr(31), "
+    + ", ".join(
+        f"coalesce(CAST({c} AS VARCHAR), chr(0))"
+        for c in (
+            "event_type",
+            "epoch_us(timestamp)",
+            "user_id",
+            "anonymous_id",
+            "session_id",
+            "product_id",
+            "category",
+            "CAST(round(price * 1e6) AS BIGINT)",  # integers print far faster than doubles
+            "quantity",
+            "order_id",
+            "CAST(round(value * 1e6) AS BIGINT)",
+            "currency",
+            "properties",
+        )
     )
-) + ")"
+    + ")"
+)
 _KEY = f"md5_number(coalesce('id:' || event_id, {_CONTENT}))"
 
 _STORED = [c for c in EVENT_FIELDS if c != "event_id"]
@@ -313,8 +317,17 @@ class EventStore:
             for offset, r in enumerate(reports):
                 con.execute(
                     "INSERT INTO ingest_batches VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [first_batch + offset, r.source, r.format, now, r.ingested, r.duplicates, r.rejected,
-                     r.ignored, r.rejects_path],
+                    [
+                        first_batch + offset,
+                        r.source,
+                        r.format,
+                        now,
+                        r.ingested,
+                        r.duplicates,
+                        r.rejected,
+                        r.ignored,
+                        r.rejects_path,
+                    ],
                 )
             con.execute("COMMIT")
         except BaseException:
@@ -326,11 +339,17 @@ class EventStore:
         return IngestReport(reports)
 
     def _pipeline(self, inp: PreparedInput, canonical: Canonical, *, explain: bool) -> str:
-        extra = [f"{inp.raw.location} AS _loc"] if explain or inp.identical_rows_distinct else []
+        """raw -> parsed -> lined: the SQL layers every pass over a source shares."""
+        with_loc = explain or inp.identical_rows_distinct or canonical.atomic_lines
+        extra = [f"{inp.raw.location} AS _loc"] if with_loc else []
         extra += [f"{inp.record or 'NULL'} AS _record"] if explain else []
+        line_bad = (
+            f"bool_or({canonical.row_bad}) OVER (PARTITION BY _loc)" if canonical.atomic_lines else "false"
+        )
         return (
             f"WITH raw AS (SELECT {', '.join([*extra, *canonical.raw_select])} FROM {inp.raw.source}), "
-            f"parsed AS (SELECT *, {', '.join(canonical.parsed_select)} FROM raw) "
+            f"parsed AS (SELECT *, {', '.join(canonical.parsed_select)} FROM raw), "
+            f"lined AS (SELECT *, {line_bad} AS _line_bad FROM parsed) "
         )
 
     def _insert(self, inp: PreparedInput, canonical: Canonical, batch_id: int) -> int:
@@ -342,7 +361,7 @@ class EventStore:
         sql = (
             self._pipeline(inp, canonical, explain=False)
             # One OR-ed predicate: DuckDB pushes `AND event_type <> ...` into the scan and runs 3x slower.
-            + f", good AS (SELECT * FROM parsed WHERE NOT ({canonical.bad} OR event_type = '{IGNORE}')) "
+            + f", good AS (SELECT * FROM lined WHERE NOT ({canonical.bad} OR event_type = '{IGNORE}')) "
             f"INSERT INTO event_log (event_key, event_id, {cols}, batch_id) "
             f"SELECT {key}, event_id, {cols}, {batch_id} FROM good"
         )
@@ -369,11 +388,10 @@ class EventStore:
         """Second pass, only when rows were left out: count ignored rows, describe the bad ones."""
         con = self.con
         base = self._pipeline(inp, canonical, explain=True)
-        flagged = (
-            base + f", flagged AS (SELECT *, {canonical.bad} AS _bad FROM parsed) "
-        )
+        flagged = base + f", flagged AS (SELECT *, {canonical.bad} AS _bad FROM lined) "
         row = con.execute(
-            flagged + f"SELECT count(*) FILTER (_bad), count(*) FILTER (NOT _bad AND event_type = '{IGNORE}') "
+            flagged
+            + f"SELECT count(*) FILTER (_bad), count(*) FILTER (NOT _bad AND event_type = '{IGNORE}') "
             "FROM flagged"
         ).fetchone()
         report.rejected, report.ignored = (int(row[0]), int(row[1])) if row else (0, 0)
@@ -403,7 +421,7 @@ class EventStore:
                                 "file": inp.name,
                                 inp.raw.location_word: loc,
                                 "errors": [self._problem_text(inp, item, p) for p in problems],
-                                "record": json.loads(record) if record else None,
+                                "record": _public(json.loads(record)) if record else None,
                             },
                             default=str,
                         )
@@ -412,7 +430,9 @@ class EventStore:
         os.replace(tmp, path)
         report.rejects_path = str(path)
 
-    def _describe(self, inp: PreparedInput, loc: int, item: str | None, problems: list[dict[str, str]]) -> list[str]:
+    def _describe(
+        self, inp: PreparedInput, loc: int, item: str | None, problems: list[dict[str, str]]
+    ) -> list[str]:
         where = f"{inp.name}, {inp.raw.location_word} {loc}"
         return [f"{where}: {self._problem_text(inp, item, p)}" for p in problems]
 
@@ -438,7 +458,8 @@ class EventStore:
         row = con.execute(f"SELECT count(*) FROM event_log WHERE batch_id < {first_batch}").fetchone()
         scope = (  # into an empty store only the new rows can collide
             f"WHERE event_key IN (SELECT event_key FROM event_log WHERE batch_id >= {first_batch})"
-            if row and row[0] else ""
+            if row and row[0]
+            else ""
         )
         con.execute(
             "CREATE OR REPLACE TEMP TABLE dup_keys AS SELECT event_key, min(rowid) AS keep FROM event_log "
@@ -461,6 +482,11 @@ class EventStore:
         cur = self.con.execute("SELECT * FROM ingest_batches ORDER BY batch_id DESC")
         names = [d[0] for d in cur.description or []]
         return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+
+def _public(record: dict[str, Any]) -> dict[str, Any]:
+    """A staged record without winback's bookkeeping columns (``_loc``, ``_item``...)."""
+    return {k: v for k, v in record.items() if not k.startswith("_")}
 
 
 def _first_line(exc: BaseException) -> str:

@@ -10,9 +10,12 @@ from pathlib import Path
 
 from winback.errors import BadInputError
 from winback.events.adapters.base import Adapter, AdapterOptions, FileHead
+from winback.events.adapters.ga4 import GA4
 from winback.events.adapters.records import JSONL, first_record
 from winback.events.adapters.rees46 import Rees46Adapter
 from winback.events.adapters.retailrocket import RetailRocketAdapter
+from winback.events.adapters.segment import SEGMENT
+from winback.events.adapters.shopify import SHOPIFY
 from winback.events.adapters.tabular import CSV, PARQUET, TSV, WHITESPACE
 
 ADAPTERS: dict[str, Adapter] = {
@@ -20,6 +23,9 @@ ADAPTERS: dict[str, Adapter] = {
     for a in (
         Rees46Adapter(),
         RetailRocketAdapter(),
+        SEGMENT,
+        GA4,
+        SHOPIFY,
         JSONL,
         PARQUET,
         CSV,

@@ -85,7 +85,10 @@ def read_json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any] | RecordEr
             try:
                 record = orjson.loads(line)
             except orjson.JSONDecodeError as exc:
-                yield number, RecordError("", line[:60].decode(errors="replace"), f"a JSON object ({exc})")
+                yield (
+                    number,
+                    RecordError("", line.strip()[:60].decode(errors="replace"), f"a JSON object ({exc})"),
+                )
                 continue
             if not isinstance(record, dict):
                 yield number, RecordError("", type(record).__name__, "a JSON object on each line")
@@ -118,7 +121,9 @@ class _Stager:
         for name in _STAGED:
             value = row.get(name)
             if name == "properties" and isinstance(value, dict):
-                cols[name].append(orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode() if value else None)
+                cols[name].append(
+                    orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode() if value else None
+                )
             else:
                 cols[name].append(text(value))
         if len(cols["_loc"]) >= CHUNK_ROWS:
@@ -133,7 +138,9 @@ class _Stager:
         self.con.register("_records_chunk", chunk)
         try:
             verb = "INSERT INTO" if self.created else "CREATE TEMP TABLE"
-            self.con.execute(f"{verb} {self.table} {'AS ' if not self.created else ''}SELECT * FROM _records_chunk")
+            self.con.execute(
+                f"{verb} {self.table} {'AS ' if not self.created else ''}SELECT * FROM _records_chunk"
+            )
         finally:
             self.con.unregister("_records_chunk")
         self.created = True
@@ -141,8 +148,11 @@ class _Stager:
 
 
 def _problem(error: RecordError) -> Row:
-    return {"_problem": orjson.dumps({"field": error.pointer or "(line)", "found": text(error.found),
-                                      "expected": error.expected}).decode()}
+    return {
+        "_problem": orjson.dumps(
+            {"field": error.pointer or "(line)", "found": text(error.found), "expected": error.expected}
+        ).decode()
+    }
 
 
 def prepare_records(
@@ -162,7 +172,7 @@ def prepare_records(
             stager.add(loc, _problem(record))
             continue
         try:
-            for row in mapper.rows(record, options):
+            for row in list(mapper.rows(record, options)):  # a record that fails stages nothing
                 if options.event_type:
                     row["event_type"] = options.event_type
                 if len(samples) < 1000 and row.get("timestamp") is not None:
@@ -183,7 +193,9 @@ def prepare_records(
         item_pointer="s._item",
         problem="s._problem",
     )
-    parse = ParseOptions(event_type_map=options.event_type_map, timestamp_format=ts_format, timezone=options.timezone)
+    parse = ParseOptions(
+        event_type_map=options.event_type_map, timestamp_format=ts_format, timezone=options.timezone
+    )
     return PreparedInput(str(path), mapper.name, raw, parse, ts_format, record="to_json(s)")
 
 
@@ -224,7 +236,9 @@ class GenericJsonMapper:
         if extra and "properties" not in paths:
             row["properties"] = extra
         if options.event_type and options.event_type not in EVENT_TYPES:
-            raise BadInputError(f"--event-type {options.event_type}: expected one of {', '.join(EVENT_TYPES)}")
+            raise BadInputError(
+                f"--event-type {options.event_type}: expected one of {', '.join(EVENT_TYPES)}"
+            )
         return [row]
 
     @staticmethod
@@ -232,7 +246,9 @@ class GenericJsonMapper:
         paths = dict(options.columns)
         unknown = set(paths) - set(EVENT_FIELDS)
         if unknown:
-            raise BadInputError(f"--map: {sorted(unknown)} are not canonical fields; expected {', '.join(EVENT_FIELDS)}")
+            raise BadInputError(
+                f"--map: {sorted(unknown)} are not canonical fields; expected {', '.join(EVENT_FIELDS)}"
+            )
         lower = {k.lower(): k for k in record}
         for fld in EVENT_FIELDS:
             if fld in paths or fld == "properties":
