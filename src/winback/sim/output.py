@@ -1,0 +1,44 @@
+"""Writing a simulation to files: the event log (Parquet or CSV) and the latent truth (Parquet)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from winback.errors import BadInputError
+from winback.sim.shop import SimulationResult
+
+
+def write_events(table: pa.Table, path: Path) -> None:
+    """Write events to ``path``: Parquet for ``.parquet``, CSV (ISO-8601 UTC times) for ``.csv``.
+
+    Written to a temporary name and renamed, so a crash never leaves half a file under ``path``.
+    """
+    suffix = path.suffix.lower()
+    if suffix not in (".parquet", ".csv"):
+        raise BadInputError(f"--out {path}: expected a .parquet or .csv file name")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    if suffix == ".parquet":
+        pq.write_table(table, tmp, compression="zstd")
+    else:
+        iso = pc.strftime(table["timestamp"], format="%Y-%m-%dT%H:%M:%S.%fZ")
+        table = table.set_column(table.schema.get_field_index("timestamp"), "timestamp", iso)
+        pacsv.write_csv(table, tmp)
+    os.replace(tmp, path)
+
+
+def write_truth(result: SimulationResult, directory: Path) -> dict[str, Path]:
+    """Write ``customers.parquet`` and ``carts.parquet`` (the latent truth) into ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {"customers": directory / "customers.parquet", "carts": directory / "carts.parquet"}
+    for name, frame in (("customers", result.customers), ("carts", result.carts)):
+        tmp = paths[name].with_name(f".{paths[name].name}.tmp")
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, paths[name])
+    return paths
