@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m winback.demo
+	$(BIN)/winback demo
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests bench

@@ -36,15 +36,30 @@ def main() -> None:
     seconds, events = timed(customers, args.days)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     ratio = (seconds / events) / (small_seconds / small_events)
-    print(f"simulator: {events:,} events ({customers:,} customers x {args.days} days) in {seconds:.1f} s "
-          f"= {events / seconds:,.0f} events/s, peak RSS {peak:,.0f} MiB")
-    print(f"baseline (1/10 of the customers): {small_events:,} events in {small_seconds:.1f} s "
-          f"= {small_events / small_seconds:,.0f} events/s")
+    print(
+        f"simulator: {events:,} events ({customers:,} customers x {args.days} days) in {seconds:.1f} s "
+        f"= {events / seconds:,.0f} events/s, peak RSS {peak:,.0f} MiB"
+    )
+    print(
+        f"baseline (1/10 of the customers): {small_events:,} events in {small_seconds:.1f} s "
+        f"= {small_events / small_seconds:,.0f} events/s"
+    )
     print(f"ratio of time per event, full / tenth: {ratio:.2f} (1.0 = linear scaling)")
-    print(json.dumps({"events": events, "customers": customers, "days": args.days, "seconds": round(seconds, 2),
-                      "events_per_second": round(events / seconds), "peak_rss_mib": round(peak),
-                      "baseline_events": small_events, "baseline_seconds": round(small_seconds, 2),
-                      "time_per_event_ratio": round(ratio, 2)}))
+    print(
+        json.dumps(
+            {
+                "events": events,
+                "customers": customers,
+                "days": args.days,
+                "seconds": round(seconds, 2),
+                "events_per_second": round(events / seconds),
+                "peak_rss_mib": round(peak),
+                "baseline_events": small_events,
+                "baseline_seconds": round(small_seconds, 2),
+                "time_per_event_ratio": round(ratio, 2),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

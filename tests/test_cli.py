@@ -88,3 +88,42 @@ def test_home_from_flag_env_and_toml(tmp_path: Path, data_dir: Path) -> None:
     bad = run("events", "stats", cwd=tmp_path, WINBACK_SESSION_GAP_MINUTES="-3")
     assert bad.returncode == 2
     assert "session_gap_minutes" in bad.stderr
+
+
+def test_simulate_writes_a_log_that_ingests_and_its_truth(tmp_path: Path) -> None:
+    out, truth, home = tmp_path / "shop.csv", tmp_path / "truth", tmp_path / "home"
+    args = ("simulate", "--customers", "300", "--days", "30", "--seed", "3", "--out", str(out), "--json")
+    result = run(*args, "--truth", str(truth))
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["events"] > 1000
+    assert 0 < summary["natural_recovery_rate"] < 0.5
+    assert (truth / "customers.parquet").exists()
+    assert (truth / "carts.parquet").exists()
+    header = out.read_text().splitlines()[0]
+    assert header.startswith('"event_id","event_type","timestamp"')
+    loaded = json.loads(run("ingest", str(out), "--json", home=home).stdout)
+    assert (loaded["ingested"], loaded["rejected"]) == (summary["events"], 0)
+    again = run(*args)  # the same seed writes the same file
+    assert again.returncode == 0
+    reloaded = json.loads(run("ingest", str(out), "--json", home=home).stdout)
+    assert (reloaded["ingested"], reloaded["duplicates"]) == (0, summary["events"])
+    bad = run("simulate", "--out", str(tmp_path / "shop.xlsx"))
+    assert bad.returncode == 2
+    assert "expected a .parquet or .csv" in bad.stderr
+
+
+def test_demo_runs_end_to_end_and_a_rerun_adds_nothing(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    first = run("demo", "--customers", "400", "--days", "45", "--json", home=home)
+    assert first.returncode == 0, first.stderr
+    summary = json.loads(first.stdout)
+    assert summary["ingest"]["ingested"] == summary["stats"]["events"] > 1000
+    assert summary["actions"]["reminder/email/1h"]["incremental_margin"] < 0
+    assert Path(summary["store"]).exists()
+    second = json.loads(run("demo", "--customers", "400", "--days", "45", "--json", home=home).stdout)
+    assert second["ingest"]["ingested"] == 0
+    assert second["ingest"]["duplicates"] == summary["ingest"]["ingested"]
+    text = run("demo", "--customers", "400", "--days", "45", home=home)
+    assert "summary" in text.stdout
+    assert str(home / "events.duckdb") in text.stdout

@@ -10,14 +10,13 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from winback.config import Settings, load_settings
 from winback.errors import BadInputError, WinbackError
 from winback.events.adapters import ADAPTERS, AdapterOptions
 from winback.events.ingest import ingest_files
 from winback.events.normalize import TIMESTAMP_FORMATS
-from winback.events.stats import event_stats
+from winback.events.stats import event_stats, render_stats
 from winback.events.store import EventStore
 from winback.progress import reporter, wanted
 
@@ -32,7 +31,7 @@ app = typer.Typer(
 events_app = typer.Typer(help="Look at the event store.", no_args_is_help=True)
 app.add_typer(events_app, name="events")
 
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else 110)
 err = Console(stderr=True, soft_wrap=True)
 
 HomeOption = Annotated[
@@ -198,40 +197,96 @@ def events_stats(home: HomeOption = None, json_output: JsonOption = False) -> No
     if json_output:
         _print_json(stats)
         return
-    print_stats(stats, settings)
+    render_stats(stats, settings.store_path, out)
 
 
-def print_stats(stats: dict[str, Any], settings: Settings) -> None:
-    """The human-readable summary of :func:`event_stats`."""
-    table = Table(title=f"event store {settings.store_path}", show_header=False, title_justify="left")
-    table.add_column(justify="left")
-    table.add_column(justify="right")
-    rate = stats["abandonment_rate"]
-    rows = [
-        ("events", f"{stats['events']:,}"),
-        ("users", f"{stats['users']:,}"),
-        ("sessions", f"{stats['sessions']:,}"),
-        ("carts", f"{stats['carts']:,}"),
-        ("  abandoned", f"{stats['abandoned_carts']:,}" + (f" ({rate:.1%})" if rate is not None else "")),
-        ("purchases (orders)", f"{stats['purchases']:,}"),
-        ("revenue", f"{stats['revenue']:,.2f} {'/'.join(stats['currencies'])}"),
-        ("first event", str(stats["first"])),
-        ("last event", str(stats["last"])),
-    ]
-    for name, value in rows:
-        table.add_row(name, value)
-    out.print(table)
-    by_type = Table("event type", "events", title="by type", title_justify="left")
-    for name, n in stats["by_type"].items():
-        by_type.add_row(name, f"{n:,}")
-    out.print(by_type)
-    by_month: dict[str, int] = {}
-    for day, n in stats["by_day"].items():
-        by_month[day[:7]] = by_month.get(day[:7], 0) + n
-    months = Table("month", "events", title="by month", title_justify="left")
-    for month, n in by_month.items():
-        months.add_row(month, f"{n:,}")
-    out.print(months)
+@app.command(
+    epilog="Examples:\n\n"
+    "  winback simulate --customers 5000 --days 180 --seed 7 --out shop.parquet --truth truth/\n\n"
+    "  winback simulate --customers 500 --days 60 --out shop.csv --json",
+)
+def simulate(
+    out_path: Annotated[Path, typer.Option("--out", help="Event log to write: .parquet or .csv.")],
+    customers: Annotated[int, typer.Option(min=1, help="Customers in the shop.")] = 2000,
+    days: Annotated[int, typer.Option(min=1, help="Days of behaviour to simulate.")] = 180,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same shop.")] = 0,
+    start: Annotated[str, typer.Option(help="First simulated day (YYYY-MM-DD).")] = "2024-01-01",
+    truth: Annotated[
+        Path | None, typer.Option(help="Directory for the latent truth: customers.parquet and carts.parquet.")
+    ] = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Simulate a shop: months of views, carts, abandonment, purchases and returns, with known truth.
+
+    Customers have latent price sensitivity, forgetfulness, loyalty, channel consent, time zone and a
+    lifetime that ends. About 70% of carts are abandoned and 10-20% of those come back on their own.
+    The Python API (winback.sim) also says what each customer would do under every intervention.
+    """
+    from datetime import date
+
+    from winback.sim import ShopConfig, write_events, write_truth
+    from winback.sim import simulate as run_simulation
+
+    try:
+        first_day = date.fromisoformat(start)
+    except ValueError as exc:
+        raise BadInputError(f"--start {start}: expected a date as YYYY-MM-DD") from exc
+    if out_path.suffix.lower() not in (".parquet", ".csv"):
+        raise BadInputError(f"--out {out_path}: expected a .parquet or .csv file name")
+    config = ShopConfig(customers=customers, days=days, start=first_day)
+    with reporter(wanted(json_output)) as progress:
+        progress.stage("", "simulating days")
+        result = run_simulation(seed=seed, config=config, progress=progress.advance)
+        progress.stage(str(out_path), "writing")
+        write_events(result.events, out_path)
+        truth_paths = write_truth(result, truth) if truth else {}
+    summary = simulation_summary(result)
+    summary["out"] = str(out_path)
+    summary["truth"] = {k: str(v) for k, v in truth_paths.items()}
+    if json_output:
+        _print_json(summary)
+        return
+    print(
+        f"simulated {customers:,} customers over {days} days (seed {seed}): {summary['events']:,} events, "
+        f"{summary['carts_abandoned']:,} abandoned carts, {summary['natural_recovery_rate']:.1%} recovered "
+        "with no action"
+    )
+    print(f"events: {out_path}")
+    for name, path in truth_paths.items():
+        print(f"truth ({name}): {path}")
+
+
+def simulation_summary(result: Any) -> dict[str, Any]:
+    """Headline numbers of a simulation (``winback.sim.SimulationResult``)."""
+    carts = result.carts
+    counts = result.events.group_by("event_type").aggregate([("event_type", "count")]).to_pylist()
+    return {
+        "events": result.events.num_rows,
+        "customers": len(result.customers),
+        "by_type": {r["event_type"]: r["event_type_count"] for r in counts},
+        "carts_abandoned": len(carts),
+        "natural_recovery_rate": round(float(carts["recovered"].mean()), 4) if len(carts) else None,
+        "customers_alive_at_end": int(result.customers["alive_at_end"].sum()),
+    }
+
+
+@app.command(
+    epilog="Examples:\n\n  winback demo\n\n"
+    "  winback demo --customers 20000 --days 365 --home /tmp/winback-demo",
+)
+def demo(
+    customers: Annotated[int, typer.Option(min=1, help="Customers in the simulated shop.")] = 20_000,
+    days: Annotated[int, typer.Option(min=1, help="Days of behaviour.")] = 180,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
+    home: HomeOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Run the main job end to end on a simulated shop and summarise what it did and where it is."""
+    from winback.demo import run_demo
+
+    summary = run_demo(_settings(home), customers=customers, days=days, seed=seed, show=not json_output)
+    if json_output:
+        _print_json(summary)
 
 
 def main() -> None:

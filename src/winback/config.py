@@ -42,7 +42,9 @@ class Settings(BaseSettings):
     )
     default_currency: str = Field("USD", pattern=r"^[A-Z]{3}$", description="Currency of events without one.")
     error_limit: int = Field(20, gt=0, description="Bad rows listed in an error message.")
-    memory_limit: str = Field("1GB", description="DuckDB memory limit; larger work spills to the home's tmp/.")
+    memory_limit: str = Field(
+        "1GB", description="DuckDB memory limit; larger work spills to the home's tmp/."
+    )
     threads: int | None = Field(None, gt=0, description="DuckDB threads (default: all cores).")
 
     @field_validator("home")

@@ -9,7 +9,14 @@ from contextlib import contextmanager
 
 import duckdb
 from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    SpinnerColumn,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 
 def wanted(json_output: bool) -> bool:
@@ -46,8 +53,13 @@ def reporter(enabled: bool, con: duckdb.DuckDBPyConnection | None = None) -> Ite
     if not enabled:
         yield Reporter()
         return
-    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
-               TimeElapsedColumn())
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
         rich = _RichReporter(progress)
         stop = threading.Event()

@@ -62,8 +62,10 @@ class Action:
             return cls()
         match = _NAME.match(name)
         if not match:
-            raise ValueError(f"action {name!r}: expected 'nothing' or e.g. 'reminder/email/24h', 'coupon10+recs/sms/6h'")
-        head, percent, recs, channel, hours = match.groups()
+            raise ValueError(
+                f"action {name!r}: expected 'nothing' or e.g. 'reminder/email/24h', 'coupon10+recs/sms/6h'"
+            )
+        _head, percent, recs, channel, hours = match.groups()
         coupon = int(percent) / 100 if percent else 0.0
         kind: Kind = "coupon" if percent else "reminder"
         return cls(kind, coupon, channel, int(hours), bool(recs))  # type: ignore[arg-type]

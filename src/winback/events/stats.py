@@ -9,7 +9,11 @@ line items (price x quantity) and order totals (``value``) of purchases.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+from rich.console import Console
+from rich.table import Table
 
 from winback.events.store import EventStore
 
@@ -71,3 +75,36 @@ def event_stats(store: EventStore) -> dict[str, Any]:
         "first": first.isoformat() if first else None,
         "last": last.isoformat() if last else None,
     }
+
+
+def render_stats(stats: dict[str, Any], store_path: Path, out: Console) -> None:
+    """The human-readable summary of :func:`event_stats`."""
+    table = Table(title=f"event store {store_path}", show_header=False, title_justify="left")
+    table.add_column(justify="left")
+    table.add_column(justify="right")
+    rate = stats["abandonment_rate"]
+    rows = [
+        ("events", f"{stats['events']:,}"),
+        ("users", f"{stats['users']:,}"),
+        ("sessions", f"{stats['sessions']:,}"),
+        ("carts", f"{stats['carts']:,}"),
+        ("  abandoned", f"{stats['abandoned_carts']:,}" + (f" ({rate:.1%})" if rate is not None else "")),
+        ("purchases (orders)", f"{stats['purchases']:,}"),
+        ("revenue", f"{stats['revenue']:,.2f} {'/'.join(stats['currencies'])}"),
+        ("first event", str(stats["first"])),
+        ("last event", str(stats["last"])),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    out.print(table)
+    by_type = Table("event type", "events", title="by type", title_justify="left")
+    for name, n in stats["by_type"].items():
+        by_type.add_row(name, f"{n:,}")
+    out.print(by_type)
+    by_month: dict[str, int] = {}
+    for day, n in stats["by_day"].items():
+        by_month[day[:7]] = by_month.get(day[:7], 0) + n
+    months = Table("month", "events", title="by month", title_justify="left")
+    for month, n in by_month.items():
+        months.add_row(month, f"{n:,}")
+    out.print(months)

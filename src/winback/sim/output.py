@@ -27,7 +27,7 @@ def write_events(table: pa.Table, path: Path) -> None:
     if suffix == ".parquet":
         pq.write_table(table, tmp, compression="zstd")
     else:
-        iso = pc.strftime(table["timestamp"], format="%Y-%m-%dT%H:%M:%S.%fZ")
+        iso = pc.strftime(table["timestamp"], format="%Y-%m-%dT%H:%M:%SZ")
         table = table.set_column(table.schema.get_field_index("timestamp"), "timestamp", iso)
         pacsv.write_csv(table, tmp)
     os.replace(tmp, path)

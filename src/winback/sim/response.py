@@ -45,10 +45,20 @@ CHANNEL_REACTANCE = {"email": 1.0, "sms": 1.5, "push": 1.2}
 
 #: The per-cart columns the response model reads (the truth table of carts has all of them).
 CART_COLUMNS = (
-    "value", "p_natural", "forgetfulness", "price_sensitivity", "harvest_level", "messages_last_week",
-    "u_rec", "u_time", "u_open", "u_lag", "u_unsub",
-    *(f"can_{c}" for c in CHANNEL_NAMES), *(f"responsiveness_{c}" for c in CHANNEL_NAMES),
-)  # fmt: skip
+    "value",
+    "p_natural",
+    "forgetfulness",
+    "price_sensitivity",
+    "harvest_level",
+    "messages_last_week",
+    "u_rec",
+    "u_time",
+    "u_open",
+    "u_lag",
+    "u_unsub",
+    *(f"can_{c}" for c in CHANNEL_NAMES),
+    *(f"responsiveness_{c}" for c in CHANNEL_NAMES),
+)
 
 
 def natural_delay_hours(u_time: np.ndarray) -> np.ndarray:
@@ -94,9 +104,19 @@ def respond(carts: Mapping[str, np.ndarray], action: Action, config: ShopConfig)
     if not action.is_message:
         none = np.zeros(n, dtype=bool)
         return Response(
-            none, np.zeros(n), p0, p0.copy(), np.zeros(n), np.zeros(n), natural,
-            np.where(natural, natural_hours, np.nan), none, none, none, none,
-        )  # fmt: skip
+            none,
+            np.zeros(n),
+            p0,
+            p0.copy(),
+            np.zeros(n),
+            np.zeros(n),
+            natural,
+            np.where(natural, natural_hours, np.nan),
+            none,
+            none,
+            none,
+            none,
+        )
     assert action.channel is not None
     ch = action.channel
     forget = np.asarray(carts["forgetfulness"], dtype=float)
@@ -113,7 +133,9 @@ def respond(carts: Mapping[str, np.ndarray], action: Action, config: ShopConfig)
     p1 = np.clip(p0 + lift, 0.0, 0.98)
     feasible = np.asarray(carts[f"can_{ch}"], dtype=bool)
     o = np.where(
-        feasible, np.clip(config.open_rate[ch] * np.asarray(carts[f"responsiveness_{ch}"]) / (1 + 0.3 * fatigue), 0, 1), 0
+        feasible,
+        np.clip(config.open_rate[ch] * np.asarray(carts[f"responsiveness_{ch}"]) / (1 + 0.3 * fatigue), 0, 1),
+        0,
     )
     q = natural_before(delay)
     expected = p0 * q + (1 - o) * p0 * (1 - q) + o * (p1 - np.minimum(p0, p1) * q)
@@ -128,17 +150,31 @@ def respond(carts: Mapping[str, np.ndarray], action: Action, config: ShopConfig)
     via_message = opened & (u_rec < p1)
     recovered = before_send | via_message | (sent & ~opened & natural) | (~feasible & natural)
     lag = 0.1 + 2.0 * np.asarray(carts["u_lag"])
-    hours = np.where(via_message, np.minimum(delay + lag, np.where(natural, natural_hours, np.inf)), natural_hours)
+    hours = np.where(
+        via_message, np.minimum(delay + lag, np.where(natural, natural_hours, np.inf)), natural_hours
+    )
     hours = np.where(recovered, hours, np.nan)
     unsub_p = config.unsubscribe_rate[ch] * (1 + fatigue) ** 1.5
     unsubscribed = opened & (np.asarray(carts["u_unsub"]) < unsub_p)
     return Response(
-        feasible, o, p1, expected, expected_discount, expected_cost, recovered, hours, sent, opened, via_message,
+        feasible,
+        o,
+        p1,
+        expected,
+        expected_discount,
+        expected_cost,
+        recovered,
+        hours,
+        sent,
+        opened,
+        via_message,
         unsubscribed,
-    )  # fmt: skip
+    )
 
 
-def expected_outcomes(carts: pd.DataFrame, actions: Action | list[Action], config: ShopConfig) -> pd.DataFrame:
+def expected_outcomes(
+    carts: pd.DataFrame, actions: Action | list[Action], config: ShopConfig
+) -> pd.DataFrame:
     """Exact expected outcome of each action on each cart: one row per (cart, action).
 
     Columns: ``cart_id``, ``action``, ``p_recover``, ``revenue``, ``discount``, ``cost``, ``margin``
@@ -169,7 +205,9 @@ def expected_outcomes(carts: pd.DataFrame, actions: Action | list[Action], confi
     return pd.concat(frames, ignore_index=True)
 
 
-def realised_outcomes(carts: pd.DataFrame, actions: Action | list[Action], config: ShopConfig) -> pd.DataFrame:
+def realised_outcomes(
+    carts: pd.DataFrame, actions: Action | list[Action], config: ShopConfig
+) -> pd.DataFrame:
     """The common-random-number realisation of each action on each cart: one row per (cart, action)."""
     columns = {c: carts[c].to_numpy() for c in CART_COLUMNS}
     value = carts["value"].to_numpy(dtype=float)

@@ -44,14 +44,28 @@ class _Events:
     prop: list[np.ndarray] = field(default_factory=list)
     properties: list[str] = field(default_factory=list)
 
-    def add(self, ts: np.ndarray, kind: int | np.ndarray, user: np.ndarray, session: np.ndarray | int = -1,
-            product: np.ndarray | int = -1, quantity: np.ndarray | int = 0, order: np.ndarray | int = -1,
-            prop: np.ndarray | int = -1) -> None:  # fmt: skip
+    def add(
+        self,
+        ts: np.ndarray,
+        kind: int | np.ndarray,
+        user: np.ndarray,
+        session: np.ndarray | int = -1,
+        product: np.ndarray | int = -1,
+        quantity: np.ndarray | int = 0,
+        order: np.ndarray | int = -1,
+        prop: np.ndarray | int = -1,
+    ) -> None:
         n = ts.size
         self.ts.append(ts.astype(np.int64))
-        for name, value, dtype in (("kind", kind, np.int8), ("user", user, np.int64), ("session", session, np.int64),
-                                   ("product", product, np.int64), ("quantity", quantity, np.int16),
-                                   ("order", order, np.int64), ("prop", prop, np.int64)):  # fmt: skip
+        for name, value, dtype in (
+            ("kind", kind, np.int8),
+            ("user", user, np.int64),
+            ("session", session, np.int64),
+            ("product", product, np.int64),
+            ("quantity", quantity, np.int16),
+            ("order", order, np.int64),
+            ("prop", prop, np.int64),
+        ):
             getattr(self, name).append(np.broadcast_to(np.asarray(value, dtype=dtype), (n,)).copy())
 
     def props(self, texts: list[str]) -> np.ndarray:
@@ -61,7 +75,9 @@ class _Events:
 
     def columns(self) -> dict[str, np.ndarray]:
         names = ("ts", "kind", "user", "session", "product", "quantity", "order", "prop")
-        return {n: np.concatenate(getattr(self, n)) if getattr(self, n) else np.zeros(0, np.int64) for n in names}
+        return {
+            n: np.concatenate(getattr(self, n)) if getattr(self, n) else np.zeros(0, np.int64) for n in names
+        }
 
 
 @dataclass
@@ -118,8 +134,10 @@ class _Simulation:
         self.catalogue = Catalogue.generate(config, world)
         self.people = Customers.generate(config, self.catalogue, world)
         self.out = _Events()
-        self.start_us = int(datetime(config.start.year, config.start.month, config.start.day,
-                                     tzinfo=UTC).timestamp()) * US  # fmt: skip
+        self.start_us = (
+            int(datetime(config.start.year, config.start.month, config.start.day, tzinfo=UTC).timestamp())
+            * US
+        )
         self.end_us = self.start_us + config.days * 86_400 * US
         self.next_session = 0
         self.next_order = 0
@@ -195,7 +213,9 @@ class _Simulation:
         last_item[np.cumsum(np.bincount(item_owner, minlength=n))[n_items > 0] - 1] = True
         removed = last_item & (n_items[item_owner] >= 2) & (rng.random(item_owner.size) < 0.15)
         rm_ts = add_ts[removed] + rng.integers(30, 300, int(removed.sum())) * US
-        self.out.add(rm_ts, REMOVE, user[item_owner[removed]], session[item_owner[removed]], item_product[removed])
+        self.out.add(
+            rm_ts, REMOVE, user[item_owner[removed]], session[item_owner[removed]], item_product[removed]
+        )
         kept = ~removed
         k_owner, k_product, k_qty = item_owner[kept], item_product[kept], item_qty[kept]
         value = np.bincount(k_owner, weights=cat.price[k_product] * k_qty, minlength=n)
@@ -205,7 +225,9 @@ class _Simulation:
 
         # Checkout and purchase: price-sensitive customers balk at big carts; harvesters wait for coupons.
         sensitivity = people.price_sensitivity[user]
-        p_buy = 0.30 * (1.2 - 0.5 * sensitivity * np.minimum(value / 60, 2)) * (0.75 + 0.5 * people.loyalty[user])
+        p_buy = (
+            0.27 * (1.2 - 0.5 * sensitivity * np.minimum(value / 60, 2)) * (0.75 + 0.5 * people.loyalty[user])
+        )
         p_buy = np.clip(p_buy * (1 - 0.7 * harvest), 0.02, 0.95)
         buys = is_cart & (rng.random(n) < p_buy)
         checks_out = buys | (is_cart & (rng.random(n) < 0.25))
@@ -217,25 +239,60 @@ class _Simulation:
         carts = is_cart & ~buys
         if carts.any():
             abandoned_at = last_ts[carts] + cfg.idle_minutes * 60 * US
-            self._abandoned(day, user[carts], session[carts], abandoned_at, value[carts],
-                            np.bincount(k_owner, minlength=n)[carts], np.flatnonzero(carts), k_owner, k_product,
-                            k_qty)  # fmt: skip
+            self._abandoned(
+                day,
+                user[carts],
+                session[carts],
+                abandoned_at,
+                value[carts],
+                np.bincount(k_owner, minlength=n)[carts],
+                np.flatnonzero(carts),
+                k_owner,
+                k_product,
+                k_qty,
+            )
 
-    def _purchase(self, buys: np.ndarray, ts: np.ndarray, user: np.ndarray, session: np.ndarray,
-                  item_owner: np.ndarray, item_product: np.ndarray, item_qty: np.ndarray,
-                  prop: np.ndarray | None = None) -> None:  # fmt: skip
+    def _purchase(
+        self,
+        buys: np.ndarray,
+        ts: np.ndarray,
+        user: np.ndarray,
+        session: np.ndarray,
+        item_owner: np.ndarray,
+        item_product: np.ndarray,
+        item_qty: np.ndarray,
+        prop: np.ndarray | None = None,
+    ) -> None:
         """One order per buying session: a purchase line per cart item."""
         order = np.full(buys.size, -1)
         order[buys] = np.arange(self.next_order, self.next_order + int(buys.sum()))
         self.next_order += int(buys.sum())
         line = buys[item_owner]
         owner = item_owner[line]
-        self.out.add(ts[owner], PURCHASE, user[owner], session[owner], item_product[line], item_qty[line],
-                     order[owner], -1 if prop is None else prop[owner])  # fmt: skip
+        self.out.add(
+            ts[owner],
+            PURCHASE,
+            user[owner],
+            session[owner],
+            item_product[line],
+            item_qty[line],
+            order[owner],
+            -1 if prop is None else prop[owner],
+        )
 
-    def _abandoned(self, day: int, user: np.ndarray, session: np.ndarray, abandoned_at: np.ndarray,
-                   value: np.ndarray, n_items: np.ndarray, cart_rows: np.ndarray, item_owner: np.ndarray,
-                   item_product: np.ndarray, item_qty: np.ndarray) -> None:  # fmt: skip
+    def _abandoned(
+        self,
+        day: int,
+        user: np.ndarray,
+        session: np.ndarray,
+        abandoned_at: np.ndarray,
+        value: np.ndarray,
+        n_items: np.ndarray,
+        cart_rows: np.ndarray,
+        item_owner: np.ndarray,
+        item_product: np.ndarray,
+        item_qty: np.ndarray,
+    ) -> None:
         """Decide (policy or nothing), realise each cart's response, emit messages and recoveries."""
         people, cfg = self.people, self.config
         m = user.size
@@ -247,14 +304,20 @@ class _Simulation:
             "abandoned_at_us": abandoned_at,
             "value": np.round(value, 2),
             "n_items": n_items,
-            "p_natural": p_natural(people.forgetfulness[user], people.loyalty[user], people.harvest_level[user]),
+            "p_natural": p_natural(
+                people.forgetfulness[user], people.loyalty[user], people.harvest_level[user]
+            ),
             "forgetfulness": people.forgetfulness[user],
             "price_sensitivity": people.price_sensitivity[user],
             "loyalty": people.loyalty[user],
             "harvest_level": people.harvest_level[user].copy(),
             "messages_last_week": people.messages_last_week(user),
-            "u_rec": u[:, 0], "u_time": u[:, 1], "u_open": u[:, 2], "u_lag": u[:, 3], "u_unsub": u[:, 4],
-        }  # fmt: skip
+            "u_rec": u[:, 0],
+            "u_time": u[:, 1],
+            "u_open": u[:, 2],
+            "u_lag": u[:, 3],
+            "u_unsub": u[:, 4],
+        }
         for i, ch in enumerate(CHANNEL_NAMES):
             carts[f"can_{ch}"] = people.consent[user, i] & ~people.unsubscribed[user, i]
             carts[f"responsiveness_{ch}"] = people.responsiveness[user, i]
@@ -308,8 +371,10 @@ class _Simulation:
         user = carts["user"][rows]
         send_ts = carts["abandoned_at_us"][rows] + action.delay_hours * 3600 * US
         lag = (0.1 + 2.0 * carts["u_lag"][rows]) * 3600 * US
-        texts = [f'{{"action":"{action.name}","cart_id":"s{c}","channel":"{action.channel}"}}'
-                 for c in carts["cart_id"][rows]]  # fmt: skip
+        texts = [
+            f'{{"action":"{action.name}","cart_id":"s{c}","channel":"{action.channel}"}}'
+            for c in carts["cart_id"][rows]
+        ]
         prop = out.props(texts)
         s = r.sent
         out.add(send_ts[s], SENT, user[s], prop=prop[s])
@@ -335,9 +400,17 @@ class _Simulation:
                 1.0, people.harvest_level[learner] + 0.5 * people.harvest_propensity[learner]
             )
 
-    def _recoveries(self, carts: dict[str, np.ndarray], recovered: np.ndarray, via: np.ndarray,
-                    coupon: np.ndarray, cart_rows: np.ndarray, item_owner: np.ndarray, item_product: np.ndarray,
-                    item_qty: np.ndarray) -> None:  # fmt: skip
+    def _recoveries(
+        self,
+        carts: dict[str, np.ndarray],
+        recovered: np.ndarray,
+        via: np.ndarray,
+        coupon: np.ndarray,
+        cart_rows: np.ndarray,
+        item_owner: np.ndarray,
+        item_product: np.ndarray,
+        item_qty: np.ndarray,
+    ) -> None:
         """A later session that views the cart again and buys it (with the coupon, if it came by one)."""
         if not recovered.any():
             return
@@ -352,7 +425,9 @@ class _Simulation:
         line = position[item_owner]
         has = line >= 0
         owner, product, qty = line[has], item_product[has], item_qty[has]
-        self.out.add(ts[owner] + rng.integers(5, 60, owner.size) * US, VIEW, user[owner], session[owner], product)
+        self.out.add(
+            ts[owner] + rng.integers(5, 60, owner.size) * US, VIEW, user[owner], session[owner], product
+        )
         checkout_ts = ts + 120 * US
         self.out.add(checkout_ts, CHECKOUT, user, session)
         texts = [
@@ -360,7 +435,9 @@ class _Simulation:
             for f, c, v in zip(via[rec], coupon[rec], carts["value"][rec], strict=True)
         ]
         prop = np.where(np.array([bool(t) for t in texts]), self.out.props(texts), -1)
-        self._purchase(np.ones(rec.size, dtype=bool), checkout_ts + 90 * US, user, session, owner, product, qty, prop)
+        self._purchase(
+            np.ones(rec.size, dtype=bool), checkout_ts + 90 * US, user, session, owner, product, qty, prop
+        )
 
     # -- results ----------------------------------------------------------------------------------
 
@@ -371,13 +448,14 @@ class _Simulation:
         cols = self.out.columns()
         session_user = np.concatenate(self.session_user) if self.session_user else np.zeros(0, np.int64)
         cols["ts"] = _space_sessions(cols["ts"], cols["session"], session_user)
-        keep = cols["ts"] < self.end_us
+        keep = (cols["ts"] >= self.start_us) & (cols["ts"] < self.end_us)
         order = np.lexsort((cols["kind"][keep], cols["user"][keep], cols["ts"][keep]))
         cols = {k: v[keep][order] for k, v in cols.items()}
         events = self._table(cols)
         carts = pd.concat(self.cart_frames, ignore_index=True) if self.cart_frames else pd.DataFrame()
-        return SimulationResult(self.config, self.seed, events, self._customers(), self._carts(carts),
-                                self.catalogue)  # fmt: skip
+        return SimulationResult(
+            self.config, self.seed, events, self._customers(), self._carts(carts), self.catalogue
+        )
 
     def _table(self, c: dict[str, np.ndarray]) -> pa.Table:
         n = c["ts"].size
@@ -392,12 +470,16 @@ class _Simulation:
             if pad:
                 text = pc.utf8_lpad(text, pad, "0")
             joined = pc.binary_join_element_wise(prefix, text, "")
-            return pc.if_else(pa.array(valid), joined, pa.nulls(n, pa.string())) if valid is not None else joined
+            return (
+                pc.if_else(pa.array(valid), joined, pa.nulls(n, pa.string())) if valid is not None else joined
+            )
 
-        props = np.array(self.out.properties + [""], dtype=object)[np.where(c["prop"] >= 0, c["prop"], -1)]
+        props = np.array([*self.out.properties, ""], dtype=object)[np.where(c["prop"] >= 0, c["prop"], -1)]
         arrays = {
             "event_id": ids(f"sim-{self.seed}-", np.arange(n), pad=len(str(n))),
-            "event_type": pa.DictionaryArray.from_arrays(pa.array(c["kind"]), pa.array(TYPES)).cast(pa.string()),
+            "event_type": pa.DictionaryArray.from_arrays(pa.array(c["kind"]), pa.array(TYPES)).cast(
+                pa.string()
+            ),
             "timestamp": pa.array(c["ts"], type=pa.timestamp("us", tz="UTC")),
             "user_id": ids("u", c["user"], pad=width),
             "anonymous_id": pa.nulls(n, pa.string()),
@@ -405,9 +487,9 @@ class _Simulation:
             "product_id": ids("p", product, has_product, pad=pwidth),
             "category": pc.if_else(
                 pa.array(has_product),
-                pa.DictionaryArray.from_arrays(pa.array(cat.category[product]), pa.array(cat.category_names)).cast(
-                    pa.string()
-                ),
+                pa.DictionaryArray.from_arrays(
+                    pa.array(cat.category[product]), pa.array(cat.category_names)
+                ).cast(pa.string()),
                 pa.nulls(n, pa.string()),
             ),
             "price": pa.array(cat.price[product], mask=~has_product),
@@ -454,7 +536,9 @@ class _Simulation:
             user_id=[self._user_id(u) for u in carts["user"]],
             session_id=["s" + str(c) for c in carts["session"]],
             abandoned_at=pd.to_datetime(carts["abandoned_at_us"], unit="us", utc=True),
-            recovered_at=pd.to_datetime(carts["recovered_at_us"].where(carts["recovered"]), unit="us", utc=True),
+            recovered_at=pd.to_datetime(
+                carts["recovered_at_us"].where(carts["recovered"]), unit="us", utc=True
+            ),
         )
         return carts.drop(columns=["user", "session", "abandoned_at_us", "recovered_at_us"])
 

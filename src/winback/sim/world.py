@@ -55,7 +55,9 @@ class ShopConfig:
     cart_session_share: float = 0.24
     idle_minutes: int = 30  # inactivity after which a cart counts as abandoned
     margin_rate: float = 0.30
-    channel_cost: dict[str, float] = field(default_factory=lambda: {"email": 0.001, "sms": 0.04, "push": 0.0005})
+    channel_cost: dict[str, float] = field(
+        default_factory=lambda: {"email": 0.001, "sms": 0.04, "push": 0.0005}
+    )
     open_rate: dict[str, float] = field(default_factory=lambda: {"email": 0.45, "sms": 0.90, "push": 0.60})
     consent_rate: dict[str, float] = field(default_factory=lambda: {"email": 0.90, "sms": 0.30, "push": 0.40})
     unsubscribe_rate: dict[str, float] = field(
@@ -98,11 +100,15 @@ class Catalogue:
         cum = np.cumsum(popularity[order])
         mass = np.bincount(category, weights=popularity, minlength=k)
         start = np.concatenate([[0.0], np.cumsum(mass)[:-1]])
-        return cls(category, price, popularity, list(CATEGORY_NAMES[:k]), complements, order, cum, start, mass)
+        return cls(
+            category, price, popularity, list(CATEGORY_NAMES[:k]), complements, order, cum, start, mass
+        )
 
     def sample(self, categories: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """One product per entry of ``categories``, by popularity within the category."""
-        target = self.category_start[categories] + rng.random(categories.size) * self.category_mass[categories]
+        target = (
+            self.category_start[categories] + rng.random(categories.size) * self.category_mass[categories]
+        )
         index = np.searchsorted(self.cum_popularity, target, side="right").clip(0, self.by_category.size - 1)
         return self.by_category[index]
 
