@@ -95,8 +95,7 @@ def run_demo(
         )
     console.print(table)
     console.print(
-        "   Early reminders lose sales, coupons pay people who would have bought anyway: "
-        "deciding who gets what is issue 5's job."
+        "   Reminders within the hour lose sales; coupons mostly pay people who would have bought anyway."
     )
 
     summary = {
@@ -114,7 +113,7 @@ def run_demo(
     console.rule("[bold]summary")
     console.print(
         f"Simulated {customers:,} customers for {days} days: {result.events.num_rows:,} events, "
-        f"{stats['carts']:,} carts of which {stats['abandonment_rate']:.0%} abandoned, "
+        f"{stats['carts']:,} carts ({stats['abandonment_rate']:.0%} abandoned),\n"
         f"{stats['purchases']:,} orders worth {stats['revenue']:,.0f} {'/'.join(stats['currencies'])}.\n"
         f"Results:\n"
         f"  event store      {settings.store_path}   (winback events stats --home {settings.home})\n"
