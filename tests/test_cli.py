@@ -127,3 +127,47 @@ def test_demo_runs_end_to_end_and_a_rerun_adds_nothing(tmp_path: Path) -> None:
     text = run("demo", "--customers", "400", "--days", "45", home=home)
     assert "summary" in text.stdout
     assert str(home / "events.duckdb") in text.stdout
+
+
+def test_mapping_file_and_quiet_json(tmp_path: Path) -> None:
+    log = tmp_path / "log.csv"
+    log.write_text("when;who;what;sku\n20240301;7;pv;a\n20240302;7;buy;a\n20240303;8;hover;b\n")
+    mapping = tmp_path / "mapping.toml"
+    mapping.write_text(
+        'delimiter = ";"\ntimestamp_format = "yyyymmdd"\n'
+        '[columns]\ntimestamp = "when"\nuser_id = "who"\nevent_type = "what"\nproduct_id = "sku"\n'
+        '[event_types]\npv = "view"\nbuy = "purchase"\nhover = "ignore"\n'
+    )
+    result = run("ingest", str(log), "--mapping", str(mapping), "--json", home=tmp_path / "home")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # no progress bar when output is not a terminal
+    report = json.loads(result.stdout)
+    assert (report["ingested"], report["ignored"]) == (2, 1)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[colums]\nuser_id = 'who'\n")
+    refused = run("ingest", str(log), "--mapping", str(bad), home=tmp_path / "home")
+    assert refused.returncode == 2
+    assert "unknown keys ['colums']" in refused.stderr
+
+
+def test_progress_bar_on_a_terminal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under a pseudo-terminal the bar is drawn (on stderr); under pipes (the other tests) it is not."""
+    import pty
+
+    out = tmp_path / "shop.parquet"
+    chunks: list[bytes] = []
+
+    def read(fd: int) -> bytes:
+        data = os.read(fd, 4096)
+        chunks.append(data)
+        return data
+
+    monkeypatch.setenv("COLUMNS", "100")
+    monkeypatch.setenv("TERM", "xterm")
+    status = pty.spawn(
+        [*WINBACK, "simulate", "--customers", "2000", "--days", "120", "--out", str(out)], read
+    )
+    text = b"".join(chunks).decode(errors="replace")
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert "simulating days" in text
+    assert "simulated 2,000 customers" in text

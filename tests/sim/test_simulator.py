@@ -155,3 +155,18 @@ def test_spamming_coupons_unsubscribes_churns_and_teaches_harvesting() -> None:
 def test_policy_must_answer_every_cart() -> None:
     with pytest.raises(ValueError, match="actions for"):
         simulate(customers=200, days=30, seed=1, policy=lambda carts: [])
+
+
+def test_price_sensitive_customers_swap_for_cheaper_substitutes(shop: SimulationResult) -> None:
+    frame = shop.events.to_pandas()
+    cart = frame[frame["event_type"].isin(["add_to_cart", "remove_from_cart"])]
+    previous = cart.groupby("session_id").shift()
+    swap = (
+        (cart["event_type"] == "add_to_cart")
+        & (previous["event_type"] == "remove_from_cart")
+        & (cart["category"] == previous["category"])
+        & (cart["price"] < previous["price"])
+    )
+    assert swap.sum() > 20
+    swappers = shop.customers.set_index("user_id").loc[cart.loc[swap, "user_id"], "price_sensitivity"]
+    assert swappers.mean() > shop.customers["price_sensitivity"].mean()

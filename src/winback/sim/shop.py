@@ -216,12 +216,26 @@ class _Simulation:
         self.out.add(
             rm_ts, REMOVE, user[item_owner[removed]], session[item_owner[removed]], item_product[removed]
         )
+        # Price-sensitive customers often swap what they removed for a cheaper substitute.
+        gone_owner, gone_product = item_owner[removed], item_product[removed]
+        swaps = rng.random(gone_owner.size) < people.price_sensitivity[user[gone_owner]]
+        substitute = cat.cheaper_substitute(gone_product[swaps], rng)
+        swaps[swaps] = substitute >= 0
+        sub_owner, sub_product = gone_owner[swaps], substitute[substitute >= 0]
+        sub_ts = rm_ts[swaps] + rng.integers(20, 200, sub_owner.size) * US
+        sub_qty = np.ones(sub_owner.size, dtype=np.int64)
+        self.out.add(sub_ts, ADD, user[sub_owner], session[sub_owner], sub_product, sub_qty)
         kept = ~removed
-        k_owner, k_product, k_qty = item_owner[kept], item_product[kept], item_qty[kept]
+        k_owner = np.concatenate([item_owner[kept], sub_owner])
+        k_product = np.concatenate([item_product[kept], sub_product])
+        k_qty = np.concatenate([item_qty[kept], sub_qty])
+        order = np.argsort(k_owner, kind="stable")
+        k_owner, k_product, k_qty = k_owner[order], k_product[order], k_qty[order]
         value = np.bincount(k_owner, weights=cat.price[k_product] * k_qty, minlength=n)
         last_ts = np.maximum(view_ts[np.cumsum(n_views) - 1], 0)
         np.maximum.at(last_ts, item_owner, add_ts)
-        np.maximum.at(last_ts, item_owner[removed], rm_ts)
+        np.maximum.at(last_ts, gone_owner, rm_ts)
+        np.maximum.at(last_ts, sub_owner, sub_ts)
 
         # Checkout and purchase: price-sensitive customers balk at big carts; harvesters wait for coupons.
         sensitivity = people.price_sensitivity[user]

@@ -72,7 +72,11 @@ class ShopConfig:
 
 @dataclass
 class Catalogue:
-    """Products with a category, a price and a power-law popularity; categories with complements."""
+    """Products with a category, a price and a power-law popularity; categories with complements.
+
+    Substitutes are products of the same category: a price-sensitive customer who removes an item may
+    swap it for a cheaper one (:meth:`cheaper_substitute`). Complements are categories viewed together.
+    """
 
     category: np.ndarray  # product -> category index
     price: np.ndarray
@@ -103,6 +107,16 @@ class Catalogue:
         return cls(
             category, price, popularity, list(CATEGORY_NAMES[:k]), complements, order, cum, start, mass
         )
+
+    def cheaper_substitute(
+        self, products: np.ndarray, rng: np.random.Generator, tries: int = 4
+    ) -> np.ndarray:
+        """For each product, the cheapest of a few popular products of its category, if cheaper; else -1."""
+        if products.size == 0:
+            return products
+        candidates = np.stack([self.sample(self.category[products], rng) for _ in range(tries)], axis=1)
+        best = candidates[np.arange(products.size), np.argmin(self.price[candidates], axis=1)]
+        return np.where(self.price[best] < self.price[products], best, -1)
 
     def sample(self, categories: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """One product per entry of ``categories``, by popularity within the category."""
