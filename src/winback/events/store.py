@@ -365,10 +365,17 @@ class EventStore:
             f"INSERT INTO event_log (event_key, event_id, {cols}, batch_id) "
             f"SELECT {key}, event_id, {cols}, {batch_id} FROM good"
         )
+        # File order matters where rows are numbered (the n-th identical copy) or where two rows may share
+        # a source id with different content (the first in the file is kept). Copies of one derived key
+        # are identical, so otherwise both cores may write in any order: about 15% faster.
+        ordered = inp.identical_rows_distinct or "event_id" in inp.raw.fields
+        self.con.execute(f"SET preserve_insertion_order = {str(ordered).lower()}")
         try:
             row = self.con.execute(sql).fetchone()
         except duckdb.Error as exc:
             raise BadInputError(f"{inp.name}: cannot be read as {inp.format}: {_first_line(exc)}") from exc
+        finally:
+            self.con.execute("SET preserve_insertion_order = true")
         return int(row[0]) if row else 0
 
     def _count_rows(self, inp: PreparedInput) -> int:
@@ -449,7 +456,7 @@ class EventStore:
         return f"{named}: found {found!r}, expected {expected}"
 
     def _remove_duplicates(self, first_batch: int, reports: list[BatchReport]) -> None:
-        """Keep the first copy of every key (the lowest row id: older batches, then file order).
+        """Keep the first copy of every key (the lowest row id: older loads, then file order).
 
         Aggregates and anti-joins rather than a window, so that DuckDB can spill them to disk and a
         reload of a file larger than memory still fits the memory limit.
@@ -462,7 +469,8 @@ class EventStore:
             else ""
         )
         con.execute(
-            "CREATE OR REPLACE TEMP TABLE dup_keys AS SELECT event_key, min(rowid) AS keep FROM event_log "
+            "CREATE OR REPLACE TEMP TABLE dup_keys AS "
+            "SELECT event_key, min(rowid) AS keep FROM event_log "
             f"{scope} GROUP BY event_key HAVING count(*) > 1"
         )
         con.execute(
