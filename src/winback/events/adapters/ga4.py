@@ -39,7 +39,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from winback.events.adapters.base import AdapterOptions, FileHead
-from winback.events.adapters.records import RecordAdapter, RecordError, Row, dig
+from winback.events.adapters.records import RecordAdapter, RecordError, Row, blank, compact, dig, first
 
 EVENTS: dict[str, str] = {
     "view_item": "view",
@@ -61,12 +61,16 @@ def _clean(value: Any) -> Any:
     return None if value in (None, "", NOT_SET) else value
 
 
+def _blank(value: object) -> bool:
+    return blank(value) or value == NOT_SET
+
+
 def _compact(values: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in values.items() if _clean(v) is not None}
+    return compact(values, _blank)
 
 
 def _first(*values: Any) -> Any:
-    return next((v for v in map(_clean, values) if v is not None), None)
+    return first(*values, is_blank=_blank)
 
 
 def micros_to_iso(value: Any) -> Any:

@@ -11,7 +11,7 @@ not an array) by raising :class:`RecordError`; the reader turns it into a bad ro
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -64,6 +64,21 @@ def text(value: object) -> str | None:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+def blank(value: object) -> bool:
+    """Whether a JSON value says nothing (null, "", [] or {})."""
+    return value is None or value == "" or value == [] or value == {}
+
+
+def compact(values: Mapping[str, Any], is_blank: Callable[[object], bool] = blank) -> dict[str, Any]:
+    """``values`` without its blank entries (for ``properties``)."""
+    return {k: v for k, v in values.items() if not is_blank(v)}
+
+
+def first(*values: Any, is_blank: Callable[[object], bool] = blank) -> Any:
+    """The first value that is not blank, or None."""
+    return next((v for v in values if not is_blank(v)), None)
 
 
 def dig(record: Mapping[str, Any], path: str) -> Any:

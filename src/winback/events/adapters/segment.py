@@ -35,7 +35,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from winback.events.adapters.base import AdapterOptions, FileHead
-from winback.events.adapters.records import RecordAdapter, RecordError, Row, dig
+from winback.events.adapters.records import RecordAdapter, RecordError, Row, compact, dig, first
 
 CALL_TYPES = frozenset({"track", "identify", "page", "screen", "group", "alias"})
 
@@ -64,14 +64,6 @@ _ORDER_PROPERTIES = (
     "shipping",
     "affiliation",
 )
-
-
-def _compact(values: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in values.items() if v is not None and v != "" and v != {}}
-
-
-def _first(*values: Any) -> Any:
-    return next((v for v in values if v is not None and v != ""), None)
 
 
 class SegmentMapper:
@@ -126,15 +118,15 @@ class SegmentMapper:
         message_id = record.get("messageId")
         base: Row = {
             "event_type": event_type,
-            "timestamp": _first(
+            "timestamp": first(
                 record.get("timestamp"), record.get("originalTimestamp"), record.get("sentAt")
             ),
             "user_id": record.get("userId"),
             "anonymous_id": record.get("anonymousId"),
-            "session_id": _first(dig(record, "context.session_id"), dig(record, "context.sessionId")),
+            "session_id": first(dig(record, "context.session_id"), dig(record, "context.sessionId")),
             "currency": props.get("currency"),
         }
-        context = _compact(
+        context = compact(
             {
                 "campaign": dig(record, "context.campaign"),
                 "page_url": dig(record, "context.page.url"),
@@ -146,7 +138,7 @@ class SegmentMapper:
         if canonical in PRODUCT_EVENTS:
             row = base | self._product(props, "/properties")
             row["event_id"] = message_id
-            row["properties"] = _compact(
+            row["properties"] = compact(
                 {
                     **row["properties"],
                     "coupon": props.get("coupon"),
@@ -156,7 +148,7 @@ class SegmentMapper:
             )
             return [row]
 
-        order = _compact({k: props.get(k) for k in _ORDER_PROPERTIES}) | context
+        order = compact({k: props.get(k) for k in _ORDER_PROPERTIES}) | context
         base["order_id"] = props.get("order_id")
         products = props.get("products")
         if products is None:
@@ -164,7 +156,7 @@ class SegmentMapper:
             if canonical is None:  # a user-mapped event may name one product in its properties
                 row |= self._product(props, "/properties")
             row["event_id"] = message_id
-            row["value"] = _first(props.get("revenue"), props.get("total"), props.get("value"))
+            row["value"] = first(props.get("revenue"), props.get("total"), props.get("value"))
             row["properties"] = row.get("properties", {}) | order
             return [row]
         if not isinstance(products, list):
@@ -176,18 +168,18 @@ class SegmentMapper:
                 raise RecordError(pointer, product, "a product object")
             row = base | self._product(product, pointer)
             row["event_id"] = None if message_id is None else f"{message_id}:{index}"
-            row["properties"] = _compact({**row["properties"], "item_coupon": product.get("coupon")}) | order
+            row["properties"] = compact({**row["properties"], "item_coupon": product.get("coupon")}) | order
             rows.append(row)
         return rows
 
     @staticmethod
     def _product(product: dict[str, Any], pointer: str) -> Row:
         return {
-            "product_id": _first(product.get("product_id"), product.get("id"), product.get("sku")),
+            "product_id": first(product.get("product_id"), product.get("id"), product.get("sku")),
             "category": product.get("category"),
             "price": product.get("price"),
             "quantity": product.get("quantity"),
-            "properties": _compact({k: product.get(k) for k in _PRODUCT_PROPERTIES}),
+            "properties": compact({k: product.get(k) for k in _PRODUCT_PROPERTIES}),
             "_item": pointer,
         }
 

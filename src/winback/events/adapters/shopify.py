@@ -48,7 +48,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from winback.events.adapters.base import AdapterOptions, FileHead
-from winback.events.adapters.records import RecordAdapter, RecordError, Row, dig
+from winback.events.adapters.records import RecordAdapter, RecordError, Row, compact, dig, first
 
 TOPICS: dict[str, str] = {
     "checkouts/create": "checkout_start",
@@ -67,14 +67,6 @@ _ORDER_PROPERTIES = ("order_number", "name", "checkout_id", "checkout_token", "f
 _COMMON_PROPERTIES: tuple[str, ...] = ("cart_token", "total_price", "subtotal_price", "total_discounts")
 _COMMON_PROPERTIES += ("total_tax", "discount_codes", "source_name", "landing_site", "referring_site")
 _LINE_PROPERTIES = ("sku", "variant_id", "title", "variant_title", "vendor")
-
-
-def _compact(values: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in values.items() if v not in (None, "", [], {})}
-
-
-def _first(*values: Any) -> Any:
-    return next((v for v in values if v is not None and v != ""), None)
 
 
 def _header(headers: Any, name: str) -> Any:
@@ -110,8 +102,8 @@ def unwrap(record: dict[str, Any]) -> tuple[str, Any, dict[str, Any]]:
     if not isinstance(payload, dict):
         raise RecordError("/payload", payload, "a Shopify webhook payload object")
     headers = record.get("headers")
-    topic = _first(record.get("topic"), _header(headers, "x-shopify-topic"))
-    webhook_id = _first(record.get("webhook_id"), _header(headers, "x-shopify-webhook-id"))
+    topic = first(record.get("topic"), _header(headers, "x-shopify-topic"))
+    webhook_id = first(record.get("webhook_id"), _header(headers, "x-shopify-webhook-id"))
     if topic is None:
         topic = infer_topic(payload)
     if not isinstance(topic, str):
@@ -120,7 +112,7 @@ def unwrap(record: dict[str, Any]) -> tuple[str, Any, dict[str, Any]]:
 
 
 def _is_wrapper(record: Mapping[str, object]) -> bool:
-    topic = _first(record.get("topic"), _header(record.get("headers"), "x-shopify-topic"))
+    topic = first(record.get("topic"), _header(record.get("headers"), "x-shopify-topic"))
     return (
         isinstance(record.get("payload"), dict)
         and isinstance(topic, str)
@@ -183,17 +175,17 @@ class ShopifyMapper:
         own_token = None if is_order else payload.get("token")
         base: Row = {
             "event_type": event_type,
-            "timestamp": _first(created, updated) if key.endswith("/create") else _first(updated, created),
+            "timestamp": first(created, updated) if key.endswith("/create") else first(updated, created),
             "user_id": dig(payload, "customer.id"),
-            "anonymous_id": _first(payload.get("cart_token"), checkout_token, own_token),
+            "anonymous_id": first(payload.get("cart_token"), checkout_token, own_token),
             "order_id": payload.get("id") if is_order else None,
-            "currency": _first(payload.get("currency"), payload.get("presentment_currency")),
+            "currency": first(payload.get("currency"), payload.get("presentment_currency")),
         }
-        header = _compact({k: payload.get(k) for k in _COMMON_PROPERTIES})
+        header = compact({k: payload.get(k) for k in _COMMON_PROPERTIES})
         if is_order:
-            header |= _compact({k: payload.get(k) for k in _ORDER_PROPERTIES})
+            header |= compact({k: payload.get(k) for k in _ORDER_PROPERTIES})
         else:
-            header |= _compact(
+            header |= compact(
                 {
                     "checkout_token": checkout_token,
                     "abandoned_checkout_url": payload.get("abandoned_checkout_url"),
@@ -214,13 +206,13 @@ class ShopifyMapper:
             pointer = f"/line_items/{index}"
             if not isinstance(line, dict):
                 raise RecordError(pointer, line, "a line item object")
-            line_properties = _compact({k: line.get(k) for k in _LINE_PROPERTIES})
-            line_properties |= _compact({"line_item_id": line.get("id"), "line_key": line.get("key")})
+            line_properties = compact({k: line.get(k) for k in _LINE_PROPERTIES})
+            line_properties |= compact({"line_item_id": line.get("id"), "line_key": line.get("key")})
             rows.append(
                 base
                 | {
                     "event_id": None if webhook_id is None else f"{webhook_id}:{index}",
-                    "product_id": _first(line.get("product_id"), line.get("variant_id")),
+                    "product_id": first(line.get("product_id"), line.get("variant_id")),
                     "price": line.get("price"),
                     "quantity": line.get("quantity"),
                     "properties": line_properties | header,
