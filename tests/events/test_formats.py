@@ -184,3 +184,32 @@ def test_unknown_format_and_missing_file(store: EventStore, tmp_path: Path) -> N
         ingest_files(store, [tmp_path / "missing.csv"])
     with pytest.raises(Exception, match="--format nope: unknown"):
         ingest_files(store, [odd], fmt="nope")
+
+
+def test_derived_identity_is_the_same_whatever_the_format(store: EventStore, tmp_path: Path) -> None:
+    """The same events as a narrow CSV, a typed Parquet file and JSON Lines are stored once."""
+    csv = tmp_path / "e.csv"
+    csv.write_text(
+        "timestamp,user_id,event_type,product_id,price\n"
+        "2024-03-01T10:00:00Z,u1,view,p1,3.50\n"
+        "2024-03-01T10:01:00Z,u1,purchase,p1,3.5\n"
+    )
+    times = [datetime(2024, 3, 1, 10, tzinfo=UTC), datetime(2024, 3, 1, 10, 1, tzinfo=UTC)]
+    columns = {
+        "timestamp": pa.array(times),
+        "user_id": ["u1", "u1"],
+        "event_type": ["view", "purchase"],
+        "product_id": ["p1", "p1"],
+        "price": [3.5, 3.5],
+        "session_id": pa.array([None, None], pa.string()),
+    }
+    parquet = tmp_path / "e.parquet"
+    pq.write_table(pa.table(columns), parquet)
+    jsonl = tmp_path / "e.jsonl"
+    jsonl.write_text(
+        '{"timestamp": "2024-03-01T11:00:00+01:00", "user_id": "u1", "event_type": "view", '
+        '"product_id": "p1", "price": 3.5}\n'
+    )
+    assert ingest_files(store, [csv]).as_dict()["ingested"] == 2
+    again = ingest_files(store, [parquet, jsonl]).as_dict()
+    assert (again["ingested"], again["duplicates"]) == (0, 3)
