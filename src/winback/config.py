@@ -32,8 +32,6 @@ class Settings(BaseSettings):
 
     home: Path = Field(Path(".winback"), description="Directory of the embedded state (event store, models).")
     session_gap_minutes: int = Field(30, gt=0, description="Inactivity that ends a session without an id.")
-    cart_idle_minutes: int = Field(30, gt=0, description="Inactivity after which a cart counts as abandoned.")
-    recovery_window_days: int = Field(7, gt=0, description="Days after abandonment a purchase recovers it.")
     max_future: timedelta = Field(
         timedelta(days=1), description="How far past the current time an event timestamp may lie."
     )

@@ -213,3 +213,15 @@ def test_derived_identity_is_the_same_whatever_the_format(store: EventStore, tmp
     assert ingest_files(store, [csv]).as_dict()["ingested"] == 2
     again = ingest_files(store, [parquet, jsonl]).as_dict()
     assert (again["ingested"], again["duplicates"]) == (0, 3)
+
+
+def test_append_an_arrow_table_of_canonical_events(store: EventStore) -> None:
+    from winback.sim import simulate
+
+    events = simulate(customers=200, days=20, seed=4).events
+    first = store.append(events, "simulator").as_dict()
+    assert (first["ingested"], first["rejected"]) == (events.num_rows, 0)
+    assert store.append(events, "simulator").as_dict()["duplicates"] == events.num_rows
+    broken = events.drop_columns(["timestamp"])
+    with pytest.raises(Exception, match=r"simulator: missing columns \['timestamp'\]"):
+        store.append(broken, "simulator")

@@ -15,10 +15,9 @@ Why it is shaped this way:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -245,14 +244,6 @@ class EventStore:
     def count(self) -> int:
         row = self.con.execute("SELECT count(*) FROM event_log").fetchone()
         return int(row[0]) if row else 0
-
-    def to_arrow(self, where: str = "true") -> pa.Table:
-        """Events in canonical form (``EVENT_SCHEMA`` columns), ordered by time."""
-        cols = ", ".join(EVENT_FIELDS)
-        result: pa.Table = self.con.execute(
-            f"SELECT {cols} FROM events WHERE {where} ORDER BY timestamp, event_id"
-        ).to_arrow_table()
-        return result
 
     # -- writing -----------------------------------------------------------------------------------
 
@@ -517,13 +508,3 @@ def _duck_type(t: pa.DataType) -> str:
     if pa.types.is_floating(t):
         return "DOUBLE"
     return "VARCHAR"
-
-
-@contextlib.contextmanager
-def open_store(settings: Settings, *, read_only: bool = False) -> Iterator[EventStore]:
-    """``with open_store(settings) as store:`` — closes the connection even on errors."""
-    store = EventStore(settings, read_only=read_only)
-    try:
-        yield store
-    finally:
-        store.close()

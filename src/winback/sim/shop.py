@@ -27,7 +27,6 @@ Policy = Callable[[pd.DataFrame], Sequence[Action]]
 TYPES = [t.value for t in EventType]
 VIEW, ADD, REMOVE, CHECKOUT, PURCHASE, SENT, OPENED, CLICKED, UNSUBSCRIBED = range(9)
 US = 1_000_000  # microseconds per second
-OBSERVABLE = ("cart_id", "user_id", "abandoned_at", "value", "n_items", "can_email", "can_sms", "can_push")
 
 
 @dataclass
