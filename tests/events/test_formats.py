@@ -225,3 +225,16 @@ def test_append_an_arrow_table_of_canonical_events(store: EventStore) -> None:
     broken = events.drop_columns(["timestamp"])
     with pytest.raises(Exception, match=r"simulator: missing columns \['timestamp'\]"):
         store.append(broken, "simulator")
+
+
+def test_empty_files_load_nothing(store: EventStore, tmp_path: Path) -> None:
+    header_only = tmp_path / "header.csv"
+    header_only.write_text("timestamp,user_id,event_type\n")
+    empty_json = tmp_path / "empty.jsonl"
+    empty_json.write_text("")
+    report = ingest_files(store, [header_only, empty_json]).as_dict()
+    assert [(f["format"], f["ingested"], f["rejected"]) for f in report["files"]] == [
+        ("csv", 0, 0),
+        ("jsonl", 0, 0),
+    ]
+    assert store.count() == 0

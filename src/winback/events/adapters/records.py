@@ -241,7 +241,7 @@ class GenericJsonMapper:
     sources: Mapping[str, str] = {}
 
     def detect(self, head: FileHead) -> bool:
-        return head.first_record is not None
+        return head.first_record is not None or head.path.suffix.lower() in (".jsonl", ".ndjson")
 
     def rows(self, record: dict[str, Any], options: AdapterOptions) -> Iterable[Row]:
         paths = self._paths(record, options)
