@@ -1,34 +1,49 @@
 """A shop simulator with known causal effects: the default data of the demo and the truth for policies.
 
-Real logs never show what would have happened under another action. The simulator makes customers with
-latent traits (price sensitivity, forgetfulness, loyalty, channel consent and responsiveness, time zone,
-a lifetime that ends, a propensity to learn coupon harvesting), a catalogue with categories, prices, a
-power-law popularity and complement categories, and lets them visit, view, fill and abandon carts, buy,
-and come back, with seasonality by local hour, weekday and month. For every abandoned cart it knows what
-the customer would do under each action of :mod:`winback.decide.actions` (see :mod:`.response` for the
-model and its effect sizes), with common random numbers so differences between actions are exact.
+Real logs never show what would have happened under another action, so the simulator generates a shop
+whose causal structure is known, and keeps the truth:
 
->>> from winback.sim import simulate, expected_outcomes
->>> from winback.decide.actions import Action
->>> result = simulate(customers=500, days=60, seed=7)
->>> table = expected_outcomes(result.carts, [Action(), Action.parse("reminder/email/24h")], result.config)
+- a catalogue (:mod:`.catalogue`): categories with plausible prices, Zipf popularity, complement
+  categories, substitutes of similar price;
+- customers (:mod:`.customers`) with latent price sensitivity, forgetfulness, loyalty, channel consent
+  and responsiveness, time zone, category affinities, visit rate, acquisition and churn dates, and a
+  coupon-harvesting propensity;
+- their sessions, local day by local day (:mod:`.sessions`, :mod:`.shop`), seasonal by local hour,
+  weekday and month;
+- for every abandoned cart, what the customer would do under each action of
+  :mod:`winback.decide.actions` (:mod:`.response`, with the effect sizes of :class:`Effects`): exact
+  expectations in closed form, and realisations with the cart's own random numbers (common to all
+  actions, so differences between actions are exact);
+- an optional policy that acts on each day's abandoned carts, whose messages, coupon orders,
+  unsubscribes, fatigue-shortened lifetimes and learnt coupon harvesting feed back into the run.
+
+Measured with the defaults (2,000 customers, 120 days): about 5 events and 4.4 views per session, a
+quarter of sessions add to cart, 70% of carts are abandoned, 15% of abandoned carts come back within
+7 days with no action (the log agrees with the truth cart by cart), e-mail opens 44%, sessions of a user
+always more than 30 minutes apart and events within a session less than 25 minutes apart; November and
+December bring about 1.4 times the visits per customer of the other months. Size: see
+:class:`ShopConfig`; 10M events take about 20 s on 2 cores (``bench/bench_simulate.py``).
+
+>>> from winback.sim import simulate
+>>> shop = simulate(customers=500, days=60, seed=7)
+>>> table = shop.expected_outcomes(["nothing", "reminder/email/24h"])
 >>> sorted(table["action"].unique())
 ['nothing', 'reminder/email/24h']
 """
 
+from winback.sim.config import Effects, ShopConfig
 from winback.sim.output import write_events, write_truth
-from winback.sim.response import CART_COLUMNS, expected_outcomes, realised_outcomes, respond
+from winback.sim.response import CART_COLUMNS, expected_outcomes, realised_outcomes
 from winback.sim.shop import Policy, SimulationResult, simulate
-from winback.sim.world import ShopConfig
 
 __all__ = [
     "CART_COLUMNS",
+    "Effects",
     "Policy",
     "ShopConfig",
     "SimulationResult",
     "expected_outcomes",
     "realised_outcomes",
-    "respond",
     "simulate",
     "write_events",
     "write_truth",

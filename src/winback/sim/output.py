@@ -1,4 +1,7 @@
-"""Writing a simulation to files: the event log (Parquet or CSV) and the latent truth (Parquet)."""
+"""Writing a simulation to files: the event log (Parquet or CSV) and the latent truth (Parquet).
+
+Files are written under a temporary name and renamed, so a crash never leaves half a file behind.
+"""
 
 from __future__ import annotations
 
@@ -14,14 +17,21 @@ from winback.errors import BadInputError
 from winback.sim.shop import SimulationResult
 
 
-def write_events(table: pa.Table, path: Path) -> None:
-    """Write events to ``path``: Parquet for ``.parquet``, CSV (ISO-8601 UTC times) for ``.csv``.
+def write_events(table: pa.Table, path: Path | str) -> None:
+    """Write events as Parquet or CSV, by the file's extension.
 
-    Written to a temporary name and renamed, so a crash never leaves half a file under ``path``.
+    Parameters
+    ----------
+    table
+        Events, e.g. ``SimulationResult.events``.
+    path
+        ``.parquet`` (zstd-compressed) or ``.csv`` (a header, ISO-8601 UTC times such as
+        ``2024-01-01T19:52:45Z``).
     """
+    path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".parquet", ".csv"):
-        raise BadInputError(f"--out {path}: expected a .parquet or .csv file name")
+        raise BadInputError(f"{path}: expected a .parquet or .csv file name")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     if suffix == ".parquet":
@@ -33,8 +43,22 @@ def write_events(table: pa.Table, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def write_truth(result: SimulationResult, directory: Path) -> dict[str, Path]:
-    """Write ``customers.parquet`` and ``carts.parquet`` (the latent truth) into ``directory``."""
+def write_truth(result: SimulationResult, directory: Path | str) -> dict[str, Path]:
+    """Write the latent truth: ``customers.parquet`` and ``carts.parquet``.
+
+    Parameters
+    ----------
+    result
+        A simulation.
+    directory
+        Created if missing.
+
+    Returns
+    -------
+    dict
+        The paths written, by name (``customers``, ``carts``).
+    """
+    directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     paths = {"customers": directory / "customers.parquet", "carts": directory / "carts.parquet"}
     for name, frame in (("customers", result.customers), ("carts", result.carts)):

@@ -1,15 +1,26 @@
-"""The simulation loop: day by day, vectorised over that day's sessions and abandoned carts.
+"""The simulation loop: local day by local day, vectorised over that day's sessions and abandoned carts.
 
 Stepping by day is what lets actions feed back into behaviour (unsubscribes, fatigue, shortened
-lifetimes, customers learning to wait for coupons) while every step stays a handful of numpy operations
-over thousands of rows, so 10M events take seconds, not hours.
+lifetimes, customers learning to wait for coupons, return visits) while every step stays a few hundred
+numpy operations over thousands of rows. Each step:
+
+1. applies coupon harvesting learnt from coupons opened before the day;
+2. draws the day's visits of customers alive that day (Poisson in visit rate x season), at local hours,
+   generates their sessions (:func:`~winback.sim.sessions.browse`) and places them so a user's sessions
+   never touch;
+3. fits in the return visits due that day (carts recovered naturally or through a message);
+4. hands the day's abandoned carts to the policy (nothing without one), realises each cart's response
+   (:func:`~winback.sim.response.realise`), emits message events, updates the customers, and schedules
+   return visits.
+
+Times are whole seconds from the start date's UTC midnight until the event table is built.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
 
 import numpy as np
 import pandas as pd
@@ -17,103 +28,115 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from winback.decide.actions import Action
-from winback.events.schema import EVENT_SCHEMA, EventType
-from winback.sim.response import CART_COLUMNS, Response, natural_delay_hours, p_natural, respond
-from winback.sim.world import CHANNEL_NAMES, HOURLY, MONTH, WEEKDAY, Catalogue, Customers, ShopConfig
+from winback.events.schema import EVENT_SCHEMA, EVENT_TYPES
+from winback.sim.catalogue import Catalogue
+from winback.sim.config import CHANNELS, ShopConfig
+from winback.sim.customers import DAY, Customers
+from winback.sim.ids import prefixed
+from winback.sim.response import (
+    CLICK_AFTER_OPEN,
+    UNIFORMS,
+    UNSUBSCRIBE_AFTER_OPEN,
+    Actions,
+    Treatments,
+    expected_outcomes,
+    natural_delay_hours,
+    natural_probability,
+    realise,
+    realised_outcomes,
+)
+from winback.sim.sessions import (
+    CLICKED,
+    HOURLY,
+    OPENED,
+    PURCHASE,
+    SENT,
+    UNSUBSCRIBED,
+    Busy,
+    Items,
+    Sessions,
+    browse,
+    day_factor,
+    place,
+    rank_within,
+    returns,
+    user_time_key,
+)
 
-#: A policy sees the day's abandoned carts (observable columns only) and returns one action per cart.
+#: A policy sees the day's abandoned carts (observable columns: ``cart_id``, ``user_id``,
+#: ``abandoned_at``, ``value``, ``n_items``, ``consent_email``, ``consent_sms``, ``consent_push``) and
+#: returns one action per cart, in order.
 Policy = Callable[[pd.DataFrame], Sequence[Action]]
 
-TYPES = [t.value for t in EventType]
-VIEW, ADD, REMOVE, CHECKOUT, PURCHASE, SENT, OPENED, CLICKED, UNSUBSCRIBED = range(9)
-US = 1_000_000  # microseconds per second
-
-
-@dataclass
-class _Events:
-    """Columns of events being built (numpy), with properties as indexes into a list of JSON strings."""
-
-    ts: list[np.ndarray] = field(default_factory=list)
-    kind: list[np.ndarray] = field(default_factory=list)
-    user: list[np.ndarray] = field(default_factory=list)
-    session: list[np.ndarray] = field(default_factory=list)
-    product: list[np.ndarray] = field(default_factory=list)
-    quantity: list[np.ndarray] = field(default_factory=list)
-    order: list[np.ndarray] = field(default_factory=list)
-    prop: list[np.ndarray] = field(default_factory=list)
-    properties: list[str] = field(default_factory=list)
-
-    def add(
-        self,
-        ts: np.ndarray,
-        kind: int | np.ndarray,
-        user: np.ndarray,
-        session: np.ndarray | int = -1,
-        product: np.ndarray | int = -1,
-        quantity: np.ndarray | int = 0,
-        order: np.ndarray | int = -1,
-        prop: np.ndarray | int = -1,
-    ) -> None:
-        n = ts.size
-        self.ts.append(ts.astype(np.int64))
-        for name, value, dtype in (
-            ("kind", kind, np.int8),
-            ("user", user, np.int64),
-            ("session", session, np.int64),
-            ("product", product, np.int64),
-            ("quantity", quantity, np.int16),
-            ("order", order, np.int64),
-            ("prop", prop, np.int64),
-        ):
-            getattr(self, name).append(np.broadcast_to(np.asarray(value, dtype=dtype), (n,)).copy())
-
-    def props(self, texts: list[str]) -> np.ndarray:
-        start = len(self.properties)
-        self.properties.extend(texts)
-        return np.arange(start, start + len(texts))
-
-    def columns(self) -> dict[str, np.ndarray]:
-        names = ("ts", "kind", "user", "session", "product", "quantity", "order", "prop")
-        return {
-            n: np.concatenate(getattr(self, n)) if getattr(self, n) else np.zeros(0, np.int64) for n in names
-        }
+WEEK = 7 * DAY
+#: Event columns while the run accumulates them, as compact as their ranges allow (10M events: 0.4 GB).
+_EVENT_COLUMNS: dict[str, type[np.generic]] = {
+    "ts": np.int64, "type": np.int8, "user": np.int32, "session": np.int32, "product": np.int32,
+    "quantity": np.int8, "order": np.int32, "discount": np.float64, "special": np.int32,
+}  # fmt: skip
+_MESSAGE, _COUPON = 0, 1  # kinds of event properties
 
 
 @dataclass
 class SimulationResult:
-    """What a simulation produced: the event log, and the latent truth behind it."""
+    """What a simulation produced: the event log, and the latent truth behind it.
+
+    Attributes
+    ----------
+    events
+        The event log (:data:`winback.events.schema.EVENT_SCHEMA`), ordered by time.
+    customers
+        One row per customer: latent traits and final state.
+    carts
+        One row per abandoned cart: what was in it, the customer's state and traits at abandonment,
+        its random numbers, the natural outcome, the action taken and what happened.
+    products
+        One row per product: category, price, popularity.
+    """
 
     config: ShopConfig
     seed: int
-    events: pa.Table  # EVENT_SCHEMA, ordered by time
-    customers: pd.DataFrame  # one row per customer: latent traits and final state
-    carts: pd.DataFrame  # one row per abandoned cart: what the response model needs, and what happened
-    catalogue: Catalogue
+    events: pa.Table
+    customers: pd.DataFrame
+    carts: pd.DataFrame
+    products: pd.DataFrame
+
+    def expected_outcomes(self, actions: Actions) -> pd.DataFrame:
+        """:func:`~winback.sim.response.expected_outcomes` of ``actions`` on this shop's carts."""
+        return expected_outcomes(self.carts, actions, self.config)
+
+    def realised_outcomes(self, actions: Actions) -> pd.DataFrame:
+        """:func:`~winback.sim.response.realised_outcomes` of ``actions`` on this shop's carts."""
+        return realised_outcomes(self.carts, actions, self.config)
 
 
 def simulate(
-    customers: int = 2000,
-    days: int = 180,
+    customers: int | None = None,
+    days: int | None = None,
     seed: int = 0,
     *,
     config: ShopConfig | None = None,
     policy: Policy | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[float, float], None] | None = None,
 ) -> SimulationResult:
-    """Simulate a shop's customers for ``days`` days; deterministic for a seed (and policy).
+    """Simulate a shop; the same seed (and policy) gives the same result.
 
     Parameters
     ----------
     customers, days
-        Size of the run (ignored when ``config`` is given).
+        Size of the run; when given they override ``config``.
     seed
-        Seeds every random draw.
+        Seeds every random draw (through ``numpy.random.SeedSequence``).
     config
-        All knobs, see :class:`ShopConfig`.
+        All other knobs; :class:`ShopConfig` defaults if None.
     policy
-        Called once a day with that day's abandoned carts; without one nobody is messaged.
+        Called once per simulated day with that day's abandoned carts; without one nobody is messaged.
     progress
-        Called with (days done, days) after each day.
+        Called with (steps done, steps) after each simulated day.
+
+    Returns
+    -------
+    SimulationResult
 
     Examples
     --------
@@ -121,466 +144,483 @@ def simulate(
     >>> result.events.num_rows > 1000
     True
     """
-    config = config or ShopConfig(customers=customers, days=days)
-    return _Simulation(config, seed, policy).run(progress)
+    config = config or ShopConfig()
+    if customers is not None:
+        config = replace(config, customers=customers)
+    if days is not None:
+        config = replace(config, days=days)
+    return _Run(config, seed, policy).run(progress)
 
 
-class _Simulation:
+@dataclass
+class _Log:
+    """Output accumulated step by step, as numpy chunks."""
+
+    events: list[dict[str, np.ndarray]] = field(default_factory=list)
+    carts: list[dict[str, np.ndarray]] = field(default_factory=list)
+    lines: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # (cart, product)
+    returned: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # (cart, visit start)
+    specials: list[tuple[np.ndarray, ...]] = field(default_factory=list)  # (kind, code, cart)
+    n_specials: int = 0
+
+    def add_events(self, **columns: np.ndarray) -> None:
+        """Log events, one array per column of ``_EVENT_COLUMNS``."""
+        self.events.append({name: np.asarray(columns[name], dtype) for name, dtype in _EVENT_COLUMNS.items()})
+
+    def event_columns(self) -> dict[str, np.ndarray]:
+        """All logged events by column (the chunks are released column by column)."""
+        out = {}
+        for name, dtype in _EVENT_COLUMNS.items():
+            out[name] = np.concatenate([chunk.pop(name) for chunk in self.events] or [np.zeros(0, dtype)])
+        self.events = []
+        return out
+
+    def special(self, kind: int, code: np.ndarray, cart: np.ndarray) -> np.ndarray:
+        """Register event properties (a message's by action, a coupon order's by coupon); their indexes."""
+        self.specials.append((np.full(cart.size, kind), code, cart))
+        self.n_specials += cart.size
+        return np.arange(self.n_specials - cart.size, self.n_specials)
+
+
+class _Run:
     def __init__(self, config: ShopConfig, seed: int, policy: Policy | None) -> None:
-        streams = np.random.SeedSequence(seed).spawn(4)
         self.config, self.seed, self.policy = config, seed, policy
-        world, self.rng, self.cart_rng = (np.random.default_rng(s) for s in streams[:3])
-        self.catalogue = Catalogue.generate(config, world)
-        self.people = Customers.generate(config, self.catalogue, world)
-        self.out = _Events()
-        self.start_us = (
-            int(datetime(config.start.year, config.start.month, config.start.day, tzinfo=UTC).timestamp())
-            * US
+        world, steps = np.random.SeedSequence(seed).spawn(2)
+        catalogue_seed, customer_seed = world.spawn(2)
+        self.catalogue = Catalogue.generate(
+            config.products, config.n_categories, np.random.default_rng(catalogue_seed)
         )
-        self.end_us = self.start_us + config.days * 86_400 * US
-        self.next_session = 0
-        self.next_order = 0
-        self.session_user: list[np.ndarray] = []
-        self.cart_frames: list[pd.DataFrame] = []
-        self.hour_p = HOURLY / HOURLY.sum()
+        self.people = Customers.generate(config, self.catalogue, np.random.default_rng(customer_seed))
+        self.user_ids = self.people.user_ids()
+        self.steps = config.days + 2  # local days -1 .. days cover every UTC second of the run
+        self.step_seeds = steps.spawn(self.steps)
+        self.horizon = config.days * DAY
+        self.busy = Busy()
+        self.pending: Sessions | None = None  # return visits not yet due
+        self.open_lines: list[tuple[int, np.ndarray]] = []  # (day, user * n_products + product)
+        self.sent: list[tuple[int, np.ndarray]] = []  # (last send time, key of user and send time)
+        self.learning: list[tuple[np.ndarray, np.ndarray]] = []  # (day it takes effect, user)
+        self.actions: list[Action] = []
+        self.action_code: dict[Action, int] = {}
+        self.coupons: list[float] = []
+        self.coupon_code: dict[float, int] = {}
+        self.next_session = self.next_order = self.next_cart = 0
+        self.log = _Log()
 
-    # -- the loop ---------------------------------------------------------------------------------
-
-    def run(self, progress: Callable[[int, int], None] | None) -> SimulationResult:
-        for day in range(self.config.days):
-            self.people.recent_messages[:, day % 7] = 0
-            self._day(day)
+    def run(self, progress: Callable[[float, float], None] | None) -> SimulationResult:
+        for step in range(self.steps):
+            self._day(step - 1, self.step_seeds[step])
             if progress:
-                progress(day + 1, self.config.days)
+                progress(step + 1, self.steps)
         return self._result()
 
-    def _day(self, day: int) -> None:
-        people, rng = self.people, self.rng
-        date = self.config.start + timedelta(days=day)
-        alive = np.flatnonzero((people.acquired_day <= day) & (day < people.churn_day))
-        season = WEEKDAY[date.weekday()] * MONTH[date.month - 1] / MONTH.mean()
-        counts = np.minimum(rng.poisson(people.visit_rate[alive] * season), 3)
-        user = np.repeat(alive, counts)
-        if user.size == 0:
-            return
-        nth = np.arange(user.size) - np.repeat(np.cumsum(counts) - counts, counts)  # k-th session today
-        hour = rng.choice(24, size=user.size, p=self.hour_p)
-        local = (day * 86_400 + hour * 3600 + rng.integers(0, 3600, user.size) + nth * 4 * 3600) * US
-        start = self.start_us + local - people.tz_offset[user] * 3600 * US
-        self._sessions(user, start, day)
+    # -- one day ------------------------------------------------------------------------------------
 
-    def _new_sessions(self, user: np.ndarray) -> np.ndarray:
-        ids = np.arange(self.next_session, self.next_session + user.size)
-        self.next_session += user.size
-        self.session_user.append(user)
+    def _day(self, day: int, seed: np.random.SeedSequence) -> None:
+        people, cfg = self.people, self.config
+        visits_rng, carts_rng = (np.random.default_rng(s) for s in seed.spawn(2))
+        self._learn(day)
+        # Visits on the local calendar day: alive customers, Poisson in rate x season, at local hours.
+        alive = np.flatnonzero(
+            (people.acquired_at < (day + 1) * DAY + 14 * 3600) & (people.churn_at > day * DAY - 14 * 3600)
+        )
+        factor = day_factor(cfg.start + timedelta(days=day))
+        user = np.repeat(alive, visits_rng.poisson(people.visit_rate[alive] * factor))
+        hour = visits_rng.choice(24, size=user.size, p=HOURLY / HOURLY.sum())
+        local = day * DAY + hour * 3600 + visits_rng.integers(0, 3600, user.size)
+        planned = local - self._utc_offset_seconds(user)
+        ok = (
+            (planned >= np.maximum(people.acquired_at[user], 0))
+            & (planned < people.churn_at[user])
+            & (planned < self.horizon)
+        )
+        sessions, items = browse(
+            user[ok], planned[ok], people, self.catalogue, cfg, visits_rng, self._open_lines(day)
+        )
+        sessions.start = place(sessions.user, sessions.start, sessions.duration, people.last_end)
+        end = sessions.start + sessions.duration
+        keep = (end < people.churn_at[sessions.user]) & (sessions.start < self.horizon)
+        sessions, items, end = sessions.take(keep), items.take(keep), end[keep]
+        self.busy.add(sessions.user, sessions.start, end, keep_after=(day - 3) * DAY)
+        np.maximum.at(people.last_end, sessions.user, end)
+        session_ids = self._emit(sessions)
+
+        if self.pending is not None:
+            due = self._local_day(self.pending.user, self.pending.start) <= day
+            self._return(self.pending.take(due), day)
+            self.pending = self.pending.take(~due)
+        abandoned = (np.bincount(items.session, minlength=sessions.size) > 0) & ~sessions.purchased
+        if abandoned.any():
+            self._abandoned(day, sessions.take(abandoned), items.take(abandoned), session_ids[abandoned],
+                            carts_rng, visits_rng)  # fmt: skip
+
+    def _utc_offset_seconds(self, user: np.ndarray) -> np.ndarray:
+        return np.rint(self.people.utc_offset[user] * 3600).astype(np.int64)
+
+    def _local_day(self, user: np.ndarray, seconds: np.ndarray) -> np.ndarray:
+        return (seconds + self._utc_offset_seconds(user)) // DAY
+
+    def _learn(self, day: int) -> None:
+        """Harvest learning from coupons opened before ``day``: level -> 1 - (1-level)(1-rate x p)^k."""
+        if not self.learning:
+            return
+        due_day, user = (np.concatenate(x) for x in zip(*self.learning, strict=True))
+        now = due_day <= day
+        self.learning = [(due_day[~now], user[~now])]
+        people, rate = self.people, self.config.effects.harvest_learning
+        learners, times = np.unique(user[now], return_counts=True)
+        keep = (1 - rate * people.harvest_propensity[learners]) ** times
+        people.harvest_level[learners] = 1 - (1 - people.harvest_level[learners]) * keep
+
+    def _open_lines(self, day: int) -> np.ndarray:
+        """Keys of the items of carts abandoned in the last 8 local days (7 days' window, plus time zones)."""
+        self.open_lines = [(d, k) for d, k in self.open_lines if d >= day - 8]
+        return np.concatenate([k for _, k in self.open_lines]) if self.open_lines else np.zeros(0, np.int64)
+
+    def _return(self, visits: Sessions, day: int) -> None:
+        """Fit return visits in between the users' other sessions, and emit them."""
+        if visits.size == 0:
+            return
+        people = self.people
+        visits.start = self.busy.fit(visits.user, visits.start, visits.duration, keep_after=(day - 3) * DAY)
+        visits = visits.take(visits.start < self.horizon)
+        end = visits.start + visits.duration
+        np.maximum.at(people.last_end, visits.user, end)
+        np.maximum.at(people.churn_at, visits.user, end + 1)  # a customer who comes back is not gone yet
+        self.log.returned.append((visits.cart, visits.start))
+        self._emit(visits)
+
+    def _emit(self, s: Sessions) -> np.ndarray:
+        """Give sessions and orders their ids and log their events; the session ids."""
+        ids = self.next_session + np.arange(s.size)
+        self.next_session += s.size
+        order = np.full(s.size, -1)
+        order[s.purchased] = self.next_order + np.arange(int(s.purchased.sum()))
+        self.next_order += int(s.purchased.sum())
+        special = np.full(s.size, -1)
+        coupon = s.coupon > 0
+        if coupon.any():
+            fractions, which = np.unique(s.coupon[coupon], return_inverse=True)
+            codes = np.array([self._coupon_code(float(f)) for f in fractions])
+            special[coupon] = self.log.special(_COUPON, codes[which], s.cart[coupon])
+        e = s.event_session
+        bought = s.event_type == PURCHASE
+        self.log.add_events(
+            ts=s.start[e] + s.event_offset,
+            type=s.event_type,
+            user=s.user[e],
+            session=ids[e],
+            product=s.event_product,
+            quantity=s.event_quantity,
+            order=np.where(bought, order[e], -1),
+            discount=np.where(bought, s.coupon[e], 0.0),
+            special=np.where(bought, special[e], -1),
+        )
         return ids
 
-    def _sessions(self, user: np.ndarray, start: np.ndarray, day: int) -> None:
-        """Views, cart changes and maybe a checkout and purchase in each of today's sessions."""
-        people, cat, rng, cfg = self.people, self.catalogue, self.rng, self.config
-        n = user.size
-        session = self._new_sessions(user)
-        harvest = people.harvest_level[user]
-        is_cart = rng.random(n) < cfg.cart_session_share * (0.6 + 0.8 * people.loyalty[user])
-        n_views = 1 + rng.poisson(2.5 + 1.5 * is_cart)
-        # Views: mostly the favourite categories, some complements, some anything popular.
-        owner = np.repeat(np.arange(n), n_views)
-        fav = people.favourite[user[owner], rng.integers(0, 2, owner.size)]
-        r = rng.random(owner.size)
-        category = np.where(r < 0.65, fav, cat.complements[fav, rng.integers(0, 2, owner.size)])
-        product = cat.sample(category, rng)
-        anything = r > 0.85
-        product[anything] = np.searchsorted(np.cumsum(cat.popularity), rng.random(int(anything.sum())))
-        product = product.clip(0, cat.price.size - 1)
-        gap = np.clip(rng.lognormal(np.log(45), 0.9, owner.size), 3, 900) * US
-        first = np.cumsum(n_views) - n_views
-        gap[first] = 0
-        elapsed = np.cumsum(gap) - np.repeat(np.cumsum(gap)[first], n_views)
-        view_ts = (start[owner] + elapsed).astype(np.int64)
-        self.out.add(view_ts, VIEW, user[owner], session[owner], product)
+    def _code(self, action: Action) -> int:
+        if action not in self.action_code:
+            self.action_code[action] = len(self.actions)
+            self.actions.append(action)
+        return self.action_code[action]
 
-        # Carts: the first few viewed products of a cart session go into the cart.
-        n_items = np.where(is_cart, np.minimum(n_views, 1 + rng.binomial(2, 0.35, n)), 0)
-        pos = np.arange(owner.size) - first[owner]
-        in_cart = pos < n_items[owner]
-        item_owner, item_product = owner[in_cart], product[in_cart]
-        item_qty = 1 + (rng.random(item_owner.size) < 0.12)
-        add_ts = view_ts[in_cart] + rng.integers(5, 60, item_owner.size) * US
-        self.out.add(add_ts, ADD, user[item_owner], session[item_owner], item_product, item_qty)
-        # Some carts lose their last item again (a second thought, a cheaper alternative elsewhere).
-        last_item = np.zeros(item_owner.size, dtype=bool)
-        last_item[np.cumsum(np.bincount(item_owner, minlength=n))[n_items > 0] - 1] = True
-        removed = last_item & (n_items[item_owner] >= 2) & (rng.random(item_owner.size) < 0.15)
-        rm_ts = add_ts[removed] + rng.integers(30, 300, int(removed.sum())) * US
-        self.out.add(
-            rm_ts, REMOVE, user[item_owner[removed]], session[item_owner[removed]], item_product[removed]
-        )
-        # Price-sensitive customers often swap what they removed for a cheaper substitute.
-        gone_owner, gone_product = item_owner[removed], item_product[removed]
-        swaps = rng.random(gone_owner.size) < people.price_sensitivity[user[gone_owner]]
-        substitute = cat.cheaper_substitute(gone_product[swaps], rng)
-        swaps[swaps] = substitute >= 0
-        sub_owner, sub_product = gone_owner[swaps], substitute[substitute >= 0]
-        sub_ts = rm_ts[swaps] + rng.integers(20, 200, sub_owner.size) * US
-        sub_qty = np.ones(sub_owner.size, dtype=np.int64)
-        self.out.add(sub_ts, ADD, user[sub_owner], session[sub_owner], sub_product, sub_qty)
-        kept = ~removed
-        k_owner = np.concatenate([item_owner[kept], sub_owner])
-        k_product = np.concatenate([item_product[kept], sub_product])
-        k_qty = np.concatenate([item_qty[kept], sub_qty])
-        order = np.argsort(k_owner, kind="stable")
-        k_owner, k_product, k_qty = k_owner[order], k_product[order], k_qty[order]
-        value = np.bincount(k_owner, weights=cat.price[k_product] * k_qty, minlength=n)
-        last_ts = np.maximum(view_ts[np.cumsum(n_views) - 1], 0)
-        np.maximum.at(last_ts, item_owner, add_ts)
-        np.maximum.at(last_ts, gone_owner, rm_ts)
-        np.maximum.at(last_ts, sub_owner, sub_ts)
+    def _coupon_code(self, fraction: float) -> int:
+        if fraction not in self.coupon_code:
+            self.coupon_code[fraction] = len(self.coupons)
+            self.coupons.append(fraction)
+        return self.coupon_code[fraction]
 
-        # Checkout and purchase: price-sensitive customers balk at big carts; harvesters wait for coupons.
-        sensitivity = people.price_sensitivity[user]
-        p_buy = (
-            0.27 * (1.2 - 0.5 * sensitivity * np.minimum(value / 60, 2)) * (0.75 + 0.5 * people.loyalty[user])
-        )
-        p_buy = np.clip(p_buy * (1 - 0.7 * harvest), 0.02, 0.95)
-        buys = is_cart & (rng.random(n) < p_buy)
-        checks_out = buys | (is_cart & (rng.random(n) < 0.25))
-        checkout_ts = last_ts + rng.integers(30, 180, n) * US
-        self.out.add(checkout_ts[checks_out], CHECKOUT, user[checks_out], session[checks_out])
-        purchase_ts = checkout_ts + rng.integers(30, 240, n) * US
-        self._purchase(buys, purchase_ts, user, session, k_owner, k_product, k_qty)
-
-        carts = is_cart & ~buys
-        if carts.any():
-            abandoned_at = last_ts[carts] + cfg.idle_minutes * 60 * US
-            self._abandoned(
-                day,
-                user[carts],
-                session[carts],
-                abandoned_at,
-                value[carts],
-                np.bincount(k_owner, minlength=n)[carts],
-                np.flatnonzero(carts),
-                k_owner,
-                k_product,
-                k_qty,
-            )
-
-    def _purchase(
-        self,
-        buys: np.ndarray,
-        ts: np.ndarray,
-        user: np.ndarray,
-        session: np.ndarray,
-        item_owner: np.ndarray,
-        item_product: np.ndarray,
-        item_qty: np.ndarray,
-        prop: np.ndarray | None = None,
-    ) -> None:
-        """One order per buying session: a purchase line per cart item."""
-        order = np.full(buys.size, -1)
-        order[buys] = np.arange(self.next_order, self.next_order + int(buys.sum()))
-        self.next_order += int(buys.sum())
-        line = buys[item_owner]
-        owner = item_owner[line]
-        self.out.add(
-            ts[owner],
-            PURCHASE,
-            user[owner],
-            session[owner],
-            item_product[line],
-            item_qty[line],
-            order[owner],
-            -1 if prop is None else prop[owner],
-        )
+    # -- abandoned carts ------------------------------------------------------------------------------
 
     def _abandoned(
         self,
         day: int,
-        user: np.ndarray,
-        session: np.ndarray,
-        abandoned_at: np.ndarray,
-        value: np.ndarray,
-        n_items: np.ndarray,
-        cart_rows: np.ndarray,
-        item_owner: np.ndarray,
-        item_product: np.ndarray,
-        item_qty: np.ndarray,
+        sessions: Sessions,
+        items: Items,
+        session_ids: np.ndarray,
+        rng: np.random.Generator,
+        visits_rng: np.random.Generator,
     ) -> None:
-        """Decide (policy or nothing), realise each cart's response, emit messages and recoveries."""
-        people, cfg = self.people, self.config
-        m = user.size
-        u = self.cart_rng.random((m, 5))
-        carts: dict[str, np.ndarray] = {
-            "cart_id": session.copy(),
-            "user": user,
-            "session": session,
-            "abandoned_at_us": abandoned_at,
-            "value": np.round(value, 2),
-            "n_items": n_items,
-            "p_natural": p_natural(
-                people.forgetfulness[user], people.loyalty[user], people.harvest_level[user]
-            ),
-            "forgetfulness": people.forgetfulness[user],
-            "price_sensitivity": people.price_sensitivity[user],
-            "loyalty": people.loyalty[user],
-            "harvest_level": people.harvest_level[user].copy(),
-            "messages_last_week": people.messages_last_week(user),
-            "u_rec": u[:, 0],
-            "u_time": u[:, 1],
-            "u_open": u[:, 2],
-            "u_lag": u[:, 3],
-            "u_unsub": u[:, 4],
-        }
-        for i, ch in enumerate(CHANNEL_NAMES):
-            carts[f"can_{ch}"] = people.consent[user, i] & ~people.unsubscribed[user, i]
-            carts[f"responsiveness_{ch}"] = people.responsiveness[user, i]
-        actions = self._decide(carts)
-        names = np.array([a.name for a in actions])
-        recovered = np.zeros(m, dtype=bool)
-        hours = np.full(m, np.nan)
-        via = np.zeros(m, dtype=bool)
-        coupon = np.zeros(m)
-        for action in {a.name: a for a in actions}.values():
-            rows = np.flatnonzero(names == action.name)
-            r = respond({c: carts[c][rows] for c in CART_COLUMNS}, action, cfg)
-            recovered[rows], hours[rows], via[rows] = r.recovered, r.recovered_after_hours, r.via_message
-            coupon[rows] = action.coupon
-            if action.is_message:
-                self._messages(day, action, rows, carts, r)
-        carts["action"] = names
-        carts["recovered"] = recovered
-        carts["recovered_at_us"] = np.where(recovered, abandoned_at + np.nan_to_num(hours) * 3600 * US, 0)
-        carts["natural_delay_hours"] = natural_delay_hours(carts["u_time"])
-        carts["discount"] = np.where(via, coupon * carts["value"], 0.0)
-        self.cart_frames.append(pd.DataFrame(carts))
-        self._recoveries(carts, recovered, via, coupon, cart_rows, item_owner, item_product, item_qty)
+        """Decide, realise the response, message, and schedule the return visits of abandoned carts.
 
-    def _decide(self, carts: dict[str, np.ndarray]) -> list[Action]:
-        m = carts["user"].size
+        The policy decides once for the day; a user's carts of the day are then realised in turns, so
+        that each sees the consent and fatigue its predecessors' messages left at its abandonment.
+        """
+        self.open_lines.append((day, sessions.user[items.session] * self.catalogue.size + items.product))
+        lines = items.lines(~items.removed)
+        facts = self._facts(sessions, lines, session_ids, rng)
+        codes, treatments = self._decide(facts)
+        turn = rank_within(facts["user"], facts["abandoned_at"])
+        out: dict[str, np.ndarray] = {}
+        for k in range(int(turn.max()) + 1):
+            rows = np.flatnonzero(turn == k)
+            mine = {name: column[rows] for name, column in facts.items()}
+            if k:
+                self._state_at_abandonment(mine)
+                for name in ("messages_7d", *(f"consent_{c}" for c in CHANNELS)):
+                    facts[name][rows] = mine[name]
+            t = treatments.take(rows)
+            realised = realise(mine, t, self.config)
+            for name, column in realised.items():
+                out.setdefault(name, np.zeros(turn.size, dtype=column.dtype))[rows] = column
+            self._message(mine, t, codes[rows], realised)
+            self._schedule_returns(day, mine, t, realised, rows, lines, visits_rng)
+
+        natural = facts["u_recover"] < facts["p_natural"]
+        delay = np.rint(natural_delay_hours(facts["u_time"], self.config.effects) * 3600).astype(np.int64)
+        at = facts["abandoned_at"]
+        self.log.carts.append(
+            {
+                **facts,
+                "natural_recovered": natural,
+                "natural_recovery_at": np.where(natural, at + delay, -1),
+                "action": codes,
+                **{key: out[key] for key in ("sent", "opened", "clicked", "unsubscribed", "recovered")},
+                "recovered_at": np.where(out["recovered"], at + out["recovery_offset"], -1),
+                "discount": out["discount"],
+            }
+        )
+        self.log.lines.append((facts["cart"][lines.session], lines.product))
+
+    def _schedule_returns(
+        self,
+        day: int,
+        facts: dict[str, np.ndarray],
+        t: Treatments,
+        out: dict[str, np.ndarray],
+        rows: np.ndarray,
+        lines: Items,
+        rng: np.random.Generator,
+    ) -> None:
+        """Return visits of the recovered carts among ``rows`` of the day's carts (at the coupon's discount
+        if they came through an opened coupon): those due today are fitted now, later ones on their day."""
+        back = out["recovered"]
+        position = np.cumsum(back) - 1  # among the recovered carts
+        mine = np.isin(lines.session, rows[back])
+        cart = np.searchsorted(rows, lines.session[mine])  # index into ``rows``
+        visits = returns(
+            facts["user"][back], (facts["abandoned_at"] + out["recovery_offset"])[back], facts["cart"][back],
+            np.where(out["opened"], t.coupon, 0.0)[back], position[cart], lines.product[mine],
+            lines.quantity[mine], rng,
+        )  # fmt: skip
+        today = self._local_day(visits.user, visits.start) <= day
+        self._return(visits.take(today), day)
+        later = visits.take(~today & (visits.start < self.horizon))
+        self.pending = later if self.pending is None else self.pending.concat(later)
+
+    def _facts(
+        self, sessions: Sessions, lines: Items, session_ids: np.ndarray, rng: np.random.Generator
+    ) -> dict[str, np.ndarray]:
+        """One entry per abandoned cart: what it holds, the customer's traits and state, its uniforms."""
+        people, k, user = self.people, sessions.size, sessions.user
+        cart = self.next_cart + np.arange(k)
+        self.next_cart += k
+        at = sessions.start + sessions.duration
+        price = self.catalogue.price[lines.product] * lines.quantity
+        value = np.round(np.bincount(lines.session, price, minlength=k), 2)
+        harvest = people.harvest_level[user].copy()
+        uniforms = rng.random((k, len(UNIFORMS)))
+        facts = {
+            "cart": cart,
+            "user": user,
+            "session": session_ids,
+            "abandoned_at": at,
+            "value": value,
+            "n_items": np.bincount(lines.session, minlength=k),
+            "utc_offset_hours": people.utc_offset[user],
+            **{f"open_{c}": people.open_probability[user, i] for i, c in enumerate(CHANNELS)},
+            "price_sensitivity": people.price_sensitivity[user],
+            "forgetfulness": people.forgetfulness[user],
+            "loyalty": people.loyalty[user],
+            "harvest_propensity": people.harvest_propensity[user],
+            "harvest_level": harvest,
+            "p_natural": natural_probability(
+                people.loyalty[user], people.forgetfulness[user], value, harvest, self.config
+            ),
+            **{name: uniforms[:, i] for i, name in enumerate(UNIFORMS)},
+        }
+        self._state_at_abandonment(facts)
+        return facts
+
+    def _state_at_abandonment(self, facts: dict[str, np.ndarray]) -> None:
+        """Refresh consent and fatigue: earlier carts of the day may have messaged the customer since."""
+        user, at = facts["user"], facts["abandoned_at"]
+        consent = self.people.consented_at(user, at)
+        for i, channel in enumerate(CHANNELS):
+            facts[f"consent_{channel}"] = consent[:, i]
+        facts["messages_7d"] = self._messages_7d(user, at)
+
+    def _decide(self, facts: dict[str, np.ndarray]) -> tuple[np.ndarray, Treatments]:
+        """The policy's actions (nothing without a policy), as registry codes and treatment arrays."""
+        k = facts["cart"].size
         if self.policy is None:
-            return [Action()] * m
+            return np.full(k, self._code(Action())), Treatments.repeat(Action(), k)
         observable = pd.DataFrame(
             {
-                "cart_id": [f"s{c}" for c in carts["cart_id"]],
-                "user_id": [self._user_id(u) for u in carts["user"]],
-                "abandoned_at": pd.to_datetime(carts["abandoned_at_us"], unit="us", utc=True),
-                "value": carts["value"],
-                "n_items": carts["n_items"],
-                **{f"can_{ch}": carts[f"can_{ch}"] for ch in CHANNEL_NAMES},
+                "cart_id": prefixed("c", facts["cart"]).to_numpy(zero_copy_only=False),
+                "user_id": self.user_ids[facts["user"]],
+                "abandoned_at": self._timestamps(facts["abandoned_at"]),
+                "value": facts["value"],
+                "n_items": facts["n_items"],
+                **{f"consent_{c}": facts[f"consent_{c}"] for c in CHANNELS},
             }
         )
-        actions = list(self.policy(observable))
-        if len(actions) != m:
-            raise ValueError(f"the policy returned {len(actions)} actions for {m} carts")
-        return actions
+        chosen = list(self.policy(observable))
+        if len(chosen) != k:
+            raise ValueError(f"the policy returned {len(chosen)} actions for {k} carts")
+        index, distinct = pd.factorize(pd.Series(chosen, dtype=object))
+        actions = [a if isinstance(a, Action) else Action.parse(str(a)) for a in distinct]
+        codes = np.array([self._code(a) for a in actions], dtype=np.int64)[index]
+        return codes, Treatments.of(actions).take(index)
 
-    def _messages(
-        self, day: int, action: Action, rows: np.ndarray, carts: dict[str, np.ndarray], r: Response
-    ) -> None:
-        """message_sent / opened / clicked / unsubscribed events, and what they do to the customer."""
-        assert action.channel is not None
-        people, out = self.people, self.out
-        ch = CHANNEL_NAMES.index(action.channel)
-        user = carts["user"][rows]
-        send_ts = carts["abandoned_at_us"][rows] + action.delay_hours * 3600 * US
-        lag = (0.1 + 2.0 * carts["u_lag"][rows]) * 3600 * US
-        texts = [
-            f'{{"action":"{action.name}","cart_id":"s{c}","channel":"{action.channel}"}}'
-            for c in carts["cart_id"][rows]
-        ]
-        prop = out.props(texts)
-        s = r.sent
-        out.add(send_ts[s], SENT, user[s], prop=prop[s])
-        o = r.opened
-        open_ts = send_ts + (lag * 0.5).astype(np.int64)
-        out.add(open_ts[o], OPENED, user[o], prop=prop[o])
-        c = r.via_message
-        click_ts = send_ts + lag.astype(np.int64) - 60 * US
-        out.add(click_ts[c], CLICKED, user[c], prop=prop[c])
-        un = r.unsubscribed
-        out.add(open_ts[un] + 60 * US, UNSUBSCRIBED, user[un], prop=prop[un])
-        # Feedback: fatigue, unsubscribes and harvesting change the customer from now on.
-        np.add.at(people.recent_messages, (user[s], day % 7), 1)
-        people.unsubscribed[user[un], ch] = True
-        # Every message costs a little goodwill (more when they pile up); an unsubscribe costs a lot.
-        remaining = people.churn_day[user] - day
-        shrink = np.where(s, 0.98, 1.0) * np.where(people.messages_last_week(user) >= 3, 0.95, 1.0)
-        shrink = np.where(un, 0.6, shrink)
-        people.churn_day[user] = np.where(remaining > 0, day + remaining * shrink, people.churn_day[user])
-        if action.kind == "coupon":
-            learner = user[o]
-            people.harvest_level[learner] = np.minimum(
-                1.0, people.harvest_level[learner] + 0.5 * people.harvest_propensity[learner]
-            )
+    def _messages_7d(self, user: np.ndarray, at: np.ndarray) -> np.ndarray:
+        """Messages sent to each user in the 7 days before ``at``."""
+        window = int(at.min(initial=0)) - WEEK - DAY  # a day's margin: time zones reorder the days
+        self.sent = [(last, keys) for last, keys in self.sent if last >= window]
+        if not self.sent:
+            return np.zeros(user.size, dtype=np.int64)
+        keys = np.sort(np.concatenate([k for _, k in self.sent]))
+        now, week_ago = user_time_key(user, at), user_time_key(user, at - WEEK)
+        return np.searchsorted(keys, now) - np.searchsorted(keys, week_ago)
 
-    def _recoveries(
-        self,
-        carts: dict[str, np.ndarray],
-        recovered: np.ndarray,
-        via: np.ndarray,
-        coupon: np.ndarray,
-        cart_rows: np.ndarray,
-        item_owner: np.ndarray,
-        item_product: np.ndarray,
-        item_qty: np.ndarray,
+    def _message(
+        self, facts: dict[str, np.ndarray], t: Treatments, codes: np.ndarray, out: dict[str, np.ndarray]
     ) -> None:
-        """A later session that views the cart again and buys it (with the coupon, if it came by one)."""
-        if not recovered.any():
+        """Message events, and what messages do to the customers: unsubscribes, churn, harvest learning."""
+        sent = np.flatnonzero(out["sent"])
+        if sent.size == 0:
             return
-        rng = self.rng
-        rec = np.flatnonzero(recovered)
-        user = carts["user"][rec]
-        session = self._new_sessions(user)
-        ts = carts["recovered_at_us"][rec].astype(np.int64)
-        # Map the day's cart items to the recovered carts (index within ``rec``).
-        position = np.full(int(max(cart_rows.max(), item_owner.max(initial=0))) + 1, -1)
-        position[cart_rows[rec]] = np.arange(rec.size)
-        line = position[item_owner]
-        has = line >= 0
-        owner, product, qty = line[has], item_product[has], item_qty[has]
-        self.out.add(
-            ts[owner] + rng.integers(5, 60, owner.size) * US, VIEW, user[owner], session[owner], product
-        )
-        checkout_ts = ts + 120 * US
-        self.out.add(checkout_ts, CHECKOUT, user, session)
-        texts = [
-            f'{{"coupon":"WINBACK{round(c * 100)}","discount":{c * v:.2f}}}' if f and c > 0 else ""
-            for f, c, v in zip(via[rec], coupon[rec], carts["value"][rec], strict=True)
-        ]
-        prop = np.where(np.array([bool(t) for t in texts]), self.out.props(texts), -1)
-        self._purchase(
-            np.ones(rec.size, dtype=bool), checkout_ts + 90 * US, user, session, owner, product, qty, prop
-        )
+        people, e = self.people, self.config.effects
+        user, at = facts["user"][sent], facts["abandoned_at"][sent]
+        send = at + out["send_offset"][sent]
+        opening = at + out["open_offset"][sent]
+        opened, left = out["opened"][sent], out["unsubscribed"][sent]
+        special = self.log.special(_MESSAGE, codes[sent], facts["cart"][sent])
+        for kind, mask, ts in (
+            (SENT, np.ones(sent.size, dtype=bool), send),
+            (OPENED, opened, opening),
+            (CLICKED, out["clicked"][sent], opening + CLICK_AFTER_OPEN),
+            (UNSUBSCRIBED, left, opening + UNSUBSCRIBE_AFTER_OPEN),
+        ):
+            n = int(mask.sum())
+            self.log.add_events(
+                ts=ts[mask], type=np.full(n, kind), user=user[mask], session=np.full(n, -1),
+                product=np.full(n, -1), quantity=np.zeros(n), order=np.full(n, -1), discount=np.zeros(n),
+                special=special[mask],
+            )  # fmt: skip
+        self.sent.append((int(send.max()), user_time_key(user, send)))
 
-    # -- results ----------------------------------------------------------------------------------
+        flat = people.unsubscribed_at.reshape(-1)
+        where = user[left] * len(CHANNELS) + t.channel[sent][left]
+        np.minimum.at(flat, where, opening[left] + UNSUBSCRIBE_AFTER_OPEN)
+        # Repeated messages and unsubscribes shorten what is left of the lifetime, from the first send.
+        log_factor = -e.churn_per_recent_message * facts["messages_7d"][sent]
+        log_factor += left * np.log(e.unsubscribe_lifetime_factor)
+        hit, inverse = np.unique(user, return_inverse=True)
+        since = np.full(hit.size, np.iinfo(np.int64).max)
+        np.minimum.at(since, inverse, send)
+        remaining = people.churn_at[hit] - since
+        shortened = since + (remaining * np.exp(np.bincount(inverse, log_factor))).astype(np.int64)
+        people.churn_at[hit] = np.where(
+            remaining > 0, np.maximum(shortened, people.last_end[hit] + 1), people.churn_at[hit]
+        )
+        learnt = opened & (t.coupon[sent] > 0)
+        if learnt.any():
+            self.learning.append((self._local_day(user[learnt], opening[learnt]) + 1, user[learnt]))
 
-    def _user_id(self, index: int) -> str:
-        return f"u{index:0{len(str(self.config.customers))}d}"
+    # -- results ------------------------------------------------------------------------------------
+
+    def _timestamps(self, seconds: np.ndarray) -> pd.DatetimeIndex:
+        origin = pd.Timestamp(self.config.start, tz="UTC")
+        return pd.DatetimeIndex(origin + pd.to_timedelta(seconds, unit="s"))
 
     def _result(self) -> SimulationResult:
-        cols = self.out.columns()
-        session_user = np.concatenate(self.session_user) if self.session_user else np.zeros(0, np.int64)
-        cols["ts"] = _space_sessions(cols["ts"], cols["session"], session_user)
-        keep = (cols["ts"] >= self.start_us) & (cols["ts"] < self.end_us)
-        order = np.lexsort((cols["kind"][keep], cols["user"][keep], cols["ts"][keep]))
-        cols = {k: v[keep][order] for k, v in cols.items()}
-        events = self._table(cols)
-        carts = pd.concat(self.cart_frames, ignore_index=True) if self.cart_frames else pd.DataFrame()
         return SimulationResult(
-            self.config, self.seed, events, self._customers(), self._carts(carts), self.catalogue
+            config=self.config,
+            seed=self.seed,
+            events=self._events(),
+            customers=self.people.to_frame(
+                self.config.start, self.config.days, self.catalogue.category_names, self.user_ids
+            ),
+            carts=self._carts(),
+            products=self.catalogue.to_frame(),
         )
 
-    def _table(self, c: dict[str, np.ndarray]) -> pa.Table:
-        n = c["ts"].size
-        cat, cfg = self.catalogue, self.config
-        width = len(str(cfg.customers))
-        pwidth = len(str(cat.price.size))
-        has_product = c["product"] >= 0
-        product = np.where(has_product, c["product"], 0)
-
-        def ids(prefix: str, values: np.ndarray, valid: np.ndarray | None = None, pad: int = 0) -> pa.Array:
-            text = pc.cast(pa.array(values), pa.string())
-            if pad:
-                text = pc.utf8_lpad(text, pad, "0")
-            joined = pc.binary_join_element_wise(prefix, text, "")
-            return (
-                pc.if_else(pa.array(valid), joined, pa.nulls(n, pa.string())) if valid is not None else joined
-            )
-
-        props = np.array([*self.out.properties, ""], dtype=object)[np.where(c["prop"] >= 0, c["prop"], -1)]
-        arrays = {
-            "event_id": ids(f"sim-{self.seed}-", np.arange(n), pad=len(str(n))),
-            "event_type": pa.DictionaryArray.from_arrays(pa.array(c["kind"]), pa.array(TYPES)).cast(
-                pa.string()
-            ),
-            "timestamp": pa.array(c["ts"], type=pa.timestamp("us", tz="UTC")),
-            "user_id": ids("u", c["user"], pad=width),
+    def _events(self) -> pa.Table:
+        c = self.log.event_columns()
+        keep = (c["ts"] >= 0) & (c["ts"] < self.horizon)
+        order = np.flatnonzero(keep)[np.argsort(c["ts"][keep], kind="stable")]
+        for name in c:  # one column at a time, to hold one extra copy at most
+            c[name] = c[name][order]
+        n = order.size
+        product = c["product"]
+        has = product >= 0
+        safe = np.where(has, product, 0)
+        price = np.round(self.catalogue.price[safe] * (1 - c["discount"]), 2)
+        origin = int(pd.Timestamp(self.config.start, tz="UTC").value // 1000)
+        columns = {
+            "event_id": prefixed(f"sim-{self.seed}-", np.arange(n)),
+            "event_type": pa.array(EVENT_TYPES).take(pa.array(c["type"].astype(np.int32))),
+            "timestamp": pa.array(origin + c["ts"] * 1_000_000, pa.timestamp("us", tz="UTC")),
+            "user_id": pa.array(self.user_ids, pa.string()).take(pa.array(c["user"])),
             "anonymous_id": pa.nulls(n, pa.string()),
-            "session_id": ids("s", c["session"], c["session"] >= 0),
-            "product_id": ids("p", product, has_product, pad=pwidth),
-            "category": pc.if_else(
-                pa.array(has_product),
-                pa.DictionaryArray.from_arrays(
-                    pa.array(cat.category[product]), pa.array(cat.category_names)
-                ).cast(pa.string()),
-                pa.nulls(n, pa.string()),
+            "session_id": prefixed("s", c["session"], valid=c["session"] >= 0),
+            "product_id": self.catalogue.product_ids().take(pa.array(safe, mask=~has)),
+            "category": pa.array(self.catalogue.category_names).take(
+                pa.array(self.catalogue.category[safe], mask=~has)
             ),
-            "price": pa.array(cat.price[product], mask=~has_product),
+            "price": pa.array(price, mask=~has),
             "quantity": pa.array(c["quantity"].astype(np.int32), mask=c["quantity"] <= 0),
-            "order_id": ids("o", c["order"], c["order"] >= 0),
+            "order_id": prefixed("o", c["order"], valid=c["order"] >= 0),
             "value": pa.nulls(n, pa.float64()),
-            "currency": pa.array(np.full(n, cfg.currency, dtype=object), pa.string()),
-            "properties": pa.array(props, pa.string(), mask=c["prop"] < 0),
+            "currency": pc.if_else(pa.array(has), self.config.currency, pa.scalar(None, pa.string())),
+            "properties": self._properties().take(pa.array(c["special"], mask=c["special"] < 0)),
         }
-        return pa.Table.from_pydict(arrays, schema=EVENT_SCHEMA)
+        return pa.table(columns, schema=EVENT_SCHEMA)
 
-    def _customers(self) -> pd.DataFrame:
-        p, cfg = self.people, self.config
-        start = pd.Timestamp(cfg.start, tz="UTC")
+    def _properties(self) -> pa.Array:
+        """JSON properties of messages and coupon orders, by their index in the log."""
+        if not self.log.specials:
+            return pa.array([], pa.string())
+        kind, code, cart = (np.concatenate(x) for x in zip(*self.log.specials, strict=True))
+        heads = [f'{{"action":"{a.name}","channel":"{a.channel}","cart_id":"' for a in self.actions] + [
+            f'{{"coupon":"WINBACK{round(c * 100, 6):g}","discount":{c:g},"cart_id":"' for c in self.coupons
+        ]
+        head = pa.array(heads).take(pa.array(np.where(kind == _COUPON, len(self.actions), 0) + code))
+        return pc.binary_join_element_wise(head, prefixed("c", cart), '"}', "")
+
+    def _carts(self) -> pd.DataFrame:
+        if not self.log.carts:
+            return pd.DataFrame(columns=["cart_id", "user_id", "recovered"])
+        c = {name: np.concatenate([chunk[name] for chunk in self.log.carts]) for name in self.log.carts[0]}
+        if self.log.returned:  # where the return visit really started (after the user's other sessions)
+            cart, start = (np.concatenate(x) for x in zip(*self.log.returned, strict=True))
+            c["recovered_at"][cart] = start
+        line_cart, line_product = (np.concatenate(x) for x in zip(*self.log.lines, strict=True))
+        order = np.argsort(line_cart, kind="stable")
+        offsets = np.concatenate([[0], np.cumsum(np.bincount(line_cart, minlength=c["cart"].size))])
+        items = pa.ListArray.from_arrays(
+            pa.array(offsets.astype(np.int32)),
+            self.catalogue.product_ids().take(pa.array(line_product[order])),
+        )
+
+        def when(seconds: np.ndarray) -> pd.Series:
+            return pd.Series(self._timestamps(np.maximum(seconds, 0))).where(seconds >= 0)
+
         frame = pd.DataFrame(
             {
-                "user_id": [self._user_id(i) for i in range(p.size)],
-                "price_sensitivity": p.price_sensitivity,
-                "forgetfulness": p.forgetfulness,
-                "loyalty": p.loyalty,
-                "sessions_per_week": p.visit_rate * 7,
-                "tz_offset_hours": p.tz_offset,
-                "acquired_at": start + pd.to_timedelta(p.acquired_day, unit="D"),
-                "churned_at": start + pd.to_timedelta(p.churn_day, unit="D"),
-                "alive_at_end": p.churn_day > cfg.days,
-                "harvest_propensity": p.harvest_propensity,
-                "harvest_level": p.harvest_level,
-                "favourite_categories": [
-                    ",".join(self.catalogue.category_names[k] for k in row) for row in p.favourite
-                ],
+                "cart_id": prefixed("c", c.pop("cart")).to_numpy(zero_copy_only=False),
+                "user_id": self.user_ids[c.pop("user")],
+                "session_id": prefixed("s", c.pop("session")).to_numpy(zero_copy_only=False),
+                "abandoned_at": self._timestamps(c.pop("abandoned_at")),
+                "value": c.pop("value"),
+                "n_items": c.pop("n_items"),
+                "items": items.to_pandas(),
             }
         )
-        for i, ch in enumerate(CHANNEL_NAMES):
-            frame[f"consent_{ch}"] = p.consent[:, i]
-            frame[f"unsubscribed_{ch}"] = p.unsubscribed[:, i]
-            frame[f"responsiveness_{ch}"] = p.responsiveness[:, i]
+        for name, column in c.items():
+            frame[name] = column
+        frame["action"] = np.array([a.name for a in self.actions], dtype=object)[c["action"]]
+        for name in ("natural_recovery_at", "recovered_at"):
+            frame[name] = when(c[name])
         return frame
-
-    def _carts(self, carts: pd.DataFrame) -> pd.DataFrame:
-        if carts.empty:
-            return carts
-        carts = carts.assign(
-            cart_id=["s" + str(c) for c in carts["cart_id"]],
-            user_id=[self._user_id(u) for u in carts["user"]],
-            session_id=["s" + str(c) for c in carts["session"]],
-            abandoned_at=pd.to_datetime(carts["abandoned_at_us"], unit="us", utc=True),
-            recovered_at=pd.to_datetime(
-                carts["recovered_at_us"].where(carts["recovered"]), unit="us", utc=True
-            ),
-        )
-        return carts.drop(columns=["user", "session", "abandoned_at_us", "recovered_at_us"])
-
-
-def _space_sessions(ts: np.ndarray, session: np.ndarray, session_user: np.ndarray) -> np.ndarray:
-    """Push sessions later until each starts over 31 minutes after the user's previous one ended.
-
-    Sessions are generated independently (today's visits, a recovery days later), so two could touch;
-    a real log would show them as one, and the store's 30-minute sessionisation would merge them.
-    """
-    n_sessions = session_user.size
-    if n_sessions == 0:
-        return ts
-    has = session >= 0
-    start = np.full(n_sessions, np.iinfo(np.int64).max)
-    end = np.full(n_sessions, np.iinfo(np.int64).min)
-    np.minimum.at(start, session[has], ts[has])
-    np.maximum.at(end, session[has], ts[has])
-    used = start <= end
-    shift = np.zeros(n_sessions, dtype=np.int64)
-    order = np.flatnonzero(used)
-    for _ in range(50):
-        o = order[np.lexsort((start[order] + shift[order], session_user[order]))]
-        same_user = session_user[o][1:] == session_user[o][:-1]
-        gap = (start[o][1:] + shift[o][1:]) - (end[o][:-1] + shift[o][:-1])
-        need = same_user & (gap < 31 * 60 * US)
-        if not need.any():
-            break
-        shift[o[1:][need]] += 31 * 60 * US - gap[need] + 60 * US
-    out = ts.copy()
-    out[has] += shift[session[has]]
-    return out
