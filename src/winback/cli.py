@@ -226,13 +226,13 @@ def simulate(
 
     from winback.sim import ShopConfig, write_events, write_truth
     from winback.sim import simulate as run_simulation
+    from winback.sim.output import check_events_path
 
     try:
         first_day = date.fromisoformat(start)
     except ValueError as exc:
         raise BadInputError(f"--start {start}: expected a date as YYYY-MM-DD") from exc
-    if out_path.suffix.lower() not in (".parquet", ".csv"):
-        raise BadInputError(f"--out {out_path}: expected a .parquet or .csv file name")
+    check_events_path(out_path)
     config = ShopConfig(customers=customers, days=days, start=first_day)
     with reporter(wanted(json_output)) as progress:
         progress.stage("", "simulating days")

@@ -238,3 +238,10 @@ def test_empty_files_load_nothing(store: EventStore, tmp_path: Path) -> None:
         ("jsonl", 0, 0),
     ]
     assert store.count() == 0
+
+
+def test_an_unknown_timestamp_format_is_refused(store: EventStore, tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("timestamp,user_id,event_type\n2024-01-01,u,view\n")
+    with pytest.raises(Exception, match="--timestamp-format epoch: expected one of auto, iso"):
+        ingest_files(store, [path], options=AdapterOptions(timestamp_format="epoch"))

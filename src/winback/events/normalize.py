@@ -123,6 +123,12 @@ def event_type_sql(raw: str, extra: Mapping[str, str]) -> str:
     return f"(CASE lower(trim(CAST({raw} AS VARCHAR))) {cases} ELSE NULL END)"
 
 
+def check_timestamp_format(fmt: str) -> None:
+    """Refuse a --timestamp-format winback cannot read."""
+    if fmt not in TIMESTAMP_FORMATS:
+        raise BadInputError(f"--timestamp-format {fmt}: expected one of {', '.join(TIMESTAMP_FORMATS)}")
+
+
 def sniff_timestamp_format(samples: Iterable[str]) -> str:
     """The one format all sample values share, or ``auto`` (decided row by row) when they differ."""
     kinds = {_timestamp_kind(s.strip()) for s in samples if s and s.strip()}

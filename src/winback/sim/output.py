@@ -17,6 +17,13 @@ from winback.errors import BadInputError
 from winback.sim.shop import SimulationResult
 
 
+def check_events_path(path: Path) -> Path:
+    """``path`` if it names a file :func:`write_events` can write (checked before long work starts)."""
+    if path.suffix.lower() not in (".parquet", ".csv"):
+        raise BadInputError(f"{path}: expected a .parquet or .csv file name")
+    return path
+
+
 def write_events(table: pa.Table, path: Path | str) -> None:
     """Write events as Parquet or CSV, by the file's extension.
 
@@ -28,10 +35,8 @@ def write_events(table: pa.Table, path: Path | str) -> None:
         ``.parquet`` (zstd-compressed) or ``.csv`` (a header, ISO-8601 UTC times such as
         ``2024-01-01T19:52:45Z``).
     """
-    path = Path(path)
+    path = check_events_path(Path(path))
     suffix = path.suffix.lower()
-    if suffix not in (".parquet", ".csv"):
-        raise BadInputError(f"{path}: expected a .parquet or .csv file name")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     if suffix == ".parquet":

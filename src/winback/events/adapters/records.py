@@ -23,7 +23,7 @@ import pyarrow as pa
 from winback.errors import BadInputError
 from winback.events.adapters.base import AdapterOptions, FileHead
 from winback.events.adapters.tabular import COLUMN_SYNONYMS
-from winback.events.normalize import TIMESTAMP_FORMATS, ParseOptions, RawEvents, sniff_timestamp_format
+from winback.events.normalize import ParseOptions, RawEvents, check_timestamp_format, sniff_timestamp_format
 from winback.events.schema import EVENT_FIELDS, EVENT_TYPES
 from winback.events.store import PreparedInput
 
@@ -176,10 +176,7 @@ def prepare_records(
     """Stage a JSON Lines file through ``mapper`` and describe it as canonical raw columns."""
     if not path.exists():
         raise BadInputError(f"{path}: no such file")
-    if options.timestamp_format not in TIMESTAMP_FORMATS:
-        raise BadInputError(
-            f"--timestamp-format {options.timestamp_format}: expected one of {', '.join(TIMESTAMP_FORMATS)}"
-        )
+    check_timestamp_format(options.timestamp_format)
     stager = _Stager(con, f"records_{next(_counter)}")
     samples: list[str] = []
     for loc, record in read_json_lines(path):

@@ -16,9 +16,9 @@ import duckdb
 from winback.errors import BadInputError
 from winback.events.adapters.base import AdapterOptions, FileHead
 from winback.events.normalize import (
-    TIMESTAMP_FORMATS,
     ParseOptions,
     RawEvents,
+    check_timestamp_format,
     sniff_timestamp_format,
     sql_ident,
     sql_string,
@@ -42,8 +42,6 @@ COLUMN_SYNONYMS: dict[str, tuple[str, ...]] = {
     "value": ("revenue", "total", "amount", "order_total", "order_value"),
     "currency": ("currency_code",),
 }
-
-FORMATS = ("csv", "tsv", "whitespace", "parquet")
 
 
 @dataclass
@@ -171,10 +169,7 @@ def prepare_table(
     """Describe a tabular file as canonical raw columns."""
     if not path.exists():
         raise BadInputError(f"{path}: no such file")
-    if options.timestamp_format not in TIMESTAMP_FORMATS:
-        raise BadInputError(
-            f"--timestamp-format {options.timestamp_format}: expected one of {', '.join(TIMESTAMP_FORMATS)}"
-        )
+    check_timestamp_format(options.timestamp_format)
     source, location, word, _ = read_source(con, path, fmt, options)
     try:
         types = describe(con, source)
