@@ -1,0 +1,1 @@
+"""Models that follow scikit-learn's estimator contract: abandonment, churn, CLV, segments, warnings."""
