@@ -9,6 +9,7 @@ import pytest
 
 from winback.config import Settings, load_settings
 from winback.events.store import EventStore
+from winback.sim import ShopConfig, SimulationResult, simulate
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -30,3 +31,13 @@ def settings(tmp_path: Path) -> Settings:
 def store(settings: Settings) -> Iterator[EventStore]:
     with EventStore(settings) as s:
         yield s
+
+
+@pytest.fixture(scope="session")
+def sim_shop(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, SimulationResult]:
+    """A small simulated shop (600 customers, 150 days) stored once per test run; read-only for tests."""
+    settings = load_settings(home=tmp_path_factory.mktemp("sim") / "home")
+    result = simulate(seed=11, config=ShopConfig(customers=600, days=150))
+    with EventStore(settings) as store:
+        store.append(result.events, source="simulated")
+    return settings, result

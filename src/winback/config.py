@@ -44,6 +44,19 @@ class Settings(BaseSettings):
         "1GB", description="DuckDB memory limit; larger work spills to the home's tmp/."
     )
     threads: int | None = Field(None, gt=0, description="DuckDB threads (default: all cores).")
+    abandon_idle_minutes: int = Field(
+        30, gt=0, description="Idle time after which a cart with items and no purchase is abandoned."
+    )
+    recovery_window_days: int = Field(
+        7, gt=0, description="A purchase of an abandoned cart's item within this many days recovers it."
+    )
+    churn_horizon_days: int = Field(90, gt=0, description="Churn: no purchase within this many days.")
+    spark_master: str = Field("local[2]", description="Spark master URL for --engine spark.")
+    spark_events: Path | None = Field(
+        None, description="Parquet dataset of canonical events for Spark (default: an export of the store)."
+    )
+    spark_shuffle_partitions: int = Field(8, gt=0, description="spark.sql.shuffle.partitions.")
+    spark_driver_memory: str = Field("4g", description="spark.driver.memory for a local Spark session.")
 
     @field_validator("home")
     @classmethod
@@ -53,6 +66,10 @@ class Settings(BaseSettings):
     @property
     def store_path(self) -> Path:
         return self.home / "events.duckdb"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
 
     @classmethod
     def settings_customise_sources(

@@ -1,0 +1,152 @@
+"""Where feature expressions run: the embedded DuckDB store (default) or Apache Spark.
+
+Every feature in :mod:`winback.features` is an Ibis expression over the canonical ``events`` table, so the
+same code compiles to DuckDB SQL or Spark SQL. This module only connects: it opens the store read-only
+for DuckDB, or starts (once per process) a local Spark session that reads the events as Parquet, either a
+dataset the user names (``spark_events``, e.g. a data lake path written by the shop's pipeline) or an
+export of the store refreshed whenever the store has gained a batch.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ibis
+import pandas as pd
+from ibis.backends import BaseBackend
+
+from winback.config import Settings
+from winback.errors import BadInputError, WinbackError
+from winback.events.store import EventStore
+
+ENGINES = ("duckdb", "spark")
+
+#: The canonical columns features read (``events`` view of the store, or a Parquet dataset of them).
+EVENT_COLUMNS = (
+    "event_id",
+    "event_type",
+    "timestamp",
+    "user_id",
+    "anonymous_id",
+    "session_id",
+    "product_id",
+    "category",
+    "price",
+    "quantity",
+    "order_id",
+    "value",
+    "currency",
+    "properties",
+)
+
+
+@dataclass
+class FeatureSource:
+    """An Ibis backend and the events table expressions are built on."""
+
+    engine: str
+    con: BaseBackend
+    events: ibis.Table
+
+    def execute(self, expr: ibis.Table) -> pd.DataFrame:
+        """Run ``expr`` and return pandas with UTC-aware timestamps on every engine.
+
+        Spark hands timestamps back without a zone (in the session's zone, which we pin to UTC); DuckDB
+        keeps them zoned. Aligning here keeps results of the two engines comparable and point-in-time
+        code zone-safe.
+        """
+        frame = self.con.execute(expr)
+        for name, dtype in frame.dtypes.items():
+            if isinstance(dtype, pd.DatetimeTZDtype):
+                frame[name] = frame[name].dt.tz_convert("UTC")
+            elif pd.api.types.is_datetime64_dtype(dtype):
+                frame[name] = frame[name].dt.tz_localize("UTC")
+        return frame
+
+
+def check_engine(engine: str) -> str:
+    if engine not in ENGINES:
+        raise BadInputError(f"--engine {engine}: expected one of {', '.join(ENGINES)}")
+    return engine
+
+
+@contextmanager
+def open_source(settings: Settings, engine: str = "duckdb") -> Iterator[FeatureSource]:
+    """The events of the winback home on ``engine``; closed (DuckDB) on exit."""
+    check_engine(engine)
+    if engine == "duckdb":
+        with EventStore(settings, read_only=True) as store:
+            con = ibis.duckdb.from_connection(store.con)
+            yield FeatureSource("duckdb", con, con.table("events").select(*EVENT_COLUMNS))
+        return
+    path = Path(settings.spark_events) if settings.spark_events else export_for_spark(settings)
+    con = ibis.pyspark.connect(spark_session(settings))
+    try:
+        events = con.read_parquet(str(path))
+    except Exception as exc:  # Spark's AnalysisException and friends carry the reason in the message
+        raise BadInputError(f"spark_events {path}: cannot read it as Parquet events: {exc}") from exc
+    missing = [c for c in EVENT_COLUMNS if c not in events.columns]
+    if missing:
+        raise BadInputError(f"spark_events {path}: missing canonical columns {missing}")
+    yield FeatureSource("spark", con, events.select(*EVENT_COLUMNS))
+
+
+def export_for_spark(settings: Settings) -> Path:
+    """The store's events as Parquet under ``HOME/spark/``, rewritten only when the store has changed."""
+    with EventStore(settings, read_only=True) as store:
+        row = store.con.execute("SELECT coalesce(max(batch_id), 0), count(*) FROM event_log").fetchone()
+        assert row is not None
+        directory = settings.home / "spark"
+        path = directory / f"events-b{row[0]}-n{row[1]}.parquet"
+        if path.exists():
+            return path
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        columns = ", ".join(EVENT_COLUMNS)
+        store.con.execute(
+            f"COPY (SELECT {columns} FROM events) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)"
+        )
+    os.replace(tmp, path)
+    for old in directory.glob("events-*.parquet"):
+        if old != path:
+            old.unlink()
+    return path
+
+
+_SPARK: Any = None
+
+
+def spark_session(settings: Settings) -> Any:
+    """One local Spark session per process (it takes about 10 s to start), in UTC."""
+    global _SPARK
+    if _SPARK is not None:
+        return _SPARK
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError as exc:
+        raise WinbackError(
+            "--engine spark needs PySpark: pip install 'winback[spark]' (and Java 17 or newer)"
+        ) from exc
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    builder = (
+        SparkSession.builder.master(settings.spark_master)
+        .appName("winback")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.sql.shuffle.partitions", str(settings.spark_shuffle_partitions))
+        .config("spark.driver.memory", settings.spark_driver_memory)
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+    )
+    try:
+        _SPARK = builder.getOrCreate()
+    except Exception as exc:  # no Java, no free port...: say what to check
+        raise WinbackError(f"cannot start Spark ({settings.spark_master}): {exc}") from exc
+    _SPARK.sparkContext.setLogLevel("ERROR")
+    return _SPARK

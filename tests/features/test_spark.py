@@ -1,0 +1,38 @@
+"""The same feature expressions on DuckDB and on a local Apache Spark give the same tables."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from winback.config import Settings
+from winback.features.engine import open_source
+from winback.features.tables import FeatureTables
+from winback.sim import SimulationResult
+
+pytestmark = pytest.mark.slow
+
+
+def _all_tables(settings: Settings, engine: str) -> dict[str, pd.DataFrame]:
+    with open_source(settings, engine) as source:
+        tables = FeatureTables(source, settings)
+        as_of = pd.Timestamp("2024-04-01", tz="UTC")
+        return {
+            "carts": tables.carts(),
+            "snapshots": tables.cart_snapshots(),
+            "scoring snapshots": tables.cart_snapshots(as_of=as_of),
+            "customers": tables.customers(as_of, horizon_days=30),
+        }
+
+
+def test_duckdb_and_spark_compute_equal_features(sim_shop: tuple[Settings, SimulationResult]) -> None:
+    settings, _ = sim_shop
+    duck = _all_tables(settings, "duckdb")
+    spark = _all_tables(settings, "spark")
+    for name, frame in duck.items():
+        assert len(frame) > 100, name
+        other = spark[name]
+        assert list(other.columns) == list(frame.columns), name
+        pd.testing.assert_frame_equal(
+            frame, other, check_dtype=False, check_exact=False, rtol=1e-9, obj=f"{name} (duckdb vs spark)"
+        )
