@@ -90,12 +90,15 @@ def _to_wall_time(values: pd.Series, column: str) -> tuple[pd.Series, Any]:
         ts = values
     else:
         try:
-            ts = pd.to_datetime(values)
+            ts = pd.to_datetime(values, format="ISO8601")
         except (ValueError, TypeError):
-            try:
-                ts = pd.to_datetime(values, utc=True)
+            try:  # ISO 8601 text with different UTC offsets
+                ts = pd.to_datetime(values, format="ISO8601", utc=True)
             except (ValueError, TypeError) as exc:
-                raise BadInputError(f"column {column!r} must hold timestamps: {exc}") from None
+                first = str(exc).split("\n")[0]
+                raise BadInputError(
+                    f"column {column!r} must hold timestamps (datetimes or ISO 8601 text): {first}"
+                ) from None
     if ts.isna().any():
         raise BadInputError(f"column {column!r} has {int(ts.isna().sum())} missing timestamp(s)")
     tz = getattr(ts.dt, "tz", None)
