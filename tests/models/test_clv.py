@@ -6,6 +6,7 @@ Calibration is weeks 1-39 (1997-01-01 to 1997-09-30), the holdout weeks 40-78 (t
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -146,7 +147,7 @@ def test_rfm_summary_holdout_drops_customers_first_seen_after_calibration() -> N
         (lambda t: t.assign(user_id=[None, "a"]), "missing customer id"),
     ],
 )
-def test_rfm_summary_bad_input(change, message: str) -> None:  # type: ignore[no-untyped-def]
+def test_rfm_summary_bad_input(change: Callable[[pd.DataFrame], pd.DataFrame], message: str) -> None:
     tx = pd.DataFrame({"user_id": ["a", "a"], "timestamp": ["2024-01-01", "2024-01-02"], "value": [1.0, 2.0]})
     with pytest.raises(BadInputError, match=message.replace("(", r"\(").replace(")", r"\)")):
         rfm_summary(change(tx), observation_end="2024-02-01")
@@ -305,6 +306,13 @@ def test_estimator_contract(summary: pd.DataFrame) -> None:
     assert fitted is model
     again = pickle.loads(pickle.dumps(fitted))
     assert again.params_ == fitted.params_
+    np.testing.assert_array_equal(again.predict(summary, t=39), fitted.predict(summary, t=39))
+    with pytest.raises(BadInputError, match="missing column\\(s\\) 'recency'"):
+        fitted.predict(summary.drop(columns=["recency"]))
+    gg = GammaGammaModel().fit(summary)
+    with pytest.raises(BadInputError, match="'monetary_value'"):
+        gg.predict(summary.drop(columns=["monetary_value"]))
+    assert gg.predict(summary)[0] == pytest.approx(gg.conditional_expected_average_profit(2, 22.345))
     # a penalty pulls the estimates towards 0 without breaking the fit
     assert fitted.params_["alpha"] < PUBLISHED_BGNBD["alpha"]
 

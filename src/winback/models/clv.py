@@ -598,6 +598,12 @@ class BetaGeoModel(BaseEstimator):
         out = c / am1 * (1 - tail) * self._p_alive(x, t_x, big_t, r, alpha, a, b)
         return np.asarray(out, dtype=float)
 
+    def predict(self, X: pd.DataFrame, *, t: float = 1.0) -> NDArray[np.float64]:  # noqa: N803
+        """Expected purchases in the next ``t`` time units for each row of an RFM summary."""
+        self._check_fitted()
+        _require_columns(X, ["frequency", "recency", "T"], "the RFM summary")
+        return self.expected_purchases(t, X["frequency"], X["recency"], X["T"])
+
     def expected_purchases_new(self, t: ArrayLike) -> NDArray[np.float64]:
         """Expected number of repeat purchases in ``t`` time units by a customer just acquired (eq. 9)."""
         r, alpha, a, b = self._check_fitted()
@@ -817,6 +823,12 @@ class GammaGammaModel(BaseEstimator):
         """Estimates with standard errors and 95% intervals (from the Hessian, on the log scale)."""
         self._check_fitted()
         return _summary_table(self.params_, self.covariance_log_)
+
+    def predict(self, X: pd.DataFrame) -> NDArray[np.float64]:  # noqa: N803
+        """:meth:`conditional_expected_average_profit` for each row of an RFM summary."""
+        self._check_fitted()
+        _require_columns(X, ["frequency", "monetary_value"], "the RFM summary")
+        return self.conditional_expected_average_profit(X["frequency"], X["monetary_value"])
 
     def conditional_expected_average_profit(
         self, frequency: ArrayLike, monetary_value: ArrayLike
