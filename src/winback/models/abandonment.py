@@ -485,17 +485,20 @@ class LogisticBaseline(_TabularClassifier):
 
     def predict_proba(self, X: Any) -> NDArray[np.float64]:
         """Probabilities of ``classes_[0]`` and ``classes_[1]``, shape (n, 2)."""
-        proba: NDArray[np.float64] = self.pipeline_.predict_proba(self._matrix(X))
+        M = self._matrix(X)
+        proba: NDArray[np.float64] = self.pipeline_.predict_proba(M)
         return proba
 
     def decision_function(self, X: Any) -> NDArray[np.float64]:
         """Log-odds of ``classes_[1]``."""
-        d: NDArray[np.float64] = self.pipeline_.decision_function(self._matrix(X))
+        M = self._matrix(X)
+        d: NDArray[np.float64] = self.pipeline_.decision_function(M)
         return d
 
     def contributions(self, X: Any) -> NDArray[np.float64]:
         """Per-column contributions to the log-odds, shape (n, n_features); rows sum to logit - base."""
-        T = self.pipeline_[:-1].transform(self._matrix(X))
+        M = self._matrix(X)
+        T = self.pipeline_[:-1].transform(M)
         per_output = (T - self.encoded_mean_) * self.pipeline_[-1].coef_[0]
         out = np.zeros((T.shape[0], self.n_features_in_))
         np.add.at(out.T, self.encoded_owner_, per_output.T)
