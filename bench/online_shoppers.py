@@ -140,6 +140,8 @@ def latency(X: pd.DataFrame, y: np.ndarray, reps: int) -> list[tuple[str, float,
         ("AbandonmentModel, numpy row, isotonic", *percentiles(lambda: iso.predict_proba(row_np), reps)),
         ("AbandonmentModel, numpy row, uncalibrated", *percentiles(lambda: raw.predict_proba(row_np), reps)),
         ("AbandonmentModel, DataFrame row, sigmoid", *percentiles(lambda: sig.predict_proba(row_df), reps)),
+        ("AbandonmentModel.explain(top=3), numpy row", *percentiles(lambda: sig.explain(row_np), reps)),
+        ("AbandonmentModel.reasons(top=3), DataFrame row", *percentiles(lambda: sig.reasons(row_df), reps)),
         (
             "CalibratedClassifierCV(FrozenEstimator), isotonic",
             *percentiles(lambda: sk.predict_proba(row_sk), reps),

@@ -116,6 +116,9 @@ def test_reasons_in_plain_words() -> None:
     first = text[0].split("; ")[0]
     assert first.startswith("long time in cart (+")
     plain = model.reasons(row, top=3)[0]
+    assert f"device = {row['device'].iloc[0]} (" in plain  # the label, not its code
+    as_codes = row.assign(device=row["device"].cat.codes).to_numpy(dtype=float)
+    assert model.reasons(as_codes, top=3) == [plain]
     assert "minutes_idle = " in plain
     assert plain.count("; ") == 2
     with pytest.raises(BadInputError, match="top"):
@@ -131,6 +134,14 @@ def test_numpy_rows_and_text_categories_predict_like_the_frame() -> None:
     np.testing.assert_array_equal(model.predict_proba(codes[0]), expected[:1])  # one row as a 1-D array
     as_text = X.head(40).assign(device=X["device"].head(40).astype(str))
     np.testing.assert_array_equal(model.predict_proba(as_text), expected)
+    # a few rows take another encoding path (one object array); it must agree with the column-wise one
+    np.testing.assert_array_equal(model.predict_proba(X.head(3)), expected[:3])
+    np.testing.assert_array_equal(model.predict_proba(as_text.head(3)), expected[:3])
+    np.testing.assert_array_equal(model.predict_proba(X.head(3)[X.columns[::-1]]), expected[:3])
+    with_na = X.head(3).assign(items=pd.array([1, None, 3], dtype="Int64"))
+    np.testing.assert_array_equal(
+        model.predict_proba(with_na), model.predict_proba(X.head(3).assign(items=[1.0, np.nan, 3.0]))
+    )
     # an unseen category is treated as missing, not an error
     unseen = model.predict_proba(X.head(1).assign(device=pd.Categorical(["watch"])))
     assert unseen.shape == (1, 2)

@@ -137,34 +137,6 @@ class _TabularClassifier(ClassifierMixin, BaseEstimator):
 
     # -- predict side
 
-    def _check_frame(self, X: Any) -> pd.DataFrame:
-        """``X`` with exactly the fitted columns, in order; categoricals cast to the fitted categories."""
-        names = list(self.feature_names_in_)
-        if not isinstance(X, pd.DataFrame):
-            arr = np.asarray(X)
-            if arr.ndim == 1 and arr.shape[0] == len(names):
-                arr = arr.reshape(1, -1)
-            if arr.ndim != 2 or arr.shape[1] != len(names):
-                raise BadInputError(
-                    f"X: expected {len(names)} feature columns ({', '.join(names)}), got shape {arr.shape}"
-                )
-            frame = pd.DataFrame(arr, columns=names)
-            for c, cats in self.categories_.items():
-                codes = pd.to_numeric(frame[c], errors="coerce").to_numpy(dtype=float)
-                ok = np.isfinite(codes) & (codes >= 0) & (codes < len(cats))
-                frame[c] = pd.Categorical.from_codes(np.where(ok, codes, -1).astype(int), categories=cats)
-            return frame
-        self._check_columns(X)
-        frame = X.copy(deep=False)
-        frame.columns = pd.Index([str(c) for c in X.columns])
-        frame = frame[names]
-        for c in names:
-            if c in self.categories_:
-                frame[c] = _as_categories(frame[c], self.categories_[c])
-            elif not _is_numeric(frame[c]):
-                raise BadInputError(f"X: column {c} must be numeric as in fit, got {frame[c].dtype}")
-        return frame
-
     def _check_columns(self, X: pd.DataFrame) -> None:
         names = list(self.feature_names_in_)
         have = [str(c) for c in X.columns]
@@ -246,17 +218,22 @@ class _TabularClassifier(ClassifierMixin, BaseEstimator):
     def _matrix(self, X: Any) -> NDArray[np.float64]:
         """The encoded matrix for prediction; a numeric numpy array of the right width passes through."""
         self._check_is_fitted()
-        if isinstance(X, np.ndarray) and X.dtype.kind in "fiub":
-            arr = X.reshape(1, -1) if X.ndim == 1 else X
-            if arr.ndim != 2 or arr.shape[1] != self.n_features_in_:
-                raise BadInputError(
-                    f"X: expected {self.n_features_in_} feature columns "
-                    f"({', '.join(self.feature_names_in_)}), got shape {X.shape}"
-                )
-            return arr.astype(np.float64, copy=False)
         if isinstance(X, pd.DataFrame):
             return self._encode_frame(X)
-        return self._encode(self._check_frame(X))
+        arr = np.asarray(X)
+        if arr.dtype.kind not in "fiub":
+            raise BadInputError(
+                "X: expected a DataFrame, or a numeric array of encoded features (categories as codes), "
+                f"got an array of {arr.dtype}"
+            )
+        if arr.ndim == 1:
+            arr = arr.reshape(1, -1)
+        if arr.ndim != 2 or arr.shape[1] != self.n_features_in_:
+            raise BadInputError(
+                f"X: expected {self.n_features_in_} feature columns "
+                f"({', '.join(self.feature_names_in_)}), got shape {np.shape(X)}"
+            )
+        return arr.astype(np.float64, copy=False)
 
     def _check_is_fitted(self) -> None:
         if not hasattr(self, "classes_"):
@@ -293,9 +270,18 @@ class _TabularClassifier(ClassifierMixin, BaseEstimator):
         list of str
             One string per row, contributions joined by ``"; "``; the signed numbers are log-odds.
         """
-        frame = self._check_frame(X) if isinstance(X, pd.DataFrame) else self._check_frame(np.asarray(X))
-        contributions = self.explain(frame, top=top)
-        return format_reasons(frame, contributions, describe)
+        M = self._matrix(X)
+        contributions = self.explain(M, top=top)
+        used = {name for row in contributions for name, _ in row}
+        columns = {c: self._decode(c, M[:, j]) for j, c in enumerate(self.feature_names_in_) if c in used}
+        return format_reasons(columns, contributions, describe)
+
+    def _decode(self, name: str, column: NDArray[np.float64]) -> list[Any]:
+        """An encoded column back to the values a person reads: category labels, numbers, None if missing."""
+        cats = self.categories_.get(name)
+        if cats is None:
+            return [None if math.isnan(v) else v for v in column.tolist()]
+        return [None if math.isnan(v) else cats[int(v)] for v in column.tolist()]
 
 
 def _as_categories(col: pd.Series, categories: pd.Index) -> pd.Series:
@@ -333,9 +319,20 @@ def _top(contrib: NDArray[np.float64], names: Sequence[str], top: int) -> list[l
 
 
 def format_reasons(
-    frame: pd.DataFrame, contributions: Sequence[Sequence[Contribution]], describe: Describe | None = None
+    values: pd.DataFrame | Mapping[str, Sequence[Any]],
+    contributions: Sequence[Sequence[Contribution]],
+    describe: Describe | None = None,
 ) -> list[str]:
-    """Contributions (from ``explain``) as one plain-words string per row of ``frame``.
+    """Contributions (from ``explain``) as one plain-words string per row.
+
+    Parameters
+    ----------
+    values : DataFrame or mapping of column -> sequence
+        The rows' feature values (at least the columns named in ``contributions``), row ``i`` of each.
+    contributions : sequence of sequences of (str, float)
+        Per row, ``(column, contribution)`` pairs as ``explain`` returns them.
+    describe : mapping, optional
+        Column -> phrase, or a function of the row's value returning one; others read ``name = value``.
 
     Examples
     --------
@@ -348,7 +345,8 @@ def format_reasons(
     for i, row in enumerate(contributions):
         parts = []
         for name, value in row:
-            raw = frame[name].iloc[i]
+            column = values[name]
+            raw = column.iloc[i] if isinstance(column, pd.Series) else column[i]
             phrase = describe.get(name)
             if callable(phrase):
                 text = str(phrase(raw))
@@ -362,14 +360,14 @@ def format_reasons(
 
 
 def _show(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+    if value is None or value is pd.NA or (isinstance(value, float | np.floating) and math.isnan(value)):
         return "missing"
     if isinstance(value, bool | np.bool_):
         return str(bool(value))
     if isinstance(value, int | np.integer):
         return str(int(value))
     if isinstance(value, float | np.floating):
-        return f"{float(value):.4g}"
+        return f"{float(value):.4g}"  # 3.0 -> "3", 0.123456 -> "0.1235"
     return str(value)
 
 
@@ -652,6 +650,7 @@ class AbandonmentModel(_TabularClassifier):
             )
         M, y01, weights, _ = self._validate_fit(X, y, sample_weight)
         n = y01.size
+        order = np.arange(n) if time_order is None else _time_order(time_order, n)
         minority = int(min(y01.sum(), n - y01.sum()))
         self.calibration_note_: str | None = None
         self.calibrator_: tuple[Any, ...] | None = None
@@ -679,7 +678,6 @@ class AbandonmentModel(_TabularClassifier):
         fit_rows = np.arange(n)
         cal_rows = np.arange(0)
         if self.calibration is not None:
-            order = np.arange(n) if time_order is None else _time_order(time_order, n)
             n_cal = math.ceil(self.calibration_share * n)
             fit_rows, cal_rows = order[: n - n_cal], order[n - n_cal :]
             have = np.unique(y01[cal_rows]).size == 2 and np.unique(y01[fit_rows]).size == 2
