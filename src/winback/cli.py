@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import sys
 import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -287,6 +289,223 @@ def demo(
     summary = run_demo(_settings(home), customers=customers, days=days, seed=seed, show=not json_output)
     if json_output:
         _print_json(summary)
+
+
+# -- models ------------------------------------------------------------------------------------------
+
+EngineOption = Annotated[
+    str, typer.Option("--engine", help="Where features are computed: duckdb (the store) or spark.")
+]
+AsOfOption = Annotated[
+    str | None,
+    typer.Option("--as-of", help="Moment of the time split or the scores (ISO date or date-time, UTC)."),
+]
+HorizonOption = Annotated[
+    str | None, typer.Option("--horizon", help="Churn/CLV horizon, e.g. 90d or 12w [default: 90d].")
+]
+TRAINABLE = ("abandonment", "churn", "clv", "segments")
+
+
+@contextmanager
+def _feature_tables(settings: Settings, engine: str) -> Iterator[Any]:
+    from winback.features.engine import open_source
+    from winback.features.tables import FeatureTables
+
+    with open_source(settings, engine) as source:
+        yield FeatureTables(source, settings)
+
+
+def _as_of(value: str | None) -> Any:
+    from winback.features.tables import parse_time
+
+    return parse_time(value) if value else None
+
+
+def _horizon(value: str | None, settings: Settings) -> int:
+    from winback.features.tables import parse_horizon
+
+    return parse_horizon(value) if value else settings.churn_horizon_days
+
+
+def _choice(value: str, allowed: tuple[str, ...], what: str) -> str:
+    if value not in allowed:
+        raise BadInputError(f"{what} {value!r}: expected one of {', '.join(allowed)}")
+    return value
+
+
+@app.command(
+    epilog="Examples:\n\n  winback train all\n\n  winback train abandonment --as-of 2024-05-01\n\n"
+    "  winback train churn --horizon 30d --engine spark --json",
+)
+def train(
+    model: Annotated[str, typer.Argument(help="abandonment, churn, clv, segments or all.")],
+    as_of: AsOfOption = None,
+    horizon: HorizonOption = None,
+    engine: EngineOption = "duckdb",
+    home: HomeOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Train a model on the history before --as-of (default: all of it) and save it with its card.
+
+    Cards (version, training window, features, metrics, library versions) are in HOME/models/NAME/.
+    """
+    from winback.models import tasks
+
+    names = TRAINABLE if model == "all" else (_choice(model, (*TRAINABLE, "all"), "model"),)
+    settings = _settings(home)
+    days = _horizon(horizon, settings)
+    cards: list[dict[str, Any]] = []
+    with _feature_tables(settings, engine) as tables, reporter(wanted(json_output)) as progress:
+        moment = _as_of(as_of)
+        for name in names:
+            progress.stage(name, "training")
+            if name == "abandonment":
+                card = tasks.train_abandonment(tables, moment)
+            elif name == "churn":
+                card = tasks.train_churn(tables, moment, days)
+            elif name == "clv":
+                card = tasks.train_clv(tables, moment, days)
+            else:
+                card = tasks.train_segments(tables, moment)
+            cards.append(card.as_dict())
+    if json_output:
+        _print_json(cards if model == "all" else cards[0])
+        return
+    for done in cards:
+        line = f"{done['name']}: version {done['version']}, trained on {done['train_window'][0][:10]} .. "
+        print(line + f"{done['as_of'][:19]} ({done['engine']}) -> {settings.models_dir / done['name']}")
+        for note in done["notes"]:
+            print(f"  note: {note}")
+
+
+@app.command(
+    epilog="Examples:\n\n  winback evaluate abandonment\n\n"
+    "  winback evaluate churn --as-of 2024-04-01 --horizon 30d\n\n  winback evaluate clv --json",
+)
+def evaluate(
+    model: Annotated[str, typer.Argument(help="abandonment, churn or clv.")],
+    as_of: AsOfOption = None,
+    horizon: HorizonOption = None,
+    engine: EngineOption = "duckdb",
+    home: HomeOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Evaluate a model on a time split: fit before --as-of, test after it, baselines beside it.
+
+    Default --as-of: 80% into the data (abandonment), or the horizon before its end (churn, CLV).
+    """
+    from winback.models import tasks
+    from winback.models.report import render_evaluation
+
+    _choice(model, ("abandonment", "churn", "clv"), "model")
+    settings = _settings(home)
+    with _feature_tables(settings, engine) as tables, reporter(wanted(json_output)) as progress:
+        progress.stage(model, "evaluating")
+        moment = _as_of(as_of)
+        if model == "abandonment":
+            result = tasks.evaluate_abandonment(tables, moment)
+        elif model == "churn":
+            result = tasks.evaluate_churn(tables, moment, _horizon(horizon, settings))
+        else:
+            result = tasks.evaluate_clv(tables, moment, _horizon(horizon, settings))
+    if json_output:
+        _print_json(result)
+        return
+    render_evaluation(result, out)
+
+
+@app.command(
+    epilog="Examples:\n\n  winback score abandonment --out carts.csv\n\n"
+    "  winback score churn --as-of 2024-06-01 --out customers.parquet --json",
+)
+def score(
+    model: Annotated[str, typer.Argument(help="abandonment, churn, clv or segments.")],
+    out_path: Annotated[Path, typer.Option("--out", help="Scores to write: .parquet or .csv.")],
+    as_of: AsOfOption = None,
+    top: Annotated[int, typer.Option(min=0, help="Rows to show on the terminal.")] = 5,
+    engine: EngineOption = "duckdb",
+    home: HomeOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Score carts or customers with the trained model, one row each, with reasons.
+
+    abandonment: carts not bought by --as-of and active in the 24 h before it (cart_id, user_id,
+    abandon_probability, reasons, ...); churn, clv, segments: customers who have bought (user_id,
+    churn_probability, p_alive, expected_purchases, expected_value, clv, segment, reasons, ...).
+    """
+    from winback.models import tasks
+    from winback.models.report import render_scores, write_table
+
+    _choice(model, TRAINABLE, "model")
+    write_table(None, out_path)  # refuse a bad file name before the work
+    settings = _settings(home)
+    with _feature_tables(settings, engine) as tables, reporter(wanted(json_output)) as progress:
+        progress.stage(model, "scoring")
+        moment = _as_of(as_of)
+        if model == "abandonment":
+            scores = tasks.score_abandonment(tables, moment)
+        else:
+            scores = tasks.score_customers(tables, moment, require=model)
+    write_table(scores, out_path)
+    if json_output:
+        _print_json(
+            {"rows": len(scores), "out": str(out_path), "top": scores.head(top).to_dict(orient="records")}
+        )
+        return
+    render_scores(model, scores, out, top=top)
+    print(f"{len(scores):,} rows -> {out_path}")
+
+
+clv_app = typer.Typer(help="Customer lifetime value (BG/NBD + Gamma-Gamma).", no_args_is_help=True)
+app.add_typer(clv_app, name="clv")
+
+
+@clv_app.command(
+    "fit",
+    epilog="Examples:\n\n  winback clv fit --calibration-end 1997-09-30 --time-unit week --json",
+)
+def clv_fit(
+    calibration_end: Annotated[str, typer.Option(help="Last day of the calibration period.")],
+    time_unit: Annotated[str, typer.Option(help="week or day.")] = "week",
+    observation_end: Annotated[
+        str | None, typer.Option(help="End of the holdout period [default: the last event].")
+    ] = None,
+    engine: EngineOption = "duckdb",
+    home: HomeOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Fit BG/NBD and Gamma-Gamma on the purchases up to --calibration-end; print the parameters and
+    the forecast of repeat purchases after it against the actual number."""
+    from winback.features.tables import parse_time
+    from winback.models import tasks
+
+    _choice(time_unit, ("week", "day"), "--time-unit")
+    settings = _settings(home)
+    with _feature_tables(settings, engine) as tables:
+        result = tasks.clv_fit(
+            tables,
+            parse_time(calibration_end, "--calibration-end"),
+            time_unit=time_unit,
+            observation_end=parse_time(observation_end, "--observation-end") if observation_end else None,
+        )
+    if json_output:
+        _print_json(result)
+        return
+    bg, gg, hold = result["bgnbd"], result["gamma_gamma"], result["holdout"]
+    print(
+        f"{result['customers']:,} customers ({result['repeat_buyers']:,} repeat buyers), calibration to "
+        f"{result['calibration_end']}, time unit {time_unit}"
+    )
+    print(
+        f"BG/NBD       r = {bg['r']:.4f}, alpha = {bg['alpha']:.4f}, a = {bg['a']:.4f}, b = {bg['b']:.4f}"
+        f"  (log-likelihood {bg['log_likelihood']:,.1f})"
+    )
+    print(f"Gamma-Gamma  p = {gg['p']:.4f}, q = {gg['q']:.4f}, gamma = {gg['gamma']:.4f}")
+    print(
+        f"holdout ({hold['length']:g} {time_unit}s to {result['observation_end']}): "
+        f"{hold['forecast_repeat_purchases']:,.1f} repeat purchases forecast, "
+        f"{hold['actual_repeat_purchases']:,.0f} actual"
+    )
 
 
 def main() -> None:
