@@ -170,7 +170,7 @@ class _TabularClassifier(ClassifierMixin, BaseEstimator):
         self._check_columns(X)
         if not all(isinstance(c, str) for c in X.columns):
             X = X.rename(columns=str)
-        dtypes = X.dtypes
+        dtypes = dict(zip(X.columns, X.dtypes, strict=True))
         for c in self.feature_names_in_:
             if c not in self.categories_ and not _is_numeric_dtype(dtypes[c]):
                 raise BadInputError(f"X: column {c} must be numeric as in fit, got {dtypes[c]}")
