@@ -1,9 +1,9 @@
 """Churn: the probability that a customer makes no purchase within the horizon, and what that costs.
 
 Gradient-boosted trees on the customer features (:data:`winback.features.customers.CUSTOMER_FEATURES`)
-with BG/NBD's P(alive) added as a feature: the trees learn what the buy-till-you-die model misses
-(browsing that stopped, abandoned carts, a dropping rhythm), and P(alive) gives them the model's view of
-the purchase history. ``1 - P(alive)`` is also the baseline the model is evaluated against.
+with BG/NBD's P(alive) and expected purchases over the horizon added as features: the trees learn what
+the buy-till-you-die model misses (browsing that stopped, abandoned carts, a dropping rhythm), and the
+BG/NBD columns give them that model's reading of the purchase history. Both are also baselines.
 
 Severity is the expected value lost over the horizon: ``churn_probability x`` the value the customer
 would bring if retained (BG/NBD expected purchases given alive, times Gamma-Gamma's expected spend).
@@ -50,6 +50,8 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
     ----------
     n_estimators, learning_rate, num_leaves, min_child_samples : see AbandonmentModel
     calibration : {"isotonic", "sigmoid", None}, default "isotonic"
+    horizon_days : int, default 90
+        The churn horizon; BG/NBD's expected purchases over it is a feature beside P(alive).
     penalizer_coef : float, default 0.001
         L2 penalty of the BG/NBD fit (keeps it finite on small shops).
     random_state : int or None, default None
@@ -72,6 +74,7 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         num_leaves: int = 15,
         min_child_samples: int = 20,
         calibration: str | None = "isotonic",
+        horizon_days: int = 90,
         penalizer_coef: float = 0.001,
         random_state: int | None = None,
     ) -> None:
@@ -80,6 +83,7 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         self.num_leaves = num_leaves
         self.min_child_samples = min_child_samples
         self.calibration = calibration
+        self.horizon_days = horizon_days
         self.penalizer_coef = penalizer_coef
         self.random_state = random_state
 
@@ -111,7 +115,7 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
             min_child_samples=self.min_child_samples,
             calibration=self.calibration,
             random_state=self.random_state,
-        ).fit(self._with_p_alive(X), y, time_order=time_order)
+        ).fit(self._with_bgnbd(X), y, time_order=time_order)
         self.classes_ = self.classifier_.classes_
         return self
 
@@ -124,10 +128,12 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
             raise BadInputError(f"customer features lack the columns {missing} the churn model was fitted on")
         return X[list(self.feature_names_in_)]
 
-    def _with_p_alive(self, X: pd.DataFrame) -> pd.DataFrame:  # noqa: N803
+    def _with_bgnbd(self, X: pd.DataFrame) -> pd.DataFrame:  # noqa: N803
         summary = bg_summary(X)
+        f, r, t = summary.frequency, summary.recency, summary["T"]
         out = X.copy()
-        out["p_alive"] = self.bgnbd_.p_alive(summary.frequency, summary.recency, summary["T"])
+        out["p_alive"] = self.bgnbd_.p_alive(f, r, t)
+        out["bg_expected_purchases"] = self.bgnbd_.expected_purchases(self.horizon_days, f, r, t)
         return out
 
     def p_alive(self, X: pd.DataFrame) -> NDArray[np.float64]:  # noqa: N803
@@ -136,13 +142,13 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         return self.bgnbd_.p_alive(summary.frequency, summary.recency, summary["T"])
 
     def predict_proba(self, X: pd.DataFrame) -> NDArray[np.float64]:  # noqa: N803
-        return self.classifier_.predict_proba(self._with_p_alive(self._checked(X)))
+        return self.classifier_.predict_proba(self._with_bgnbd(self._checked(X)))
 
     def predict(self, X: pd.DataFrame) -> NDArray[Any]:  # noqa: N803
-        return self.classifier_.predict(self._with_p_alive(self._checked(X)))
+        return self.classifier_.predict(self._with_bgnbd(self._checked(X)))
 
     def reasons(self, X: pd.DataFrame, top: int = 3, describe: Any = None) -> list[str]:  # noqa: N803
-        return self.classifier_.reasons(self._with_p_alive(self._checked(X)), top=top, describe=describe)
+        return self.classifier_.reasons(self._with_bgnbd(self._checked(X)), top=top, describe=describe)
 
     def expected_purchases(self, X: pd.DataFrame, horizon_days: int) -> NDArray[np.float64]:  # noqa: N803
         """BG/NBD's expected number of purchases in the next ``horizon_days``."""
