@@ -15,7 +15,9 @@ whose causal structure is known, and keeps the truth:
   expectations in closed form, and realisations with the cart's own random numbers (common to all
   actions, so differences between actions are exact);
 - an optional policy that acts on each day's abandoned carts, whose messages, coupon orders,
-  unsubscribes, fatigue-shortened lifetimes and learnt coupon harvesting feed back into the run.
+  unsubscribes, fatigue-shortened lifetimes and learnt coupon harvesting feed back into the run;
+- for every browsing cart, the true probability its in-session purchase was drawn from
+  (``SimulationResult.cart_sessions``): the ceiling an abandonment model can be measured against.
 
 Measured with the defaults (2,000 customers, 120 days): about 5 events and 4.4 views per session, a
 quarter of sessions add to cart, 70% of carts are abandoned, 15% of abandoned carts come back within
@@ -34,15 +36,23 @@ December bring about 1.4 times the visits per customer of the other months. Size
 from winback.sim.config import Effects, ShopConfig
 from winback.sim.output import write_events, write_truth
 from winback.sim.response import CART_COLUMNS, expected_outcomes, realised_outcomes
-from winback.sim.shop import Policy, SimulationResult, simulate
+from winback.sim.shop import (
+    CART_SESSION_COLUMNS,
+    Policy,
+    SimulationResult,
+    purchase_probability_after_checkout,
+    simulate,
+)
 
 __all__ = [
     "CART_COLUMNS",
+    "CART_SESSION_COLUMNS",
     "Effects",
     "Policy",
     "ShopConfig",
     "SimulationResult",
     "expected_outcomes",
+    "purchase_probability_after_checkout",
     "realised_outcomes",
     "simulate",
     "write_events",

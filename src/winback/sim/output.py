@@ -49,7 +49,7 @@ def write_events(table: pa.Table, path: Path | str) -> None:
 
 
 def write_truth(result: SimulationResult, directory: Path | str) -> dict[str, Path]:
-    """Write the latent truth: ``customers.parquet`` and ``carts.parquet``.
+    """Write the latent truth: ``customers.parquet``, ``carts.parquet`` and ``cart_sessions.parquet``.
 
     Parameters
     ----------
@@ -61,12 +61,15 @@ def write_truth(result: SimulationResult, directory: Path | str) -> dict[str, Pa
     Returns
     -------
     dict
-        The paths written, by name (``customers``, ``carts``).
+        The paths written, by name (``customers``, ``carts``: one row per abandoned cart,
+        ``cart_sessions``: one row per browsing session with a cart and its true in-session purchase
+        probability, see :class:`~winback.sim.shop.SimulationResult`).
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    paths = {"customers": directory / "customers.parquet", "carts": directory / "carts.parquet"}
-    for name, frame in (("customers", result.customers), ("carts", result.carts)):
+    frames = {"customers": result.customers, "carts": result.carts, "cart_sessions": result.cart_sessions}
+    paths = {name: directory / f"{name}.parquet" for name in frames}
+    for name, frame in frames.items():
         tmp = paths[name].with_name(f".{paths[name].name}.tmp")
         frame.to_parquet(tmp, index=False)
         os.replace(tmp, paths[name])

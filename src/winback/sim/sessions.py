@@ -8,6 +8,12 @@ lose their first item again; the cart is bought in-session with a probability th
 sensitivity x log cart value and with learnt coupon harvesting; 30% of the others start checkout first.
 A return visit that recovers a cart views its items, starts checkout and buys them all.
 
+The truth keeps each browsing cart's in-session purchase probability (``Sessions.p_purchase``): the
+probability from which the purchase was drawn, given the customer's traits and the cart's final contents.
+A ``checkout_start`` reveals part of that draw (checkout = purchased, or else with probability
+``checkout_without_purchase`` = c), so once a checkout has started the probability of a purchase is
+``p / (p + (1 - p) c)``; before it, ``p``.
+
 Gaps between events are lognormal (median 40 s, from 2 s to 25 min), so a 30-minute inactivity rule
 recovers sessions; one order's line items share a timestamp. Visits follow the local hour of day,
 weekday and month (:func:`day_factor`, :data:`HOURLY`), and a user's sessions are always more than 30
@@ -64,6 +70,9 @@ class Sessions:
     event_type: np.ndarray
     event_product: np.ndarray  # -1 for none
     event_quantity: np.ndarray  # 0 for none
+    #: Per session: the true in-session purchase probability of a browsing cart; NaN for a browsing
+    #: session without a cart and for a return visit (which always buys).
+    p_purchase: np.ndarray
 
     @property
     def size(self) -> int:
@@ -78,7 +87,7 @@ class Sessions:
             self.user[keep], self.start[keep], self.duration[keep], self.purchased[keep],
             self.coupon[keep], self.cart[keep], renumber[self.event_session[events]],
             self.event_offset[events], self.event_type[events], self.event_product[events],
-            self.event_quantity[events],
+            self.event_quantity[events], self.p_purchase[keep],
         )  # fmt: skip
 
     def concat(self, other: Sessions) -> Sessions:
@@ -170,7 +179,8 @@ def browse(
         - 0.6 * sensitivity * np.log(np.maximum(value, 1.0) / 60.0)
         - config.effects.harvest_purchase_drop * customers.harvest_level[user]
     )
-    purchased = is_cart & (rng.random(n) < expit(log_odds))
+    p_purchase = expit(log_odds)
+    purchased = is_cart & (rng.random(n) < p_purchase)
     checkout = purchased | (is_cart & (rng.random(n) < config.checkout_without_purchase))
 
     bought = ~removed & purchased[line_session]
@@ -183,7 +193,9 @@ def browse(
         (line_session[bought], _TAIL + 2 + rank_in_cart[bought], PURCHASE, line_product[bought],
          quantity[bought]),
     ]  # fmt: skip
-    sessions = _assemble(user, start, purchased, np.zeros(n), np.full(n, -1), parts, rng)
+    sessions = _assemble(
+        user, start, purchased, np.zeros(n), np.full(n, -1), parts, rng, np.where(is_cart, p_purchase, np.nan)
+    )
     return sessions, Items(line_session, line_product, quantity, removed)
 
 
@@ -208,7 +220,7 @@ def returns(
         (np.arange(n), _TAIL + 1, CHECKOUT, -1, 0),
         (line_owner, _TAIL + 2 + rank, PURCHASE, line_product, line_quantity),
     ]
-    return _assemble(user, start, np.ones(n, dtype=bool), coupon, cart, parts, rng)
+    return _assemble(user, start, np.ones(n, dtype=bool), coupon, cart, parts, rng, np.full(n, np.nan))
 
 
 def _assemble(
@@ -219,6 +231,7 @@ def _assemble(
     cart: np.ndarray,
     parts: list[Part],
     rng: np.random.Generator,
+    p_purchase: np.ndarray,
 ) -> Sessions:
     """Order each session's events and space them in time."""
     session = np.concatenate([p[0] for p in parts])
@@ -240,7 +253,7 @@ def _assemble(
     duration[session[last]] = offset[last]
     return Sessions(
         user, start, duration, purchased, coupon.astype(float), cart.astype(np.int64), session, offset,
-        kind.astype(np.int8), product, quantity,
+        kind.astype(np.int8), product, quantity, p_purchase.astype(float),
     )  # fmt: skip
 
 

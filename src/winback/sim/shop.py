@@ -75,6 +75,25 @@ _EVENT_COLUMNS: dict[str, type[np.generic]] = {
     "quantity": np.int8, "order": np.int32, "discount": np.float64, "special": np.int32,
 }  # fmt: skip
 _MESSAGE, _COUPON = 0, 1  # kinds of event properties
+#: Columns of :attr:`SimulationResult.cart_sessions`.
+CART_SESSION_COLUMNS = ("session_id", "user_id", "started_at", "p_purchase", "purchased")
+
+
+def purchase_probability_after_checkout(p_purchase: np.ndarray, config: ShopConfig) -> np.ndarray:
+    """The true purchase probability of a cart once its ``checkout_start`` was seen.
+
+    In-session, ``checkout = purchased | (cart & u < c)`` with ``c = config.checkout_without_purchase``
+    drawn independently, so by Bayes ``P(purchase | checkout) = p / (p + (1 - p) c)``. Before a
+    checkout is seen, the probability is ``p_purchase`` itself.
+
+    Examples
+    --------
+    >>> float(purchase_probability_after_checkout(np.array([0.5]), ShopConfig())[0])  # c = 0.3
+    0.7692307692307693
+    """
+    p = np.asarray(p_purchase, dtype=float)
+    c = config.checkout_without_purchase
+    return p / (p + (1.0 - p) * c)
 
 
 @dataclass
@@ -92,6 +111,16 @@ class SimulationResult:
         its random numbers, the natural outcome, the action taken and what happened.
     products
         One row per product: category, price, popularity.
+    cart_sessions
+        One row per browsing session with a cart (bought in-session or not), in the order they were
+        logged: ``session_id`` (the log's ``s<N>``, which is the ``cart_id`` of winback's cart
+        features), ``user_id``, ``started_at``, ``p_purchase`` (the true probability the purchase was
+        drawn from, given the customer's traits and the cart's final contents) and ``purchased`` (the
+        draw). A ``checkout_start`` reveals part of the draw: after it the probability of a purchase is
+        ``p / (p + (1 - p) c)`` with ``c = config.checkout_without_purchase`` (see
+        :func:`purchase_probability_after_checkout`). Return visits (which always buy) are not here.
+        A session that starts before the end of the run but would end after it keeps its row, though
+        the log loses its later events.
     """
 
     config: ShopConfig
@@ -100,6 +129,9 @@ class SimulationResult:
     customers: pd.DataFrame
     carts: pd.DataFrame
     products: pd.DataFrame
+    cart_sessions: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(columns=list(CART_SESSION_COLUMNS))
+    )
 
     def expected_outcomes(self, actions: Actions) -> pd.DataFrame:
         """:func:`~winback.sim.response.expected_outcomes` of ``actions`` on this shop's carts."""
@@ -161,6 +193,8 @@ class _Log:
     lines: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # (cart, product)
     returned: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # (cart, visit start)
     specials: list[tuple[np.ndarray, ...]] = field(default_factory=list)  # (kind, code, cart)
+    #: Browsing sessions with a cart: (session id, user, start, p_purchase, purchased).
+    cart_sessions: list[tuple[np.ndarray, ...]] = field(default_factory=list)
     n_specials: int = 0
 
     def add_events(self, **columns: np.ndarray) -> None:
@@ -303,6 +337,10 @@ class _Run:
             fractions, which = np.unique(s.coupon[coupon], return_inverse=True)
             codes = np.array([self._coupon_code(float(f)) for f in fractions])
             special[coupon] = self.log.special(_COUPON, codes[which], s.cart[coupon])
+        carted = ~np.isnan(s.p_purchase)
+        self.log.cart_sessions.append(
+            (ids[carted], s.user[carted], s.start[carted], s.p_purchase[carted], s.purchased[carted])
+        )
         e = s.event_session
         bought = s.event_type == PURCHASE
         self.log.add_events(
@@ -544,6 +582,23 @@ class _Run:
             ),
             carts=self._carts(),
             products=self.catalogue.to_frame(),
+            cart_sessions=self._cart_sessions(),
+        )
+
+    def _cart_sessions(self) -> pd.DataFrame:
+        if not self.log.cart_sessions:
+            return pd.DataFrame(columns=list(CART_SESSION_COLUMNS))
+        ids, user, start, p, purchased = (
+            np.concatenate(x) for x in zip(*self.log.cart_sessions, strict=True)
+        )
+        return pd.DataFrame(
+            {
+                "session_id": prefixed("s", ids).to_numpy(zero_copy_only=False),
+                "user_id": self.user_ids[user],
+                "started_at": self._timestamps(start),
+                "p_purchase": p,
+                "purchased": purchased.astype(bool),
+            }
         )
 
     def _events(self) -> pa.Table:
