@@ -70,8 +70,9 @@ def test_the_probabilities_are_calibrated_and_discriminate(shop: SimulationResul
     assert len(truth) > 3000
     p, y = truth.p_purchase.to_numpy(), truth.purchased.to_numpy()
     assert abs(p.mean() - y.mean()) < 0.02
-    by_decile = pd.DataFrame({"p": p, "y": y}).groupby(pd.qcut(p, 5), observed=True).mean()
-    assert (by_decile.p - by_decile.y).abs().max() < 0.05
+    frame = pd.DataFrame({"p": p, "y": y, "fifth": pd.qcut(p, 5, labels=False)})
+    by_fifth = frame.groupby("fifth")[["p", "y"]].mean()
+    assert (by_fifth.p - by_fifth.y).abs().max() < 0.05
     assert roc_auc_score(y, p) > 0.57  # measured 0.61: a cart's outcome is mostly luck, even knowing all
 
 
