@@ -456,6 +456,52 @@ def score(
     print(f"{len(scores):,} rows -> {out_path}")
 
 
+@app.command(
+    "warnings",
+    epilog="Examples:\n\n  winback warnings\n\n  winback warnings --as-of 2024-05-01 --json",
+)
+def warnings_command(
+    as_of: AsOfOption = None,
+    recent_days: Annotated[int, typer.Option(min=1, help="Shop anomalies of the last N days.")] = 14,
+    top: Annotated[int, typer.Option(min=0, help="Rows to show of each kind.")] = 10,
+    engine: EngineOption = "duckdb",
+    home: HomeOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Early warnings: customers off their own purchase rhythm or suddenly quiet, open carts in the cart
+    longer than carts of their kind that were bought, and shop days far off their weekday norm.
+
+    Every threshold is learned from the history before --as-of; nothing needs training first.
+    """
+    from winback.models import tasks
+
+    settings = _settings(home)
+    with _feature_tables(settings, engine) as tables, reporter(wanted(json_output)) as progress:
+        progress.stage("", "learning thresholds")
+        found = tasks.early_warnings(tables, _as_of(as_of), recent_days=recent_days)
+    if json_output:
+        shown = {k: v if k == "cart_thresholds" else v.head(top) for k, v in found.items()}
+        counts = {k: len(v) for k, v in found.items()}
+        _print_json({k: v.to_dict(orient="records") for k, v in shown.items()} | {"counts": counts})
+        return
+    titles = {
+        "customers": "customers off their rhythm",
+        "carts": "carts in the cart too long",
+        "shop": "shop days",
+    }
+    column = {"customers": "warning", "carts": "warning", "shop": "phrase"}
+    for kind, title in titles.items():
+        if kind not in found:
+            continue
+        frame = found[kind]
+        print(f"{title}: {len(frame):,}")
+        for _, row in frame.head(top).iterrows():
+            who = row.get("user_key", row.get("day", ""))
+            print(f"  {who}: {row[column[kind]]}")
+    for note in found["notes"].note:
+        print(f"not computed: {note}")
+
+
 clv_app = typer.Typer(help="Customer lifetime value (BG/NBD + Gamma-Gamma).", no_args_is_help=True)
 app.add_typer(clv_app, name="clv")
 

@@ -22,6 +22,8 @@ from winback.events.store import EventStore
 from winback.progress import reporter
 from winback.sim import ShopConfig, expected_outcomes, simulate, write_events, write_truth
 
+#: The churn and CLV horizon of the demo: its 180 days leave room for 30-day outcomes, not 90-day ones.
+DEMO_HORIZON_DAYS = 30
 #: The interventions the demo prices against the simulator's truth.
 SHOWCASE = (
     "nothing",
@@ -98,6 +100,13 @@ def run_demo(
         "   Reminders within the hour lose sales; coupons mostly pay people who would have bought anyway."
     )
 
+    console.print(
+        "5. predicting: which carts will be abandoned, who is drifting away, what each customer is worth"
+    )
+    started = time.perf_counter()
+    predictions = _predict(settings, console)
+    timings["predict"] = time.perf_counter() - started
+
     summary = {
         "home": str(settings.home),
         "store": str(settings.store_path),
@@ -108,6 +117,7 @@ def run_demo(
         "actions": {
             str(name): {k: round(float(v), 4) for k, v in row.items()} for name, row in per_action.iterrows()
         },
+        "predictions": predictions,
         "seconds": {k: round(v, 1) for k, v in timings.items()},
     }
     console.rule("[bold]summary")
@@ -119,9 +129,70 @@ def run_demo(
         f"  event store      {settings.store_path}   (winback events stats --home {settings.home})\n"
         f"  simulated log    {shop_file}\n"
         f"  latent truth     {truth['customers']}, {truth['carts']}\n"
+        f"  models           {settings.models_dir}   (winback evaluate churn --horizon {DEMO_HORIZON_DAYS}d"
+        f" --home {settings.home})\n"
+        f"  scores           {predictions['files']['carts']}, {predictions['files']['customers']}\n"
         f"Next: load your own events with `winback ingest FILE --home {settings.home}` (see README)."
     )
     return summary
+
+
+def _predict(settings: Settings, console: Console) -> dict[str, Any]:
+    """Train every model on the stored history, evaluate two on a time split, score and explain."""
+    from winback.features.engine import open_source
+    from winback.features.tables import FeatureTables
+    from winback.models import tasks
+    from winback.models.report import render_scores, write_table
+
+    scores_dir = settings.home / "demo" / "scores"
+    files = {"carts": scores_dir / "carts.parquet", "customers": scores_dir / "customers.parquet"}
+    with open_source(settings) as source:
+        tables = FeatureTables(source, settings)
+        abandonment = tasks.evaluate_abandonment(tables)
+        churn = tasks.evaluate_churn(tables, None, DEMO_HORIZON_DAYS)
+        for name in ("abandonment", "churn", "clv", "segments"):
+            if name == "abandonment":
+                tasks.train_abandonment(tables)
+            elif name == "churn":
+                tasks.train_churn(tables, None, DEMO_HORIZON_DAYS)
+            elif name == "clv":
+                tasks.train_clv(tables, None, DEMO_HORIZON_DAYS)
+            else:
+                tasks.train_segments(tables, None)
+        carts = tasks.score_abandonment(tables)
+        customers = tasks.score_customers(tables, None, require="churn")
+        warnings = tasks.early_warnings(tables)
+    write_table(carts, files["carts"])
+    write_table(customers, files["customers"])
+    first_add = {name: row["roc_auc"] for name, row in abandonment["at the first add"].items()}
+    at_risk = {name: row["roc_auc"] for name, row in churn["metrics"].items()}
+    console.print(
+        f"   abandonment (split at {abandonment['as_of'][:10]}, {abandonment['test_carts']:,} test carts): "
+        f"ROC-AUC at the first add {first_add['LightGBM (calibrated)']:.3f}, logistic "
+        f"{first_add['logistic regression']:.3f}, "
+        f"past abandonment rate {first_add['past abandonment rate']:.3f}"
+    )
+    console.print(
+        f"   churn within {DEMO_HORIZON_DAYS} days (split at {churn['as_of'][:10]}, "
+        f"{churn['test_customers']:,} customers, {churn['churn_rate']:.0%} churned): "
+        f"ROC-AUC {at_risk['LightGBM + P(alive)']:.3f}, "
+        f"BG/NBD {at_risk['BG/NBD expected purchases (fewer = churn)']:.3f}, "
+        f"recency {at_risk['recency alone']:.3f}"
+    )
+    render_scores("abandonment", carts, console, top=3)
+    render_scores("churn", customers, console, top=3)
+    counts = {k: len(v) for k, v in warnings.items() if k in ("customers", "carts", "shop")}
+    console.print(
+        f"   early warnings: {counts.get('customers', 0):,} customers off their rhythm, "
+        f"{counts.get('carts', 0):,} open carts in the cart too long, "
+        f"{counts.get('shop', 0):,} abnormal shop days"
+    )
+    return {
+        "abandonment_auc_first_add": first_add,
+        "churn_auc": at_risk,
+        "warnings": counts,
+        "files": {k: str(v) for k, v in files.items()},
+    }
 
 
 def main() -> None:

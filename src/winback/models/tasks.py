@@ -112,20 +112,31 @@ CUSTOMER_WORDS: dict[str, str] = {
 }
 
 
-def _phrases(words: dict[str, str]) -> dict[str, Any]:
-    """``describe`` mapping for ``reasons``: the feature's words and the row's value."""
+def _number(value: Any) -> str:
+    x = float(value)
+    if x.is_integer():
+        return f"{int(x):,}"
+    return f"{x:,.0f}" if abs(x) >= 100 else f"{x:.1f}" if abs(x) >= 10 else f"{x:.2f}"
 
-    def phrase(name: str, text: str) -> Any:
+
+def _phrases(words: dict[str, str]) -> dict[str, Any]:
+    """``describe`` mapping for ``reasons``: the feature's words with the row's value."""
+
+    def phrase(text: str) -> Any:
         def describe(value: Any) -> str:
-            if value is None or (isinstance(value, float) and np.isnan(value)):
+            if value is None or pd.isna(value):
                 return f"{text}: none"
-            if isinstance(value, (float, np.floating)) and not float(value).is_integer():
-                return f"{text} {float(value):.2f}"
-            return f"{text} {int(value)}" if isinstance(value, (int, float, np.number)) else f"{text} {value}"
+            return (
+                f"{text} {_number(value)}"
+                if isinstance(value, (int, float, np.number))
+                else f"{text} {value}"
+            )
 
         return describe
 
-    return {name: phrase(name, text) for name, text in words.items()}
+    described: dict[str, Any] = {name: phrase(text) for name, text in words.items()}
+    described["checkout_started"] = lambda v: "checkout started" if v else "no checkout yet"
+    return described
 
 
 def default_eval_as_of(tables: FeatureTables, horizon_days: int | None = None) -> pd.Timestamp:
@@ -624,10 +635,52 @@ def score_customers(tables: FeatureTables, as_of: pd.Timestamp | None, *, requir
     for column in CUSTOMER_SCORE_COLUMNS:
         if column not in out:
             out[column] = None
-    order = "churn_probability" if require == "churn" else "clv" if require == "clv" else "user_id"
+    order = {"churn": "severity", "clv": "clv"}.get(require, "user_id")
     ascending = require == "segments"
     return (
         out[list(CUSTOMER_SCORE_COLUMNS)]
         .sort_values(order, ascending=ascending, kind="stable")
         .reset_index(drop=True)
     )
+
+
+# -- early warnings -----------------------------------------------------------------------------------
+
+
+def early_warnings(
+    tables: FeatureTables, as_of: pd.Timestamp | None = None, *, recent_days: int = 14
+) -> dict[str, pd.DataFrame]:
+    """Customers off their rhythm, open carts past their kind's time, and abnormal days in the last
+    ``recent_days``: each learned from the history before ``as_of`` (see :mod:`winback.models.warnings`).
+
+    A part that has too little history to learn from is left out with the reason in ``notes``.
+    """
+    from winback.models import warnings as w
+
+    as_of = as_of or tables.span().last + timedelta(seconds=1)
+    tables.check_as_of(as_of)
+    found: dict[str, pd.DataFrame] = {}
+    notes: list[str] = []
+    try:
+        purchases, activity = w.purchase_moments(tables, as_of), w.daily_activity(tables, as_of)
+        rhythm = (
+            w.RhythmWarnings().fit(purchases, activity, as_of=as_of).predict(purchases, activity, as_of=as_of)
+        )
+        found["customers"] = rhythm[rhythm.overdue | rhythm.activity_drop].reset_index(drop=True)
+    except BadInputError as exc:
+        notes.append(f"customers: {exc}")
+    try:
+        model = w.CartTimeWarnings().fit(w.cart_times(tables, as_of))
+        carts = model.predict(w.open_carts(tables, as_of), as_of=as_of)
+        found["carts"] = carts[carts.overdue].reset_index(drop=True)
+        found["cart_thresholds"] = model.thresholds_
+    except BadInputError as exc:
+        notes.append(f"carts: {exc}")
+    try:
+        days = w.ShopAnomalies().detect(w.daily_metrics(tables, as_of))
+        recent = pd.to_datetime(days.day) >= (as_of - timedelta(days=recent_days)).tz_convert(None).floor("D")
+        found["shop"] = days[days.anomaly & recent.to_numpy()].reset_index(drop=True)
+    except BadInputError as exc:
+        notes.append(f"shop: {exc}")
+    found["notes"] = pd.DataFrame({"note": notes})
+    return found
