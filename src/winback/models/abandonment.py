@@ -138,21 +138,7 @@ class _TabularClassifier(ClassifierMixin, BaseEstimator):
     # -- predict side
 
     def _check_columns(self, X: pd.DataFrame) -> None:
-        names = list(self.feature_names_in_)
-        have = [str(c) for c in X.columns]
-        if have == names:
-            return
-        missing = [c for c in names if c not in have]
-        extra = [c for c in have if c not in names]
-        if missing or extra:
-            problems = []
-            if missing:
-                problems.append(f"missing column(s): {', '.join(missing)}")
-            if extra:
-                problems.append(f"unexpected column(s): {', '.join(extra)}")
-            raise BadInputError("X: the columns differ from those the model was fitted on", problems)
-        if len(set(have)) != len(have):
-            raise BadInputError("X: column names must be unique")
+        check_columns(X, self.feature_names_in_)
 
     def _encode(self, frame: pd.DataFrame) -> NDArray[np.float64]:
         """A checked frame (fitted columns, in order) as the float matrix the models see."""
@@ -282,6 +268,25 @@ class _TabularClassifier(ClassifierMixin, BaseEstimator):
         if cats is None:
             return [None if math.isnan(v) else v for v in column.tolist()]
         return [None if math.isnan(v) else cats[int(v)] for v in column.tolist()]
+
+
+def check_columns(X: pd.DataFrame, names: Sequence[str]) -> None:
+    """Refuse a table whose columns are not those a model was fitted on (in any order), naming them."""
+    names = [str(c) for c in names]
+    have = [str(c) for c in X.columns]
+    if have == names:
+        return
+    missing = [c for c in names if c not in have]
+    extra = [c for c in have if c not in names]
+    if missing or extra:
+        problems = []
+        if missing:
+            problems.append(f"missing column(s): {', '.join(missing)}")
+        if extra:
+            problems.append(f"unexpected column(s): {', '.join(extra)}")
+        raise BadInputError("X: the columns differ from those the model was fitted on", problems)
+    if len(set(have)) != len(have):
+        raise BadInputError("X: column names must be unique")
 
 
 def _as_categories(col: pd.Series, categories: pd.Index) -> pd.Series:

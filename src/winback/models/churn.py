@@ -20,7 +20,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.validation import check_is_fitted
 
 from winback.errors import BadInputError
-from winback.models.abandonment import AbandonmentModel
+from winback.models.abandonment import AbandonmentModel, check_columns
 from winback.models.clv import BetaGeoModel, GammaGammaModel
 
 #: Columns of the BG/NBD summary inside the customer features (days).
@@ -123,9 +123,7 @@ class ChurnModel(ClassifierMixin, BaseEstimator):
         check_is_fitted(self, "classifier_")
         if not isinstance(X, pd.DataFrame):
             raise BadInputError("ChurnModel: expected the customer feature table as a DataFrame")
-        missing = [c for c in self.feature_names_in_ if c not in X.columns]
-        if missing:
-            raise BadInputError(f"customer features lack the columns {missing} the churn model was fitted on")
+        check_columns(X, self.feature_names_in_)
         return X[list(self.feature_names_in_)]
 
     def _with_bgnbd(self, X: pd.DataFrame) -> pd.DataFrame:  # noqa: N803
