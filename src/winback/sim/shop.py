@@ -88,8 +88,8 @@ def purchase_probability_after_checkout(p_purchase: np.ndarray, config: ShopConf
 
     Examples
     --------
-    >>> float(purchase_probability_after_checkout(np.array([0.5]), ShopConfig())[0])  # c = 0.3
-    0.7692307692307693
+    >>> round(float(purchase_probability_after_checkout(np.array([0.5]), ShopConfig())[0]), 4)  # c = 0.3
+    0.7692
     """
     p = np.asarray(p_purchase, dtype=float)
     c = config.checkout_without_purchase
