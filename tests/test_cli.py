@@ -25,7 +25,20 @@ def run(
     )
 
 
-@pytest.mark.parametrize("command", [["ingest"], ["events", "stats"], ["simulate"], ["demo"]])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["ingest"],
+        ["events", "stats"],
+        ["simulate"],
+        ["demo"],
+        ["train"],
+        ["evaluate"],
+        ["score"],
+        ["clv", "fit"],
+        ["warnings"],
+    ],
+)
 def test_every_command_has_help_with_an_example(command: list[str]) -> None:
     result = run(*command, "--help")
     assert result.returncode == 0, result.stderr
@@ -121,6 +134,10 @@ def test_demo_runs_end_to_end_and_a_rerun_adds_nothing(tmp_path: Path) -> None:
     assert summary["ingest"]["ingested"] == summary["stats"]["events"] > 1000
     assert summary["actions"]["reminder/email/1h"]["incremental_margin"] < 0
     assert Path(summary["store"]).exists()
+    predictions = summary["predictions"]
+    assert predictions["trained"] == ["abandonment", "churn", "clv", "segments"]
+    assert 0.3 < predictions["churn_auc"]["LightGBM + P(alive)"] < 1
+    assert all(Path(p).exists() for p in predictions["files"].values())
     second = json.loads(run("demo", "--customers", "400", "--days", "45", "--json", home=home).stdout)
     assert second["ingest"]["ingested"] == 0
     assert second["ingest"]["duplicates"] == summary["ingest"]["ingested"]

@@ -16,14 +16,13 @@ from rich.table import Table
 
 from winback.config import Settings, load_settings
 from winback.decide.actions import Action
+from winback.errors import BadInputError
 from winback.events.ingest import ingest_files
 from winback.events.stats import event_stats, render_stats
 from winback.events.store import EventStore
 from winback.progress import reporter
 from winback.sim import ShopConfig, expected_outcomes, simulate, write_events, write_truth
 
-#: The churn and CLV horizon of the demo: its 180 days leave room for 30-day outcomes, not 90-day ones.
-DEMO_HORIZON_DAYS = 30
 #: The interventions the demo prices against the simulator's truth.
 SHOWCASE = (
     "nothing",
@@ -104,7 +103,8 @@ def run_demo(
         "5. predicting: which carts will be abandoned, who is drifting away, what each customer is worth"
     )
     started = time.perf_counter()
-    predictions = _predict(settings, console)
+    horizon = demo_horizon(days)
+    predictions = _predict(settings, console, horizon)
     timings["predict"] = time.perf_counter() - started
 
     summary = {
@@ -129,16 +129,25 @@ def run_demo(
         f"  event store      {settings.store_path}   (winback events stats --home {settings.home})\n"
         f"  simulated log    {shop_file}\n"
         f"  latent truth     {truth['customers']}, {truth['carts']}\n"
-        f"  models           {settings.models_dir}   (winback evaluate churn --horizon {DEMO_HORIZON_DAYS}d"
+        f"  models           {settings.models_dir}   (winback evaluate churn --horizon {horizon}d"
         f" --home {settings.home})\n"
-        f"  scores           {predictions['files']['carts']}, {predictions['files']['customers']}\n"
+        f"  scores           {', '.join(predictions['files'].values()) or 'none (too little history)'}\n"
         f"Next: load your own events with `winback ingest FILE --home {settings.home}` (see README)."
     )
     return summary
 
 
-def _predict(settings: Settings, console: Console) -> dict[str, Any]:
-    """Train every model on the stored history, evaluate two on a time split, score and explain."""
+def demo_horizon(days: int) -> int:
+    """Churn and CLV horizon of a demo of ``days``: 30 days when the log leaves room to train and test
+    on 30-day outcomes (the demo's 180 days do; 90-day outcomes would not), less for shorter logs."""
+    return min(30, max(7, days // 5))
+
+
+def _predict(settings: Settings, console: Console, horizon: int) -> dict[str, Any]:
+    """Train every model on the stored history, evaluate two on a time split, score and explain.
+
+    A stage the history is too short for is skipped with its reason, as a user's command would say it.
+    """
     from winback.features.engine import open_source
     from winback.features.tables import FeatureTables
     from winback.models import tasks
@@ -146,53 +155,64 @@ def _predict(settings: Settings, console: Console) -> dict[str, Any]:
 
     scores_dir = settings.home / "demo" / "scores"
     files = {"carts": scores_dir / "carts.parquet", "customers": scores_dir / "customers.parquet"}
+    done: dict[str, Any] = {"horizon_days": horizon, "skipped": {}, "files": {}}
+
+    def attempt(stage: str, work: Any) -> Any:
+        try:
+            return work()
+        except BadInputError as exc:
+            done["skipped"][stage] = str(exc)
+            console.print(f"   skipped {stage}: {exc}")
+            return None
+
     with open_source(settings) as source:
         tables = FeatureTables(source, settings)
-        abandonment = tasks.evaluate_abandonment(tables)
-        churn = tasks.evaluate_churn(tables, None, DEMO_HORIZON_DAYS)
-        for name in ("abandonment", "churn", "clv", "segments"):
-            if name == "abandonment":
-                tasks.train_abandonment(tables)
-            elif name == "churn":
-                tasks.train_churn(tables, None, DEMO_HORIZON_DAYS)
-            elif name == "clv":
-                tasks.train_clv(tables, None, DEMO_HORIZON_DAYS)
-            else:
-                tasks.train_segments(tables, None)
-        carts = tasks.score_abandonment(tables)
-        customers = tasks.score_customers(tables, None, require="churn")
+        abandonment = attempt("abandonment evaluation", lambda: tasks.evaluate_abandonment(tables))
+        if abandonment:
+            auc = {name: row["roc_auc"] for name, row in abandonment["at the first add"].items()}
+            done["abandonment_auc_first_add"] = auc
+            console.print(
+                f"   abandonment (split at {abandonment['as_of'][:10]}, {abandonment['test_carts']:,} test "
+                f"carts): ROC-AUC at the first add {auc['LightGBM (calibrated)']:.3f}, logistic "
+                f"{auc['logistic regression']:.3f}, past abandonment rate {auc['past abandonment rate']:.3f}"
+            )
+        churn = attempt("churn evaluation", lambda: tasks.evaluate_churn(tables, None, horizon))
+        if churn:
+            auc = {name: row["roc_auc"] for name, row in churn["metrics"].items()}
+            done["churn_auc"] = auc
+            console.print(
+                f"   churn within {horizon} days (split at {churn['as_of'][:10]}, "
+                f"{churn['test_customers']:,} customers, {churn['churn_rate']:.0%} churned): "
+                f"ROC-AUC {auc['LightGBM + P(alive)']:.3f}, "
+                f"BG/NBD {auc['BG/NBD expected purchases (fewer = churn)']:.3f}, "
+                f"recency {auc['recency alone']:.3f}"
+            )
+        trained = {
+            "abandonment": attempt("abandonment model", lambda: tasks.train_abandonment(tables)),
+            "churn": attempt("churn model", lambda: tasks.train_churn(tables, None, horizon)),
+            "clv": attempt("CLV model", lambda: tasks.train_clv(tables, None, horizon)),
+            "segments": attempt("segments", lambda: tasks.train_segments(tables, None)),
+        }
+        done["trained"] = [name for name, card in trained.items() if card]
+        if trained["abandonment"]:
+            carts = tasks.score_abandonment(tables)
+            write_table(carts, files["carts"])
+            done["files"]["carts"] = str(files["carts"])
+            render_scores("abandonment", carts, console, top=3)
+        if trained["churn"]:
+            customers = tasks.score_customers(tables, None, require="churn")
+            write_table(customers, files["customers"])
+            done["files"]["customers"] = str(files["customers"])
+            render_scores("churn", customers, console, top=3)
         warnings = tasks.early_warnings(tables)
-    write_table(carts, files["carts"])
-    write_table(customers, files["customers"])
-    first_add = {name: row["roc_auc"] for name, row in abandonment["at the first add"].items()}
-    at_risk = {name: row["roc_auc"] for name, row in churn["metrics"].items()}
-    console.print(
-        f"   abandonment (split at {abandonment['as_of'][:10]}, {abandonment['test_carts']:,} test carts): "
-        f"ROC-AUC at the first add {first_add['LightGBM (calibrated)']:.3f}, logistic "
-        f"{first_add['logistic regression']:.3f}, "
-        f"past abandonment rate {first_add['past abandonment rate']:.3f}"
-    )
-    console.print(
-        f"   churn within {DEMO_HORIZON_DAYS} days (split at {churn['as_of'][:10]}, "
-        f"{churn['test_customers']:,} customers, {churn['churn_rate']:.0%} churned): "
-        f"ROC-AUC {at_risk['LightGBM + P(alive)']:.3f}, "
-        f"BG/NBD {at_risk['BG/NBD expected purchases (fewer = churn)']:.3f}, "
-        f"recency {at_risk['recency alone']:.3f}"
-    )
-    render_scores("abandonment", carts, console, top=3)
-    render_scores("churn", customers, console, top=3)
     counts = {k: len(v) for k, v in warnings.items() if k in ("customers", "carts", "shop")}
+    done["warnings"] = counts
     console.print(
         f"   early warnings: {counts.get('customers', 0):,} customers off their rhythm, "
         f"{counts.get('carts', 0):,} open carts in the cart too long, "
         f"{counts.get('shop', 0):,} abnormal shop days"
     )
-    return {
-        "abandonment_auc_first_add": first_add,
-        "churn_auc": at_risk,
-        "warnings": counts,
-        "files": {k: str(v) for k, v in files.items()},
-    }
+    return done
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ The positive class is ``classes_[1]`` (the larger label: ``True`` / 1 = abandone
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -270,14 +270,14 @@ class _TabularClassifier(ClassifierMixin, BaseEstimator):
         return [None if math.isnan(v) else cats[int(v)] for v in column.tolist()]
 
 
-def check_columns(X: pd.DataFrame, names: Sequence[str]) -> None:
+def check_columns(X: pd.DataFrame, names: Iterable[object]) -> None:
     """Refuse a table whose columns are not those a model was fitted on (in any order), naming them."""
-    names = [str(c) for c in names]
+    wanted = [str(c) for c in names]
     have = [str(c) for c in X.columns]
-    if have == names:
+    if have == wanted:
         return
-    missing = [c for c in names if c not in have]
-    extra = [c for c in have if c not in names]
+    missing = [c for c in wanted if c not in have]
+    extra = [c for c in have if c not in wanted]
     if missing or extra:
         problems = []
         if missing:

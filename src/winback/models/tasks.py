@@ -143,7 +143,14 @@ def default_eval_as_of(tables: FeatureTables, horizon_days: int | None = None) -
     """Where a time split cuts when the user gives no ``--as-of``."""
     span = tables.span()
     if horizon_days is not None:
-        return (span.last - timedelta(days=horizon_days)).floor("D")
+        as_of = (span.last - timedelta(days=horizon_days)).floor("D")
+        if as_of <= span.first:
+            days = (span.last - span.first).days
+            raise BadInputError(
+                f"--horizon {horizon_days}d is longer than the data ({days} days, {span.first.date()} to "
+                f"{span.last.date()}): there is nothing to learn from before it; choose a shorter --horizon"
+            )
+        return as_of
     return (span.first + (span.last - span.first) * EVAL_SHARE).floor("h")
 
 
