@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
-from winback.config import Settings
+from winback.config import Settings, load_settings
 from winback.features.engine import open_source
 from winback.features.tables import FeatureTables
+from winback.models import tasks
 from winback.sim import SimulationResult
 
 pytestmark = pytest.mark.slow
@@ -36,3 +40,21 @@ def test_duckdb_and_spark_compute_equal_features(sim_shop: tuple[Settings, Simul
         pd.testing.assert_frame_equal(
             frame, other, check_dtype=False, check_exact=False, rtol=1e-9, obj=f"{name} (duckdb vs spark)"
         )
+
+
+def test_models_train_on_spark_features_as_on_duckdb(
+    sim_shop: tuple[Settings, SimulationResult], tmp_path: Path
+) -> None:
+    """The model commands run on either engine (``--engine spark``) and learn the same thing."""
+    settings = load_settings(home=tmp_path / "home")
+    settings.home.mkdir()
+    shutil.copy(sim_shop[0].store_path, settings.store_path)
+    results = {}
+    for engine in ("duckdb", "spark"):
+        with open_source(settings, engine) as source:
+            tables = FeatureTables(source, settings)
+            results[engine] = tasks.evaluate_clv(tables, None, 30)
+            card = tasks.train_segments(tables, None)
+        assert card.engine == engine
+    assert results["spark"]["bgnbd"] == pytest.approx(results["duckdb"]["bgnbd"], rel=1e-9)
+    assert results["spark"]["purchases"] == results["duckdb"]["purchases"]
