@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean java
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11+ or run make PYTHON=python3" >&2; exit 1; }
@@ -16,11 +16,16 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/winback demo
 
-test: $(STAMP)
+test: $(STAMP) java
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest -q
+
+# The --engine spark tests run a local Spark, which needs Java 17+: Debian's default runtime if there is none.
+java:
+	@command -v java >/dev/null 2>&1 || { echo "installing a Java runtime for Spark (apt-get)"; \
+		apt-get update -qq && apt-get install -y -qq default-jre-headless >/dev/null; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench
