@@ -54,7 +54,7 @@ def layout_columns(store: EventStore) -> dict[str, list[str]]:
 def test_a_narrow_file_writes_only_its_columns(store: EventStore, tmp_path: Path) -> None:
     ingest_files(store, [write(tmp_path / "n.csv", NARROW)])
     assert list(layout_columns(store).values()) == [
-        ["event_key", "event_type", "timestamp", "user_id", "product_id", "currency", "batch_id"]
+        ["event_key", "event_type", "timestamp", "user_id", "product_id", "batch_id"]
     ]
     row = store.con.execute("SELECT session_id, price, currency FROM events WHERE user_id = 'u2'").fetchone()
     assert row == (None, None, "USD")
@@ -125,3 +125,14 @@ def test_a_store_from_a_newer_winback_is_refused(settings: Settings) -> None:
     con.close()
     with pytest.raises(WinbackError, match="schema version 99, newer than this winback understands"):
         EventStore(settings)
+
+
+def test_the_default_currency_of_a_load_stays_with_its_events(settings: Settings, tmp_path: Path) -> None:
+    with EventStore(settings) as store:
+        ingest_files(store, [write(tmp_path / "a.csv", NARROW)])
+    later = settings.model_copy(update={"default_currency": "EUR"})
+    with EventStore(later) as store:
+        ingest_files(store, [write(tmp_path / "b.csv", NARROW.replace("2024-03-01", "2024-03-02"))])
+        assert sorted(layout_columns(store)) == ["event_rows_0012_eur", "event_rows_0012_usd"]
+        rows = store.con.execute("SELECT batch_id, currency, count(*) FROM events GROUP BY ALL ORDER BY 1")
+        assert rows.fetchall() == [(1, "USD", 2), (2, "EUR", 2)]

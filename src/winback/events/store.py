@@ -41,10 +41,12 @@ SCHEMA_VERSION = "2"
 BEHAVIOUR_TYPES = ("view", "add_to_cart", "remove_from_cart", "checkout_start", "purchase")
 
 #: Physical storage: one table per *layout*, the set of optional fields a source has, named by the
-#: bitmask of those fields (``event_rows_0054``...). A narrow file (RetailRocket) writes 8 columns, not
-#: 16: DuckDB pays for every column of every row group it writes, NULL or not, and the ten a narrow file
-#: lacks cost more than its own six. ``event_log`` is the view that unions them under one schema.
-_ALWAYS_STORED = ("event_key", "event_type", "timestamp", "currency", "batch_id")
+#: bitmask of those fields (``event_rows_0112_usd``...). A narrow file (RetailRocket) writes 7 columns,
+#: not 16: DuckDB pays for every column of every row group it writes, NULL or not, and the ten a narrow
+#: file lacks cost more than its own six. A source without a currency has the default one at load time
+#: for all its rows, so it is a constant of the table (its name's suffix), not a column.
+#: ``event_log`` is the view that unions them under one schema.
+_ALWAYS_STORED = ("event_key", "event_type", "timestamp", "batch_id")
 _COLUMN_TYPES = {
     "event_key": "UHUGEINT NOT NULL",
     "event_id": "VARCHAR",
@@ -64,7 +66,21 @@ _COLUMN_TYPES = {
     "batch_id": "INTEGER NOT NULL",
 }
 _LOG_COLUMNS = tuple(_COLUMN_TYPES)  # the order of event_log's columns
-_OPTIONAL = tuple(c for c in _LOG_COLUMNS if c not in _ALWAYS_STORED)
+#: The bits of layout names: append only.
+_OPTIONAL = (
+    "event_id",
+    "user_id",
+    "anonymous_id",
+    "session_id",
+    "product_id",
+    "category",
+    "price",
+    "quantity",
+    "order_id",
+    "value",
+    "properties",
+    "currency",
+)
 _ROWS_PREFIX = "event_rows_"
 
 _DDL = """
@@ -91,16 +107,11 @@ FROM event_log;
 """
 
 
-def _layout_name(fields: Iterable[str]) -> str:
-    """The table holding events with exactly these optional fields."""
+def _layout_name(fields: Iterable[str], currency: str) -> str:
+    """The table holding events with exactly these optional fields (and ``currency`` if they lack one)."""
     present = set(fields)
     mask = sum(1 << i for i, f in enumerate(_OPTIONAL) if f in present)
-    return f"{_ROWS_PREFIX}{mask:04x}"
-
-
-def _layout_fields(name: str) -> tuple[str, ...]:
-    mask = int(name.removeprefix(_ROWS_PREFIX), 16)
-    return tuple(f for i, f in enumerate(_OPTIONAL) if mask >> i & 1)
+    return f"{_ROWS_PREFIX}{mask:04x}" + ("" if "currency" in present else f"_{currency.lower()}")
 
 
 def _type_of(column: str) -> str:
@@ -253,7 +264,7 @@ class EventStore:
             if version == "1" or (version is None and wide_table and wide_table[0]):
                 # Same columns and keys: the wide table becomes the layout with every field.
                 con.execute("DROP VIEW IF EXISTS events")
-                con.execute(f"ALTER TABLE event_log RENAME TO {_layout_name(_OPTIONAL)}")
+                con.execute(f"ALTER TABLE event_log RENAME TO {_layout_name(_OPTIONAL, '')}")
             elif version not in (None, SCHEMA_VERSION):
                 raise WinbackError(
                     f"the event store {path} has schema version {version}, newer than this winback "
@@ -270,20 +281,23 @@ class EventStore:
             con.execute("ROLLBACK")
             raise
 
-    def _layout_tables(self) -> list[str]:
+    def _layout_tables(self) -> dict[str, set[str]]:
+        """Name -> columns of every layout table."""
         rows = self.con.execute(
-            "SELECT table_name FROM duckdb_tables() WHERE database_name = current_database() "
-            f"AND schema_name = 'main' AND starts_with(table_name, '{_ROWS_PREFIX}') ORDER BY table_name"
+            "SELECT table_name, list(column_name) FROM duckdb_columns() "
+            "WHERE database_name = current_database() AND schema_name = 'main' "
+            f"AND starts_with(table_name, '{_ROWS_PREFIX}') GROUP BY table_name ORDER BY table_name"
         ).fetchall()
-        return [str(r[0]) for r in rows]
+        return {str(name): set(columns) for name, columns in rows}
 
     def _create_log_view(self) -> None:
         """(Re)create ``event_log``, the union of the layout tables, and ``events`` over it."""
         selects = []
-        for name in self._layout_tables():
-            present = set(_layout_fields(name)) | set(_ALWAYS_STORED)
+        for name, present in self._layout_tables().items():
+            constant = {"currency": sql_string(name.rsplit("_", 1)[-1].upper())}
             cols = ", ".join(
-                c if c in present else f"CAST(NULL AS {_type_of(c)}) AS {c}" for c in _LOG_COLUMNS
+                c if c in present else f"CAST({constant.get(c, 'NULL')} AS {_type_of(c)}) AS {c}"
+                for c in _LOG_COLUMNS
             )
             selects.append(f"SELECT {cols} FROM {name}")
         if not selects:  # an empty store still has the schema
@@ -297,7 +311,7 @@ class EventStore:
 
     def _layout_table(self, fields: Iterable[str]) -> str:
         """The layout table for ``fields``, created (in the current transaction) when it is new."""
-        name = _layout_name(fields)
+        name = _layout_name(fields, self.settings.default_currency)
         if name not in self._layout_tables():
             columns = [c for c in _LOG_COLUMNS if c in _ALWAYS_STORED or c in set(fields)]
             ddl = ", ".join(f"{c} {_COLUMN_TYPES[c]}" for c in columns)
@@ -479,9 +493,9 @@ class EventStore:
     def _insert(
         self, inp: PreparedInput, canonical: Canonical, batch_id: int, table: str, *, trust: bool
     ) -> int:
-        fields = [f for f in _OPTIONAL if f in set(_present(inp))]
-        cols = ", ".join(["event_key", *fields, "event_type", "timestamp", "currency", "batch_id"])
-        values = ", ".join([*fields, "event_type", "timestamp", "currency", str(batch_id)])
+        fields = [f for f in _LOG_COLUMNS if f in set(_present(inp))]
+        cols = ", ".join(["event_key", *fields, "event_type", "timestamp", "batch_id"])
+        values = ", ".join([*fields, "event_type", "timestamp", str(batch_id)])
         content = _content(inp.raw.fields)
         if inp.identical_rows_distinct:  # the n-th copy of a row in a file is its own event
             content += f" || '#' || row_number() OVER (PARTITION BY {content} ORDER BY _loc)"
@@ -598,7 +612,7 @@ class EventStore:
         con = self.con
         row = con.execute(f"SELECT count(*) FROM event_log WHERE batch_id < {first_batch}").fetchone()
         older = bool(row and row[0])
-        tables = self._layout_tables() if older else touched  # into an empty store only new rows collide
+        tables = list(self._layout_tables()) if older else touched  # else only new rows collide
         if not tables:
             return
         one = len(tables) == 1
