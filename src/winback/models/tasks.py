@@ -2,9 +2,9 @@
 
 Every evaluation is a time split: fit on what was known before ``as_of``, test on what happened after.
 
-- Abandonment: trained on the states of carts that had ended before ``as_of`` (each cart weighted
-  once however many states it has), tested on carts started after it, at every state and at the first
-  add; beside a logistic regression and the customer's past abandonment rate.
+- Abandonment: trained on the states of carts that had ended before ``as_of``, tested on carts started
+  after it, at every state and at the first add; beside a logistic regression and the customer's past
+  abandonment rate.
 - Churn: features as of ``as_of - horizon`` (and two earlier moments, 14 days apart) with labels from
   the horizon after each, which ends by ``as_of`` (so training never sees the test period), tested on
   features as of ``as_of`` and the horizon after it; beside BG/NBD's ``1 - P(alive)``, its expected
@@ -197,14 +197,16 @@ def _cart_split(tables: FeatureTables, as_of: pd.Timestamp, *, with_test: bool) 
     return CartSplit(train.reset_index(drop=True), test.reset_index(drop=True))
 
 
-def _per_cart_weight(frame: pd.DataFrame) -> np.ndarray:
-    return (1.0 / frame.groupby("cart_id").cart_id.transform("size")).to_numpy()
-
-
 def fit_abandonment(train: pd.DataFrame, random_state: int = 0) -> AbandonmentModel:
-    X = train[list(CART_FEATURES)]  # noqa: N806
+    """Trees on every training state, unweighted, calibrated on the latest states.
+
+    Weighting each cart once (1 / its number of states) looks fairer but miscalibrates: bought carts
+    have more states (checkout, more views), so their early states weigh less and the model then
+    overstates abandonment at the first add (measured 0.75 against 0.69 on the simulator); unweighted,
+    each state is calibrated as the state a live cart is scored in.
+    """
     return AbandonmentModel(random_state=random_state).fit(
-        X, train.abandoned, sample_weight=_per_cart_weight(train), time_order=train.ts
+        train[list(CART_FEATURES)], train.abandoned, time_order=train.ts
     )
 
 
@@ -232,10 +234,8 @@ def evaluate_abandonment(tables: FeatureTables, as_of: pd.Timestamp | None = Non
     split = _cart_split(tables, as_of, with_test=True)
     model = fit_abandonment(split.train)
     columns = list(CART_FEATURES)
-    baseline = LogisticBaseline().fit(
-        split.train[columns], split.train.abandoned, sample_weight=_per_cart_weight(split.train)
-    )
-    prior_rate = float(np.average(split.train.abandoned, weights=_per_cart_weight(split.train)))
+    baseline = LogisticBaseline().fit(split.train[columns], split.train.abandoned)
+    prior_rate = float(split.train.abandoned.mean())
     results: dict[str, Any] = {
         "model": "abandonment",
         "as_of": as_of.isoformat(),
