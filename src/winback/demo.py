@@ -144,7 +144,7 @@ def demo_horizon(days: int) -> int:
 
 
 def _predict(settings: Settings, console: Console, horizon: int) -> dict[str, Any]:
-    """Train every model on the stored history, evaluate two on a time split, score and explain.
+    """Train every model on the stored history (each card holds a time-split evaluation), score, explain.
 
     A stage the history is too short for is skipped with its reason, as a user's command would say it.
     """
@@ -167,7 +167,14 @@ def _predict(settings: Settings, console: Console, horizon: int) -> dict[str, An
 
     with open_source(settings) as source:
         tables = FeatureTables(source, settings)
-        abandonment = attempt("abandonment evaluation", lambda: tasks.evaluate_abandonment(tables))
+        trained = {
+            "abandonment": attempt("abandonment model", lambda: tasks.train_abandonment(tables)),
+            "churn": attempt("churn model", lambda: tasks.train_churn(tables, None, horizon)),
+            "clv": attempt("CLV model", lambda: tasks.train_clv(tables, None, horizon)),
+            "segments": attempt("segments", lambda: tasks.train_segments(tables, None)),
+        }
+        # every card carries the time-split evaluation made within its training window
+        abandonment = trained["abandonment"].metrics.get("time_split") if trained["abandonment"] else None
         if abandonment:
             auc = {name: row["roc_auc"] for name, row in abandonment["at the first add"].items()}
             done["abandonment_auc_first_add"] = auc
@@ -176,7 +183,7 @@ def _predict(settings: Settings, console: Console, horizon: int) -> dict[str, An
                 f"carts): ROC-AUC at the first add {auc['LightGBM (calibrated)']:.3f}, logistic "
                 f"{auc['logistic regression']:.3f}, past abandonment rate {auc['past abandonment rate']:.3f}"
             )
-        churn = attempt("churn evaluation", lambda: tasks.evaluate_churn(tables, None, horizon))
+        churn = trained["churn"].metrics.get("time_split") if trained["churn"] else None
         if churn:
             auc = {name: row["roc_auc"] for name, row in churn["metrics"].items()}
             done["churn_auc"] = auc
@@ -187,12 +194,9 @@ def _predict(settings: Settings, console: Console, horizon: int) -> dict[str, An
                 f"BG/NBD {auc['BG/NBD expected purchases (fewer = churn)']:.3f}, "
                 f"recency {auc['recency alone']:.3f}"
             )
-        trained = {
-            "abandonment": attempt("abandonment model", lambda: tasks.train_abandonment(tables)),
-            "churn": attempt("churn model", lambda: tasks.train_churn(tables, None, horizon)),
-            "clv": attempt("CLV model", lambda: tasks.train_clv(tables, None, horizon)),
-            "segments": attempt("segments", lambda: tasks.train_segments(tables, None)),
-        }
+        for card in trained.values():
+            for note in card.notes if card else []:
+                console.print(f"   note ({card.name}): {note}")
         done["trained"] = [name for name, card in trained.items() if card]
         if trained["abandonment"]:
             carts = tasks.score_abandonment(tables)

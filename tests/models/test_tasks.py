@@ -111,6 +111,11 @@ def test_train_saves_cards_and_scores_carry_reasons(tables: FeatureTables, shop:
         assert saved["libraries"]["lightgbm"]
         assert saved["train_window"][1] == card.as_of
     assert load_card(shop, "clv").metrics["bgnbd"]["r"] > 0
+    # every card holds a time-split evaluation made inside its own training window
+    for card in cards[:3]:
+        evaluation = card.metrics["time_split"]
+        assert pd.Timestamp(evaluation["as_of"]) < pd.Timestamp(card.as_of)
+    assert "LightGBM + P(alive)" in cards[1].metrics["time_split"]["metrics"]
 
     carts = tasks.score_abandonment(tables)
     assert list(carts.columns[:2]) == ["cart_id", "user_id"]

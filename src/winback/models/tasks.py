@@ -139,23 +139,36 @@ def _phrases(words: dict[str, str]) -> dict[str, Any]:
     return described
 
 
-def default_eval_as_of(tables: FeatureTables, horizon_days: int | None = None) -> pd.Timestamp:
-    """Where a time split cuts when the user gives no ``--as-of``."""
-    span = tables.span()
+def default_eval_as_of(
+    tables: FeatureTables, horizon_days: int | None = None, *, until: pd.Timestamp | None = None
+) -> pd.Timestamp:
+    """Where a time split of the data up to ``until`` (default: all of it) cuts without ``--as-of``."""
+    first, last = tables.span().first, until or tables.span().last
     if horizon_days is not None:
-        as_of = (span.last - timedelta(days=horizon_days)).floor("D")
-        if as_of <= span.first:
-            days = (span.last - span.first).days
+        as_of = (last - timedelta(days=horizon_days)).floor("D")
+        if as_of <= first:
+            days = (last - first).days
             raise BadInputError(
-                f"--horizon {horizon_days}d is longer than the data ({days} days, {span.first.date()} to "
-                f"{span.last.date()}): there is nothing to learn from before it; choose a shorter --horizon"
+                f"--horizon {horizon_days}d is longer than the data ({days} days, {first.date()} to "
+                f"{last.date()}): there is nothing to learn from before it; choose a shorter --horizon"
             )
         return as_of
-    return (span.first + (span.last - span.first) * EVAL_SHARE).floor("h")
+    return (first + (last - first) * EVAL_SHARE).floor("h")
 
 
 def _window(tables: FeatureTables, end: pd.Timestamp) -> tuple[str, str]:
     return (tables.span().first.isoformat(), end.isoformat())
+
+
+def _evaluation_for_card(evaluate: Any, notes: list[str]) -> dict[str, Any]:
+    """A time-split evaluation within the training window, for the model's card; on too little history
+    the card says why there is none instead."""
+    try:
+        result = evaluate()
+    except BadInputError as exc:
+        notes.append(f"not evaluated: {exc}")
+        return {}
+    return {k: v for k, v in result.items() if k not in ("calibration", "by_frequency", "model")}
 
 
 def _metrics_dict(frame: pd.DataFrame) -> dict[str, dict[str, float]]:
@@ -171,7 +184,11 @@ class CartSplit:
     test: pd.DataFrame
 
 
-def _cart_split(tables: FeatureTables, as_of: pd.Timestamp, *, with_test: bool) -> CartSplit:
+def _cart_split(
+    tables: FeatureTables, as_of: pd.Timestamp, *, with_test: bool, until: pd.Timestamp | None = None
+) -> CartSplit:
+    """Training states of carts ended before ``as_of``; with ``with_test``, the states of carts started
+    after it and ended by ``until`` (default: the end of the data)."""
     idle = tables.settings.abandon_idle_minutes * 60.0
     snaps = tables.cart_snapshots()
     carts = tables.carts().set_index("cart_id")
@@ -186,7 +203,7 @@ def _cart_split(tables: FeatureTables, as_of: pd.Timestamp, *, with_test: bool) 
         )
     test = snaps.iloc[0:0]
     if with_test:
-        done = tables.span().last.timestamp()
+        done = (until or tables.span().last).timestamp()
         keep = snaps.cart_id.map(carts.started_ts).ge(cut) & snaps.cart_id.map(ended).le(done)
         test = snaps[keep]
         if test.cart_id.nunique() < MIN_CARTS or test.abandoned.nunique() < 2:
@@ -215,6 +232,8 @@ def train_abandonment(tables: FeatureTables, as_of: pd.Timestamp | None = None) 
     tables.check_as_of(as_of)
     split = _cart_split(tables, as_of, with_test=False)
     model = fit_abandonment(split.train)
+    notes = [model.fallback_] if model.fallback_ else []
+    evaluation = _evaluation_for_card(lambda: evaluate_abandonment(tables, until=as_of), notes)
     card = ModelCard(
         name="abandonment",
         features=list(CART_FEATURES),
@@ -222,16 +241,23 @@ def train_abandonment(tables: FeatureTables, as_of: pd.Timestamp | None = None) 
         train_window=_window(tables, as_of),
         engine=tables.source.engine,
         params=model.get_params(),
-        metrics={"train_carts": int(split.train.cart_id.nunique()), "train_states": len(split.train)},
-        notes=[model.fallback_] if model.fallback_ else [],
+        metrics={
+            "train_carts": int(split.train.cart_id.nunique()),
+            "train_states": len(split.train),
+            "time_split": evaluation,
+        },
+        notes=notes,
     )
     return save_model(tables.settings, model, card)
 
 
-def evaluate_abandonment(tables: FeatureTables, as_of: pd.Timestamp | None = None) -> dict[str, Any]:
-    as_of = as_of or default_eval_as_of(tables)
+def evaluate_abandonment(
+    tables: FeatureTables, as_of: pd.Timestamp | None = None, *, until: pd.Timestamp | None = None
+) -> dict[str, Any]:
+    """The time split at ``as_of`` of the data up to ``until`` (default: all of it)."""
+    as_of = as_of or default_eval_as_of(tables, until=until)
     tables.check_as_of(as_of)
-    split = _cart_split(tables, as_of, with_test=True)
+    split = _cart_split(tables, as_of, with_test=True, until=until)
     model = fit_abandonment(split.train)
     columns = list(CART_FEATURES)
     baseline = LogisticBaseline().fit(split.train[columns], split.train.abandoned)
@@ -342,6 +368,8 @@ def train_churn(tables: FeatureTables, as_of: pd.Timestamp | None, horizon_days:
     as_of = as_of or tables.span().last + timedelta(seconds=1)
     tables.check_as_of(as_of)
     start, model = _churn_training(tables, as_of, horizon_days)
+    notes = [model.classifier_.fallback_] if model.classifier_.fallback_ else []
+    evaluation = _evaluation_for_card(lambda: evaluate_churn(tables, None, horizon_days, until=as_of), notes)
     card = ModelCard(
         name="churn",
         features=list(CUSTOMER_FEATURES),
@@ -349,14 +377,16 @@ def train_churn(tables: FeatureTables, as_of: pd.Timestamp | None, horizon_days:
         train_window=_window(tables, as_of),
         engine=tables.source.engine,
         params={**model.get_params(), "horizon_days": horizon_days, "features_as_of": start.isoformat()},
-        metrics={"bgnbd": model.bgnbd_.params_},
-        notes=[model.classifier_.fallback_] if model.classifier_.fallback_ else [],
+        metrics={"bgnbd": model.bgnbd_.params_, "time_split": evaluation},
+        notes=notes,
     )
     return save_model(tables.settings, model, card)
 
 
-def evaluate_churn(tables: FeatureTables, as_of: pd.Timestamp | None, horizon_days: int) -> dict[str, Any]:
-    as_of = as_of or default_eval_as_of(tables, horizon_days)
+def evaluate_churn(
+    tables: FeatureTables, as_of: pd.Timestamp | None, horizon_days: int, *, until: pd.Timestamp | None = None
+) -> dict[str, Any]:
+    as_of = as_of or default_eval_as_of(tables, horizon_days, until=until)
     tables.check_as_of(as_of, horizon_days)
     start, model = _churn_training(tables, as_of, horizon_days)
     test = _labelled_customers(tables, as_of, horizon_days, "evaluating churn")
@@ -444,6 +474,8 @@ def train_clv(
     tables.check_as_of(as_of)
     customers = tables.customers(as_of)
     model = fit_customer_value(customers, horizon_days, discount_rate)
+    notes: list[str] = []
+    evaluation = _evaluation_for_card(lambda: evaluate_clv(tables, None, horizon_days, until=as_of), notes)
     card = ModelCard(
         name="clv",
         features=list(CUSTOMER_FEATURES),
@@ -455,13 +487,17 @@ def train_clv(
             "bgnbd": model.bgnbd.params_,
             "gamma_gamma": model.spend.params_,
             "customers": len(customers),
+            "time_split": evaluation,
         },
+        notes=notes,
     )
     return save_model(tables.settings, model, card)
 
 
-def evaluate_clv(tables: FeatureTables, as_of: pd.Timestamp | None, horizon_days: int) -> dict[str, Any]:
-    as_of = as_of or default_eval_as_of(tables, horizon_days)
+def evaluate_clv(
+    tables: FeatureTables, as_of: pd.Timestamp | None, horizon_days: int, *, until: pd.Timestamp | None = None
+) -> dict[str, Any]:
+    as_of = as_of or default_eval_as_of(tables, horizon_days, until=until)
     tables.check_as_of(as_of, horizon_days)
     customers = tables.customers(as_of, horizon_days)
     if len(customers) < MIN_CUSTOMERS:
