@@ -134,7 +134,7 @@ def test_train_saves_cards_and_scores_carry_reasons(tables: FeatureTables, shop:
     assert customers.severity.is_monotonic_decreasing
     assert customers.segment.notna().all()
     assert customers.cluster.str.match(r"\d+: ").all()
-    assert customers.reasons.str.contains(r"\(([+-])\d").all()
+    assert customers.reasons.str.contains(r"\([+-]\d").all()
 
 
 def test_a_model_trained_on_other_features_is_refused(tables: FeatureTables, shop: Settings) -> None:
