@@ -120,7 +120,10 @@ def event_type_sql(raw: str, extra: Mapping[str, str]) -> str:
             )
     mapping = {**EVENT_TYPE_SYNONYMS, **{k.strip().lower(): v for k, v in extra.items()}}
     cases = " ".join(f"WHEN {sql_string(k)} THEN {sql_string(v)}" for k, v in mapping.items())
-    return f"(CASE lower(trim(CAST({raw} AS VARCHAR))) {cases} ELSE NULL END)"
+    # Names already written lower-cased and trimmed (nearly all) match without lower(trim()), which
+    # costs more than the lookup itself; the others are looked up again normalised.
+    text = f"CAST({raw} AS VARCHAR)"
+    return f"(CASE {text} {cases} ELSE (CASE lower(trim({text})) {cases} ELSE NULL END) END)"
 
 
 def check_timestamp_format(fmt: str) -> None:
