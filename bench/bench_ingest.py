@@ -37,39 +37,41 @@ SHAPES = {
 }
 
 WINBACK_RUN = """
-import sys, time
+import resource, sys, time
 from pathlib import Path
 from winback.config import load_settings
 from winback.events.ingest import ingest_files
 from winback.events.store import EventStore
 with EventStore(load_settings(home=sys.argv[2])) as store:
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     report = ingest_files(store, [Path(sys.argv[1])]).as_dict()
-    print(time.perf_counter() - start, report["ingested"])
-import resource
+    print(time.perf_counter() - start, report["ingested"], time.process_time() - cpu)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 PANDAS_RUN = """
-import sys, time
+import resource, sys, time
 import duckdb, pandas as pd
 con = duckdb.connect(sys.argv[2] + "/pandas.duckdb")
 con.execute("SET enable_progress_bar = false")
-start = time.perf_counter()
+start, cpu = time.perf_counter(), time.process_time()
 df = pd.read_csv(sys.argv[1])
 con.execute("CREATE TABLE events AS SELECT * FROM df")
-print(time.perf_counter() - start, len(df))
-import resource
+print(time.perf_counter() - start, len(df), time.process_time() - cpu)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
 
-def run(code: str, path: Path, home: Path) -> tuple[float, int, float]:
-    """(seconds, rows, peak RSS in MiB) of ``code`` in a fresh process, as that process measured them."""
+def run(code: str, path: Path, home: Path) -> tuple[float, int, float, float]:
+    """(seconds, rows, CPU seconds of all threads, peak RSS in MiB) of ``code`` in a fresh process.
+
+    CPU time is what other processes on a shared machine change least: the wall time of a two-thread
+    load can double when another job takes a core, its CPU time barely moves.
+    """
     out = subprocess.run(
         [sys.executable, "-c", code, str(path), str(home)], check=True, capture_output=True, text=True
     ).stdout.split()
-    return float(out[0]), int(out[1]), int(out[2]) / 1024
+    return float(out[0]), int(out[1]), float(out[2]), int(out[3]) / 1024
 
 
 def main() -> None:
@@ -88,26 +90,28 @@ def main() -> None:
         )
         (work / "winback").mkdir()
         (work / "pandas").mkdir()
-        w_seconds, w_rows, w_peak = run(WINBACK_RUN, path, work / "winback")
-        p_seconds, p_rows, p_peak = run(PANDAS_RUN, path, work / "pandas")
+        w_seconds, w_rows, w_cpu, w_peak = run(WINBACK_RUN, path, work / "winback")
+        p_seconds, p_rows, p_cpu, p_peak = run(PANDAS_RUN, path, work / "pandas")
     result = {
         "events": args.events,
         "shape": args.shape,
         "winback_seconds": round(w_seconds, 2),
         "winback_events_per_second": round(w_rows / w_seconds),
+        "winback_cpu_seconds": round(w_cpu, 2),
         "winback_peak_rss_mib": round(w_peak),
         "pandas_seconds": round(p_seconds, 2),
         "pandas_events_per_second": round(p_rows / p_seconds),
+        "pandas_cpu_seconds": round(p_cpu, 2),
         "pandas_peak_rss_mib": round(p_peak),
         "speedup_vs_pandas": round(p_seconds / w_seconds, 2),
     }
     print(
         f"winback: {w_rows:,} events in {w_seconds:.1f} s = {w_rows / w_seconds:,.0f} events/s, "
-        f"peak RSS {w_peak:,.0f} MiB (validated, de-duplicated, one transaction)"
+        f"{w_cpu:.1f} CPU s, peak RSS {w_peak:,.0f} MiB (validated, de-duplicated, one transaction)"
     )
     print(
         f"pandas : {p_rows:,} rows in {p_seconds:.1f} s = {p_rows / p_seconds:,.0f} rows/s, "
-        f"peak RSS {p_peak:,.0f} MiB (read_csv + CREATE TABLE, no checks)"
+        f"{p_cpu:.1f} CPU s, peak RSS {p_peak:,.0f} MiB (read_csv + CREATE TABLE, no checks)"
     )
     print(f"ratio (pandas time / winback time): {p_seconds / w_seconds:.2f}")
     print(json.dumps(result))
