@@ -44,6 +44,21 @@ CART_FEATURES = (
 )
 
 _DAY = 86_400.0
+#: The event columns cart snapshots read (fewer columns through the shared scan: less memory).
+_SNAPSHOT_INPUTS = (
+    "event_id",
+    "event_type",
+    "timestamp",
+    "user_key",
+    "session_key",
+    "ts",
+    "product_id",
+    "price",
+    "quantity",
+    "value",
+    "order_id",
+    "properties",
+)
 
 
 def line_value(t: ibis.Table) -> ibis.Value:
@@ -65,17 +80,38 @@ def session_summary(sessioned: ibis.Table, recovery_window_days: int = 7) -> ibi
         money=line_value(sessioned),
         coupon=ibis.coalesce(sessioned.properties.contains('"coupon"'), False),
     )
-    sessions = t.group_by(["user_key", "session_key"]).aggregate(
+    keys = ["user_key", "session_key"]
+    sessions = t.group_by(keys).aggregate(
         started=_.ts.min(),
         ended=_.ts.max(),
         has_cart=(_.event_type == "add_to_cart").any(),
         purchased=(_.event_type == "purchase").any(),
-        orders=_.order_id.nunique(where=_.event_type == "purchase")
-        + (_.order_id.isnull() & (_.event_type == "purchase")).cast("int64").sum(),
-        revenue=_.money.sum(where=_.event_type == "purchase"),
-        discounted=(_.coupon & (_.event_type == "purchase")).any(),
         added_price_sum=_.price.sum(where=_.event_type == "add_to_cart"),
         added_count=(_.price.notnull() & (_.event_type == "add_to_cart")).cast("int64").sum(),
+    )
+    # Orders need a distinct count: over the purchase events only, which are few.
+    orders = (
+        t.filter(_.event_type == "purchase")
+        .group_by(keys)
+        .aggregate(
+            orders=_.order_id.nunique() + _.order_id.isnull().cast("int64").sum(),
+            revenue=_.money.sum(),
+            discounted=_.coupon.any(),
+        )
+    )
+    with_orders = sessions.left_join(orders, keys)
+    sessions = with_orders.select(
+        "user_key",
+        "session_key",
+        "started",
+        "ended",
+        "has_cart",
+        "purchased",
+        orders=ibis.coalesce(with_orders.orders, 0),
+        revenue=with_orders.revenue,
+        discounted=ibis.coalesce(with_orders.discounted, False),
+        added_price_sum=with_orders.added_price_sum,
+        added_count=with_orders.added_count,
     )
     abandoned_items = (
         t.filter(_.event_type == "add_to_cart")
@@ -147,8 +183,8 @@ def carts(sessioned: ibis.Table, *, idle_minutes: int = 30, recovery_window_days
         purchased=(_.event_type == "purchase").any(),
     )
     per_cart = per_cart.filter(per_cart.started_ts.notnull())
-    summary = session_summary(sessioned, recovery_window_days)
-    recovered = _recovered_carts(sessioned, summary, recovery_window_days)
+    ended = per_cart.select("session_key", "purchased", ended="last_event_ts")
+    recovered = _recovered_carts(sessioned, ended, recovery_window_days)
     joined = per_cart.left_join(recovered, per_cart.session_key == recovered.cart)
     return joined.select(
         cart_id=joined.session_key,
@@ -165,10 +201,14 @@ def carts(sessioned: ibis.Table, *, idle_minutes: int = 30, recovery_window_days
     )
 
 
-def _recovered_carts(sessioned: ibis.Table, summary: ibis.Table, recovery_window_days: int) -> ibis.Table:
-    """Abandoned carts one of whose items the customer bought within the window after the cart."""
+def _recovered_carts(sessioned: ibis.Table, sessions: ibis.Table, recovery_window_days: int) -> ibis.Table:
+    """Abandoned carts one of whose items the customer bought within the window after the cart.
+
+    ``sessions`` has ``session_key``, ``purchased`` and ``ended`` (last event) of at least every session
+    with an add (the carts' own group-by: the full session summary is not needed here).
+    """
     carts_ = sessioned.filter(_.event_type == "add_to_cart").join(
-        summary.filter(~_.purchased).select("session_key", cart_ended="ended"), "session_key"
+        sessions.filter(~_.purchased).select("session_key", cart_ended="ended"), "session_key"
     )
     items = carts_.select("user_key", "product_id", cart="session_key", cart_ended="cart_ended").distinct()
     bought = sessioned.filter(_.event_type == "purchase").select("user_key", "product_id", bought_at="ts")
@@ -195,10 +235,15 @@ def cart_snapshots(
     use that for scoring.
     """
     source = sessioned if as_of is None else sessioned.filter(sessioned.ts < as_of)
+    source = source.select(*_SNAPSHOT_INPUTS)
     t = source.mutate(money=line_value(source), qty=ibis.coalesce(source.quantity, 1))
-    upto = ibis.window(group_by=t.session_key, order_by=[t.ts, t.event_id], rows=(None, 0))
-    whole = ibis.window(group_by=t.session_key)
-    previous = ibis.window(group_by=t.session_key, order_by=[t.ts, t.event_id])
+    # Windows are per session, so sessions without an add (most of them) can go first: they give no state.
+    carted = t.filter(t.event_type == "add_to_cart").select("session_key").distinct()
+    t = t.semi_join(carted, "session_key")
+    # One sort of the session's events serves both frames: up to the event, and the whole session.
+    order = [t.ts, t.event_id]
+    upto = ibis.window(group_by=t.session_key, order_by=order, rows=(None, 0))
+    whole = ibis.window(group_by=t.session_key, order_by=order)
     adds = _is(t, "add_to_cart")
     removes = _is(t, "remove_from_cart")
     state = t.mutate(
@@ -212,7 +257,7 @@ def cart_snapshots(
         purchases_so_far=_is(t, "purchase").sum().over(upto),
         session_start=t.ts.min().over(whole),
         first_add=ibis.ifelse(t.event_type == "add_to_cart", t.ts, ibis.null("float64")).min().over(whole),
-        previous_ts=t.ts.lag().over(previous),
+        previous_ts=t.ts.lag().over(whole),
         session_purchased=_is(t, "purchase").max().over(whole),
     )
     snaps = state.filter((state.adds_so_far > 0) & (state.purchases_so_far == 0))

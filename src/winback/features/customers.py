@@ -64,21 +64,13 @@ def customer_features(sessioned: ibis.Table, as_of: float, horizon_days: int | N
     purchase = t.is_purchase
     order_key = ibis.coalesce(t.order_id, t.event_id)  # a purchase without an order id is its own order
 
+    def within(lo: float, hi: float, age: ibis.Value = t.age) -> ibis.Value:
+        return (age >= lo) & (age < hi)
+
     def n_events(lo: float, hi: float) -> ibis.Value:
-        return ((t.age >= lo) & (t.age < hi)).cast("int64").sum()
-
-    def n_sessions(lo: float, hi: float) -> ibis.Value:
-        return t.session_key.nunique(where=(t.age >= lo) & (t.age < hi))
-
-    def n_orders(lo: float, hi: float) -> ibis.Value:
-        return order_key.nunique(where=purchase & (t.age >= lo) & (t.age < hi))
+        return within(lo, hi).cast("int64").sum()
 
     base = t.group_by("user_key").aggregate(
-        orders=order_key.nunique(where=purchase),
-        discounted_orders=order_key.nunique(where=purchase & t.coupon),
-        revenue=t.money.sum(where=purchase),
-        first_purchase_ts=t.ts.min(where=purchase),
-        last_purchase_ts=t.ts.max(where=purchase),
         first_seen_ts=t.ts.min(),
         last_event_ts=t.ts.max(),
         events_7d=n_events(0, 7),
@@ -86,20 +78,34 @@ def customer_features(sessioned: ibis.Table, as_of: float, horizon_days: int | N
         events_prev_30d=n_events(30, 60),
         events_90d=n_events(0, 90),
         events_prev_90d=n_events(90, 180),
-        sessions_30d=n_sessions(0, 30),
-        sessions_prev_30d=n_sessions(30, 60),
-        purchases_90d=n_orders(0, 90),
-        purchases_prev_90d=n_orders(90, 180),
-        distinct_products=t.product_id.nunique(where=purchase),
     )
-    base = base.filter(base.orders > 0)
+    # Distinct counts over all events are costly (one hash table each): count orders over the purchase
+    # events only, and sessions from one row per session.
+    bought = t.filter(purchase).mutate(order_key=order_key)
+    n_orders = bought.order_key.nunique
+    purchases = bought.group_by("user_key").aggregate(
+        orders=n_orders(),
+        discounted_orders=n_orders(where=bought.coupon),
+        revenue=bought.money.sum(),
+        first_purchase_ts=bought.ts.min(),
+        last_purchase_ts=bought.ts.max(),
+        purchases_90d=n_orders(where=within(0, 90, bought.age)),
+        purchases_prev_90d=n_orders(where=within(90, 180, bought.age)),
+        distinct_products=bought.product_id.nunique(),
+    )
+    purchases = purchases.filter(purchases.orders > 0)
 
     sessions = t.group_by(["user_key", "session_key"]).aggregate(
-        has_cart=(_.event_type == "add_to_cart").any(), purchased=_.is_purchase.any()
+        has_cart=(_.event_type == "add_to_cart").any(),
+        purchased=_.is_purchase.any(),
+        in_30d=within(0, 30).any(),
+        in_prev_30d=within(30, 60).any(),
     )
     cart_counts = sessions.group_by("user_key").aggregate(
         carts=_.has_cart.cast("int64").sum(),
         abandoned_carts=(_.has_cart & ~_.purchased).cast("int64").sum(),
+        sessions_30d=_.in_30d.cast("int64").sum(),
+        sessions_prev_30d=_.in_prev_30d.cast("int64").sum(),
     )
     days = (
         t.filter(purchase)
@@ -114,7 +120,7 @@ def customer_features(sessioned: ibis.Table, as_of: float, horizon_days: int | N
             day_money_total=_.day_money.sum(),
         )
     )
-    joined = base.join(cart_counts, "user_key").join(days, "user_key")
+    joined = purchases.join(base, "user_key").join(cart_counts, "user_key").join(days, "user_key")
     as_of_day = int(as_of // _DAY)
     frequency = joined.purchase_days - 1
     out = joined.select(
