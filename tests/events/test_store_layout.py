@@ -136,3 +136,36 @@ def test_the_default_currency_of_a_load_stays_with_its_events(settings: Settings
         assert sorted(layout_columns(store)) == ["event_rows_0012_eur", "event_rows_0012_usd"]
         rows = store.con.execute("SELECT batch_id, currency, count(*) FROM events GROUP BY ALL ORDER BY 1")
         assert rows.fetchall() == [(1, "USD", 2), (2, "EUR", 2)]
+
+
+def column_types(store: EventStore) -> dict[str, str]:
+    rows = store.con.execute(
+        "SELECT column_name, data_type FROM duckdb_columns() WHERE starts_with(table_name, 'event_rows_') "
+        "AND column_name IN ('user_id', 'product_id', 'order_id')"
+    ).fetchall()
+    return dict(rows)
+
+
+def test_integer_ids_are_stored_as_integers_and_read_as_text(store: EventStore, tmp_path: Path) -> None:
+    ints = write(tmp_path / "ints.csv", "timestamp,user_id,event_type,product_id\n1709287200,17,view,-5\n")
+    ingest_files(store, [ints])
+    assert column_types(store) == {"user_id": "BIGINT", "product_id": "BIGINT"}
+    assert store.con.execute("SELECT user_id, product_id FROM events").fetchall() == [("17", "-5")]
+    same = write(
+        tmp_path / "same.jsonl",
+        '{"timestamp": 1709287200, "user_id": "17", "event_type": "view", "product_id": "-5"}\n',
+    )
+    assert ingest_files(store, [same]).as_dict()["duplicates"] == 1  # the same key as from text
+
+
+def test_an_id_that_is_not_an_integer_text_after_the_sample_keeps_the_column_text(
+    store: EventStore, tmp_path: Path
+) -> None:
+    rows = [f"{1709287200 + i},{i},view,{i % 50}" for i in range(5000)]
+    rows[4321] = "1709291521,0042,view,7"  # not the canonical text of 42: stored as written
+    path = write(tmp_path / "late.csv", "timestamp,user_id,event_type,product_id\n" + "\n".join(rows) + "\n")
+    report = ingest_files(store, [path]).as_dict()
+    assert (report["ingested"], report["rejected"]) == (5000, 0)
+    assert column_types(store) == {"user_id": "VARCHAR", "product_id": "VARCHAR"}
+    assert store.con.execute("SELECT count(*) FROM events WHERE user_id = '0042'").fetchone() == (1,)
+    assert store.con.execute("SELECT count(*) FROM events WHERE user_id = '4321'").fetchone() == (0,)

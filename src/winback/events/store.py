@@ -41,11 +41,12 @@ SCHEMA_VERSION = "2"
 BEHAVIOUR_TYPES = ("view", "add_to_cart", "remove_from_cart", "checkout_start", "purchase")
 
 #: Physical storage: one table per *layout*, the set of optional fields a source has, named by the
-#: bitmask of those fields (``event_rows_0112_usd``...). A narrow file (RetailRocket) writes 7 columns,
-#: not 16: DuckDB pays for every column of every row group it writes, NULL or not, and the ten a narrow
-#: file lacks cost more than its own six. A source without a currency has the default one at load time
-#: for all its rows, so it is a constant of the table (its name's suffix), not a column.
-#: ``event_log`` is the view that unions them under one schema.
+#: bitmask of those fields (``event_rows_0112_n0112_usd``: user, product and order ids, all integers,
+#: and the currency USD). A narrow file (RetailRocket) writes 6 columns, not 16: DuckDB pays for every
+#: column of every row group it writes, NULL or not, and the ten a narrow file lacks cost more than its
+#: own six. A source without a currency has the default one at load time for all its rows, so it is a
+#: constant of the table (its name's suffix), not a column. ``event_log`` is the view that unions them
+#: under one schema.
 _ALWAYS_STORED = ("event_key", "event_type", "timestamp", "batch_id")
 _COLUMN_TYPES = {
     "event_key": "UHUGEINT NOT NULL",
@@ -107,11 +108,31 @@ FROM event_log;
 """
 
 
-def _layout_name(fields: Iterable[str], currency: str) -> str:
-    """The table holding events with exactly these optional fields (and ``currency`` if they lack one)."""
-    present = set(fields)
+#: Text ids that are stored as integers when every value of a source is the canonical text of one
+#: (``42``, not ``042`` or ``+42``): DuckDB writes integers for a fraction of the cost of strings.
+_INTEGER_IDS = ("user_id", "anonymous_id", "session_id", "product_id", "order_id")
+
+
+def _layout_name(fields: Iterable[str], currency: str, integers: Iterable[str] = ()) -> str:
+    """The table holding events with exactly these optional fields (and ``currency`` if they lack one),
+    with ``integers`` among them stored as BIGINT."""
+    present, numeric = set(fields), set(integers)
     mask = sum(1 << i for i, f in enumerate(_OPTIONAL) if f in present)
-    return f"{_ROWS_PREFIX}{mask:04x}" + ("" if "currency" in present else f"_{currency.lower()}")
+    ints = sum(1 << i for i, f in enumerate(_OPTIONAL) if f in numeric)
+    return (
+        f"{_ROWS_PREFIX}{mask:04x}"
+        + (f"_n{ints:04x}" if ints else "")
+        + ("" if "currency" in present else f"_{currency.lower()}")
+    )
+
+
+def _as_integer(field: str) -> str:
+    """SQL storing a text id as BIGINT, stopping the load (to redo it as text) when it is not one."""
+    number = f"TRY_CAST({field} AS BIGINT)"
+    return (
+        f"CASE WHEN {field} IS NULL THEN NULL WHEN CAST({number} AS VARCHAR) = {field} THEN {number} "
+        f"ELSE error('{_NOT_INTEGER}') END"
+    )
 
 
 def _type_of(column: str) -> str:
@@ -281,14 +302,14 @@ class EventStore:
             con.execute("ROLLBACK")
             raise
 
-    def _layout_tables(self) -> dict[str, set[str]]:
-        """Name -> columns of every layout table."""
+    def _layout_tables(self) -> dict[str, dict[str, str]]:
+        """Name -> {column: type} of every layout table."""
         rows = self.con.execute(
-            "SELECT table_name, list(column_name) FROM duckdb_columns() "
+            "SELECT table_name, map(list(column_name), list(data_type)) FROM duckdb_columns() "
             "WHERE database_name = current_database() AND schema_name = 'main' "
             f"AND starts_with(table_name, '{_ROWS_PREFIX}') GROUP BY table_name ORDER BY table_name"
         ).fetchall()
-        return {str(name): set(columns) for name, columns in rows}
+        return {str(name): dict(columns) for name, columns in rows}
 
     def _create_log_view(self) -> None:
         """(Re)create ``event_log``, the union of the layout tables, and ``events`` over it."""
@@ -296,7 +317,9 @@ class EventStore:
         for name, present in self._layout_tables().items():
             constant = {"currency": sql_string(name.rsplit("_", 1)[-1].upper())}
             cols = ", ".join(
-                c if c in present else f"CAST({constant.get(c, 'NULL')} AS {_type_of(c)}) AS {c}"
+                (c if present[c] == _type_of(c) else f"CAST({c} AS {_type_of(c)}) AS {c}")
+                if c in present
+                else f"CAST({constant.get(c, 'NULL')} AS {_type_of(c)}) AS {c}"
                 for c in _LOG_COLUMNS
             )
             selects.append(f"SELECT {cols} FROM {name}")
@@ -309,12 +332,12 @@ class EventStore:
         self.con.execute("CREATE OR REPLACE VIEW event_log AS " + " UNION ALL ".join(selects))
         self.con.execute(_EVENTS_VIEW)
 
-    def _layout_table(self, fields: Iterable[str]) -> str:
+    def _layout_table(self, fields: Iterable[str], integers: Iterable[str] = ()) -> str:
         """The layout table for ``fields``, created (in the current transaction) when it is new."""
-        name = _layout_name(fields, self.settings.default_currency)
+        name = _layout_name(fields, self.settings.default_currency, integers)
         if name not in self._layout_tables():
             columns = [c for c in _LOG_COLUMNS if c in _ALWAYS_STORED or c in set(fields)]
-            ddl = ", ".join(f"{c} {_COLUMN_TYPES[c]}" for c in columns)
+            ddl = ", ".join(f"{c} {'BIGINT' if c in set(integers) else _COLUMN_TYPES[c]}" for c in columns)
             self.con.execute(f"CREATE TABLE {name} ({ddl})")
             self._create_log_view()
         return name
@@ -397,12 +420,16 @@ class EventStore:
         Files are first loaded trusting that every row is good (one pass each: a bad row aborts the
         load); only if one is not is the whole load redone carefully, counting and explaining rows.
         """
-        if not skip_bad_rows:
+        trusting, integers = not skip_bad_rows, True
+        while True:  # at most three attempts: each failure turns one assumption off
             try:
-                return self._ingest(inputs, False, rejects_dir, on_stage, trusting=True)
+                return self._ingest(
+                    inputs, skip_bad_rows, rejects_dir, on_stage, trusting=trusting, integers=integers
+                )
             except _BadRowError:
-                pass
-        return self._ingest(inputs, skip_bad_rows, rejects_dir, on_stage, trusting=False)
+                trusting = False
+            except _NotIntegerError:
+                integers = False
 
     def _ingest(
         self,
@@ -412,6 +439,7 @@ class EventStore:
         on_stage: StageCallback,
         *,
         trusting: bool,
+        integers: bool,
     ) -> IngestReport:
         con = self.con
         row = con.execute("SELECT coalesce(max(batch_id), 0) FROM ingest_batches").fetchone()
@@ -420,20 +448,25 @@ class EventStore:
         failures: list[str] = []
         written: list[Path] = []
         touched: set[str] = set()
+        canonicals = [canonicalize(i.raw, i.options, self.settings, i.timestamp_format) for i in inputs]
+        numerics = [
+            self._integer_ids(inp, canonical) if integers else []
+            for inp, canonical in zip(inputs, canonicals, strict=True)
+        ]
         con.execute("BEGIN TRANSACTION")
         try:
             for offset, inp in enumerate(inputs):
                 batch_id = first_batch + offset
                 report = BatchReport(inp.name, inp.format)
                 reports.append(report)
-                canonical = canonicalize(inp.raw, inp.options, self.settings, inp.timestamp_format)
+                canonical, numeric = canonicals[offset], numerics[offset]
                 con.execute(f"SET TimeZone = {sql_string(inp.options.timezone)}")  # for naive times
                 on_stage(inp.name, "reading")
                 # Rows mapped to `ignore` are dropped and counted, so those files need the counting pass.
                 trust = trusting and IGNORE not in inp.options.event_type_map.values()
-                table = self._layout_table(_present(inp))
+                table = self._layout_table(_present(inp), numeric)
                 touched.add(table)
-                inserted = self._insert(inp, canonical, batch_id, table, trust=trust)
+                inserted = self._insert(inp, canonical, batch_id, table, trust=trust, integers=numeric)
                 if not trust and inserted < self._count_rows(inp):
                     on_stage(inp.name, "checking rows")
                     self._explain(inp, canonical, report, skip_bad_rows, rejects_dir, batch_id, failures)
@@ -490,12 +523,45 @@ class EventStore:
             f"lined AS (SELECT *, {line_bad} AS _line_bad FROM parsed) "
         )
 
+    def _integer_ids(self, inp: PreparedInput, canonical: Canonical) -> list[str]:
+        """The text ids whose first rows are all integers (the load checks every other row).
+
+        Run before the load's transaction: an unreadable file fails here without aborting it.
+        """
+        candidates = [f for f in _INTEGER_IDS if f in inp.raw.fields]
+        if not candidates or canonical.atomic_lines or inp.identical_rows_distinct:  # a full pass
+            return []
+        tests = ", ".join(
+            f"count({f}) > 0 AND bool_and({f} IS NULL OR CAST(TRY_CAST({f} AS BIGINT) AS VARCHAR) = {f})"
+            for f in candidates
+        )
+        sql = self._pipeline(inp, canonical, explain=False) + f"SELECT {tests} FROM (FROM lined LIMIT 2000)"
+        try:
+            row = self.con.execute(sql).fetchone()
+        except duckdb.Error:
+            return []  # the load itself will say what is wrong
+        return [f for f, ok in zip(candidates, row or (), strict=False) if ok]
+
     def _insert(
-        self, inp: PreparedInput, canonical: Canonical, batch_id: int, table: str, *, trust: bool
+        self,
+        inp: PreparedInput,
+        canonical: Canonical,
+        batch_id: int,
+        table: str,
+        *,
+        trust: bool,
+        integers: list[str],
     ) -> int:
         fields = [f for f in _LOG_COLUMNS if f in set(_present(inp))]
         cols = ", ".join(["event_key", *fields, "event_type", "timestamp", "batch_id"])
-        values = ", ".join([*fields, "event_type", "timestamp", str(batch_id)])
+        values = ", ".join(
+            [
+                *(_as_integer(f) if f in integers else f for f in fields),
+                "event_type",
+                "timestamp",
+                str(batch_id),
+            ]
+        )
         content = _content(inp.raw.fields)
         if inp.identical_rows_distinct:  # the n-th copy of a row in a file is its own event
             content += f" || '#' || row_number() OVER (PARTITION BY {content} ORDER BY _loc)"
@@ -521,6 +587,8 @@ class EventStore:
         except duckdb.Error as exc:  # the transaction is aborted: the caller rolls back and resets
             if _BAD_ROW in str(exc):
                 raise _BadRowError from exc
+            if _NOT_INTEGER in str(exc):
+                raise _NotIntegerError from exc
             raise BadInputError(f"{inp.name}: cannot be read as {inp.format}: {_first_line(exc)}") from exc
         self.con.execute("SET preserve_insertion_order = true")
         return int(row[0]) if row else 0
@@ -658,10 +726,15 @@ class EventStore:
 
 
 _BAD_ROW = "winback: a row breaks a rule"
+_NOT_INTEGER = "winback: an id is not an integer"
 
 
 class _BadRowError(Exception):
     """A trusting load met a bad row: redo the load carefully, to count and explain them."""
+
+
+class _NotIntegerError(Exception):
+    """An id column stored as integers met another value: redo the load storing it as text."""
 
 
 def _present(inp: PreparedInput) -> list[str]:
