@@ -100,6 +100,8 @@ class RawEvents:
     item_pointer: str | None = None  # SQL of a per-row JSON pointer prefix, for nested line items
     problem: str | None = None  # SQL of an adapter-detected problem as JSON {field, found, expected}
     raw_types: dict[str, str] = field(default_factory=dict)  # DuckDB type of each field's expression
+    #: False when the source's first rows cost a pass over all of it (a window inside ``source``).
+    streams: bool = True
 
 
 @dataclass

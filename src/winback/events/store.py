@@ -529,7 +529,8 @@ class EventStore:
         Run before the load's transaction: an unreadable file fails here without aborting it.
         """
         candidates = [f for f in _INTEGER_IDS if f in inp.raw.fields]
-        if not candidates or canonical.atomic_lines or inp.identical_rows_distinct:  # a full pass
+        full_pass = canonical.atomic_lines or inp.identical_rows_distinct or not inp.raw.streams
+        if not candidates or full_pass:  # a sample would cost as much as the load
             return []
         tests = ", ".join(
             f"count({f}) > 0 AND bool_and({f} IS NULL OR CAST(TRY_CAST({f} AS BIGINT) AS VARCHAR) = {f})"

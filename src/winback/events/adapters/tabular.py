@@ -216,6 +216,7 @@ def prepare_table(
         location=location,
         location_word=word,
         raw_types={f: types.get(c, "VARCHAR") for f, c in mapping.items()},
+        streams=fmt != "whitespace",  # its lines are numbered by a window over the file
     )
     event_map = {**(preset.event_type_map if preset else {}), **options.event_type_map}
     parse = ParseOptions(event_type_map=event_map, timestamp_format=ts_format, timezone=options.timezone)
