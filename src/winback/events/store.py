@@ -127,8 +127,11 @@ def _layout_name(fields: Iterable[str], currency: str, integers: Iterable[str] =
 
 
 def _as_integer(field: str) -> str:
-    """SQL storing a text id as BIGINT, stopping the load (to redo it as text) when it is not one."""
-    number = f"TRY_CAST({field} AS BIGINT)"
+    """SQL storing a text id as BIGINT, stopping the load (to redo it as text) when it is not one.
+
+    The number is cast once, in the ``numbered`` layer of the insert (``_int_<field>``).
+    """
+    number = f"_int_{field}"
     return (
         f"CASE WHEN {field} IS NULL THEN NULL WHEN CAST({number} AS VARCHAR) = {field} THEN {number} "
         f"ELSE error('{_NOT_INTEGER}') END"
@@ -574,9 +577,11 @@ class EventStore:
             if trust
             else f"NOT ({canonical.bad} OR event_type = '{IGNORE}')"
         )
+        numbers = "".join(f"TRY_CAST({f} AS BIGINT) AS _int_{f}, " for f in integers)
         sql = (
-            self._pipeline(inp, canonical, explain=False) + f", good AS (SELECT * FROM lined WHERE {keep}) "
-            f"INSERT INTO {table} ({cols}) SELECT {key}, {values} FROM good"
+            self._pipeline(inp, canonical, explain=False) + f", good AS (SELECT * FROM lined WHERE {keep}), "
+            f"numbered AS (SELECT {numbers}* FROM good) "
+            f"INSERT INTO {table} ({cols}) SELECT {key}, {values} FROM numbered"
         )
         # File order matters where rows are numbered (the n-th identical copy) or where two rows may share
         # a source id with different content (the first in the file is kept). Copies of one derived key
