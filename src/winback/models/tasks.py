@@ -222,7 +222,7 @@ def fit_abandonment(train: pd.DataFrame, random_state: int = 0) -> AbandonmentMo
     overstates abandonment at the first add (measured 0.75 against 0.69 on the simulator); unweighted,
     each state is calibrated as the state a live cart is scored in.
     """
-    return AbandonmentModel(random_state=random_state, n_jobs=-1).fit(
+    return AbandonmentModel(random_state=random_state).fit(
         train[list(CART_FEATURES)], train.abandoned, time_order=train.ts
     )
 
