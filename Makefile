@@ -35,6 +35,10 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/bench_ingest.py
 	$(BIN)/python bench/bench_simulate.py
+	$(BIN)/python bench/bench_features.py
+	$(BIN)/python bench/bench_models.py --memory-limit 8GB
+	$(BIN)/python bench/online_shoppers.py
+	$(BIN)/python bench/model_quality.py
 
 clean:
 	rm -rf $(VENV) .winback build *.egg-info

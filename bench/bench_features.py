@@ -11,7 +11,7 @@ identity merge, 30-minute sessionisation with two window passes, then a per-sess
 floor for "one scan + sessionise + aggregate". The ratio winback total / baseline says how many such
 passes the three feature tables cost together. Target (issue 3): all three tables in under 30 s.
 
-``--memory-limit`` overrides the store's DuckDB ``memory_limit`` (default: the settings' value, 1GB); a
+``--memory-limit`` overrides DuckDB's memory limit for features (``feature_memory_limit``, default 4GB); a
 table that runs out of memory is reported as such, not as a time. The simulated events all carry a
 session id, as Segment, GA4 and REES46 events do; ``--no-session-ids`` drops them (RetailRocket-like
 logs), so the 30-minute gap sessionisation runs on every event.
@@ -172,13 +172,15 @@ def main() -> None:
     args = parser.parse_args()
     settings = ensure_store(args.events, args.days, session_ids=not args.no_session_ids)
     if args.memory_limit:
-        settings = settings.model_copy(update={"memory_limit": args.memory_limit})
+        settings = settings.model_copy(update={"feature_memory_limit": args.memory_limit})
     base_seconds, (sessions, carts, bought) = time_baseline(settings)
     f = time_features(settings, args.horizon)
     peak = peak_rss_mib()
     events = int(f["events"] or 0)
     total = f["total_s"]
-    print(f"store: {events:,} events, DuckDB memory_limit {settings.memory_limit}, {settings.home.name}")
+    print(
+        f"store: {events:,} events, DuckDB memory_limit {settings.feature_memory_limit}, {settings.home.name}"
+    )
     print(
         "winback features: "
         + ", ".join(_seconds(f, name) for name in ("cart_snapshots", "carts", "customers"))
@@ -200,7 +202,7 @@ def main() -> None:
         json.dumps(
             {
                 "events": events,
-                "memory_limit": settings.memory_limit,
+                "memory_limit": settings.feature_memory_limit,
                 "session_ids": not args.no_session_ids,
                 **{k: round(v, 2) if isinstance(v, float) else v for k, v in f.items()},
                 "events_per_second": None if total is None else round(events / total),

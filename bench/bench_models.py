@@ -105,7 +105,7 @@ def main() -> None:
     args = parser.parse_args()
     settings = ensure_store(args.events)
     if args.memory_limit:
-        settings = settings.model_copy(update={"memory_limit": args.memory_limit})
+        settings = settings.model_copy(update={"feature_memory_limit": args.memory_limit})
     train, test, meta = cached_split(settings)
     n_carts, n_states = train.cart_id.nunique(), len(train)
     print(

@@ -44,6 +44,11 @@ class Settings(BaseSettings):
         "1GB", description="DuckDB memory limit; larger work spills to the home's tmp/."
     )
     threads: int | None = Field(None, gt=0, description="DuckDB threads (default: all cores).")
+    feature_memory_limit: str = Field(
+        "4GB",
+        description="DuckDB memory limit while computing features and training (windows over every "
+        "event need more than a load: 10M events need about 2GB).",
+    )
     abandon_idle_minutes: int = Field(
         30, gt=0, description="Idle time after which a cart with items and no purchase is abandoned."
     )

@@ -236,3 +236,19 @@ def test_carts_agree_with_the_store_and_the_simulator(sim_shop: tuple[Settings, 
     seen = truth.recovered & (truth.recovered_at <= pd.Timestamp(stats["last"]))
     assert int(seen.sum()) > 50
     assert (abandoned.recovered == seen).all()
+
+
+def test_snapshots_of_recently_active_carts_equal_the_full_ones(
+    sim_shop: tuple[Settings, SimulationResult],
+) -> None:
+    """Scoring builds only the carts active lately; their states must be exactly the full table's."""
+    settings, _ = sim_shop
+    as_of = pd.Timestamp("2024-04-01 18:00", tz="UTC")
+    since = as_of - pd.Timedelta(hours=24)
+    with open_source(settings) as source:
+        tables = FeatureTables(source, settings)
+        full = tables.cart_snapshots(as_of=as_of)
+        recent = tables.cart_snapshots(as_of=as_of, active_since=since)
+    active = full.groupby("cart_id").ts.transform("max") >= since.timestamp()
+    assert 0 < recent.cart_id.nunique() < full.cart_id.nunique()
+    pd.testing.assert_frame_equal(recent, full[active].reset_index(drop=True))

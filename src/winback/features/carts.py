@@ -225,20 +225,27 @@ def _recovered_carts(sessioned: ibis.Table, sessions: ibis.Table, recovery_windo
 
 
 def cart_snapshots(
-    sessioned: ibis.Table, *, recovery_window_days: int = 7, as_of: float | None = None
+    sessioned: ibis.Table,
+    *,
+    recovery_window_days: int = 7,
+    as_of: float | None = None,
+    active_since: float | None = None,
 ) -> ibis.Table:
     """Point-in-time cart states: one row per event of a cart from its first add until before any purchase.
 
     Columns: ``cart_id``, ``user_key``, ``ts`` (the moment of the snapshot, epoch seconds), every name
     in :data:`CART_FEATURES`, and the label ``abandoned`` (the session ended without a purchase). With
     ``as_of`` (epoch seconds) only events before it count, and carts still open then have no label yet:
-    use that for scoring.
+    use that for scoring. With ``active_since`` (epoch seconds) only carts with an event at or after it
+    are built (scoring the carts active lately need not window over the whole history).
     """
     source = sessioned if as_of is None else sessioned.filter(sessioned.ts < as_of)
     source = source.select(*_SNAPSHOT_INPUTS)
     t = source.mutate(money=line_value(source), qty=ibis.coalesce(source.quantity, 1))
     # Windows are per session, so sessions without an add (most of them) can go first: they give no state.
     carted = t.filter(t.event_type == "add_to_cart").select("session_key").distinct()
+    if active_since is not None:
+        carted = carted.semi_join(t.filter(t.ts >= active_since).select("session_key"), "session_key")
     t = t.semi_join(carted, "session_key")
     # One sort of the session's events serves both frames: up to the event, and the whole session.
     order = [t.ts, t.event_id]

@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,19 @@ class FeatureSource:
     engine: str
     con: BaseBackend
     events: ibis.Table
+    cached: list[ibis.Table] = field(default_factory=list)
+
+    def cache(self, expr: ibis.Table) -> ibis.Table:
+        """``expr`` computed once (a temporary table on DuckDB, a cached DataFrame on Spark) and
+        released when the source closes."""
+        table = expr.cache()
+        self.cached.append(table)
+        return table
+
+    def release(self) -> None:
+        for table in self.cached:
+            table.release()
+        self.cached.clear()
 
     def execute(self, expr: ibis.Table) -> pd.DataFrame:
         """Run ``expr`` and return pandas with UTC-aware timestamps on every engine.
@@ -82,8 +95,13 @@ def open_source(settings: Settings, engine: str = "duckdb") -> Iterator[FeatureS
     check_engine(engine)
     if engine == "duckdb":
         with EventStore(settings, read_only=True) as store:
+            store.con.execute("SET memory_limit = ?", [settings.feature_memory_limit])
             con = ibis.duckdb.from_connection(store.con)
-            yield FeatureSource("duckdb", con, con.table("events").select(*EVENT_COLUMNS))
+            source = FeatureSource("duckdb", con, con.table("events").select(*EVENT_COLUMNS))
+            try:
+                yield source
+            finally:
+                source.release()
         return
     path = Path(settings.spark_events) if settings.spark_events else export_for_spark(settings)
     con = ibis.pyspark.connect(spark_session(settings))
@@ -94,7 +112,11 @@ def open_source(settings: Settings, engine: str = "duckdb") -> Iterator[FeatureS
     missing = [c for c in EVENT_COLUMNS if c not in events.columns]
     if missing:
         raise BadInputError(f"spark_events {path}: missing canonical columns {missing}")
-    yield FeatureSource("spark", con, events.select(*EVENT_COLUMNS))
+    source = FeatureSource("spark", con, events.select(*EVENT_COLUMNS))
+    try:
+        yield source
+    finally:
+        source.release()
 
 
 def export_for_spark(settings: Settings) -> Path:

@@ -59,8 +59,19 @@ class FeatureTables:
     def __init__(self, source: FeatureSource, settings: Settings) -> None:
         self.source = source
         self.settings = settings
-        self.sessioned = sessionize(source.events, settings.session_gap_minutes)
+        self._sessioned: ibis.Table | None = None
         self._span: Span | None = None
+
+    @property
+    def sessioned(self) -> ibis.Table:
+        """The sessionised events, computed once per source (Ibis ``cache``: a temporary table on
+        DuckDB, a cached DataFrame on Spark) and shared by every table built from it; without this each
+        table would re-run the session windows over all events."""
+        if self._sessioned is None:
+            self._sessioned = self.source.cache(
+                sessionize(self.source.events, self.settings.session_gap_minutes)
+            )
+        return self._sessioned
 
     def span(self) -> Span:
         if self._span is None:
@@ -89,12 +100,15 @@ class FeatureTables:
                 "--as-of or a shorter --horizon"
             )
 
-    def cart_snapshots(self, as_of: pd.Timestamp | None = None) -> pd.DataFrame:
+    def cart_snapshots(
+        self, as_of: pd.Timestamp | None = None, *, active_since: pd.Timestamp | None = None
+    ) -> pd.DataFrame:
         """Point-in-time cart states (see :func:`winback.features.carts.cart_snapshots`)."""
         expr = cart_snapshots(
             self.sessioned,
             recovery_window_days=self.settings.recovery_window_days,
             as_of=None if as_of is None else as_of.timestamp(),
+            active_since=None if active_since is None else active_since.timestamp(),
         )
         return self._ordered(expr, ["ts", "cart_id", "events_so_far"])
 

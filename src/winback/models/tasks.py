@@ -301,9 +301,10 @@ def score_abandonment(
     model, _ = load_model(tables.settings, "abandonment", features=list(CART_FEATURES))
     as_of = as_of or tables.span().last + timedelta(seconds=1)
     tables.check_as_of(as_of)
-    snaps = tables.cart_snapshots(as_of=as_of)
+    since = as_of - timedelta(hours=within_hours)
+    snaps = tables.cart_snapshots(as_of=as_of, active_since=since)
     latest = snaps.drop_duplicates("cart_id", keep="last")
-    latest = latest[latest.abandoned & (latest.ts >= as_of.timestamp() - within_hours * 3600)]
+    latest = latest[latest.abandoned & (latest.ts >= since.timestamp())]
     latest = latest.reset_index(drop=True)
     out = pd.DataFrame(
         {
