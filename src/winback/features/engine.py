@@ -23,27 +23,13 @@ from ibis.backends import BaseBackend
 
 from winback.config import Settings
 from winback.errors import BadInputError, WinbackError
+from winback.events.schema import EVENT_FIELDS
 from winback.events.store import EventStore
 
 ENGINES = ("duckdb", "spark")
 
 #: The canonical columns features read (``events`` view of the store, or a Parquet dataset of them).
-EVENT_COLUMNS = (
-    "event_id",
-    "event_type",
-    "timestamp",
-    "user_id",
-    "anonymous_id",
-    "session_id",
-    "product_id",
-    "category",
-    "price",
-    "quantity",
-    "order_id",
-    "value",
-    "currency",
-    "properties",
-)
+EVENT_COLUMNS = EVENT_FIELDS
 
 
 @dataclass

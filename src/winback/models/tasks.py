@@ -156,8 +156,22 @@ def default_eval_as_of(
     return (first + (last - first) * EVAL_SHARE).floor("h")
 
 
-def _window(tables: FeatureTables, end: pd.Timestamp) -> tuple[str, str]:
-    return (tables.span().first.isoformat(), end.isoformat())
+def _save(
+    tables: FeatureTables, name: str, model: Any, as_of: pd.Timestamp, features: tuple[str, ...], **card: Any
+) -> ModelCard:
+    """Save ``model`` trained on the history before ``as_of`` with its card (what else it needs: ``card``)."""
+    return save_model(
+        tables.settings,
+        model,
+        ModelCard(
+            name=name,
+            features=list(features),
+            as_of=as_of.isoformat(),
+            train_window=(tables.span().first.isoformat(), as_of.isoformat()),
+            engine=tables.source.engine,
+            **card,
+        ),
+    )
 
 
 def _evaluation_for_card(evaluate: Any, notes: list[str]) -> dict[str, Any]:
@@ -234,12 +248,12 @@ def train_abandonment(tables: FeatureTables, as_of: pd.Timestamp | None = None) 
     model = fit_abandonment(split.train)
     notes = [model.fallback_] if model.fallback_ else []
     evaluation = _evaluation_for_card(lambda: evaluate_abandonment(tables, until=as_of), notes)
-    card = ModelCard(
-        name="abandonment",
-        features=list(CART_FEATURES),
-        as_of=as_of.isoformat(),
-        train_window=_window(tables, as_of),
-        engine=tables.source.engine,
+    return _save(
+        tables,
+        "abandonment",
+        model,
+        as_of,
+        CART_FEATURES,
         params=model.get_params(),
         metrics={
             "train_carts": int(split.train.cart_id.nunique()),
@@ -248,7 +262,6 @@ def train_abandonment(tables: FeatureTables, as_of: pd.Timestamp | None = None) 
         },
         notes=notes,
     )
-    return save_model(tables.settings, model, card)
 
 
 def evaluate_abandonment(
@@ -371,17 +384,16 @@ def train_churn(tables: FeatureTables, as_of: pd.Timestamp | None, horizon_days:
     start, model = _churn_training(tables, as_of, horizon_days)
     notes = [model.classifier_.fallback_] if model.classifier_.fallback_ else []
     evaluation = _evaluation_for_card(lambda: evaluate_churn(tables, None, horizon_days, until=as_of), notes)
-    card = ModelCard(
-        name="churn",
-        features=list(CUSTOMER_FEATURES),
-        as_of=as_of.isoformat(),
-        train_window=_window(tables, as_of),
-        engine=tables.source.engine,
+    return _save(
+        tables,
+        "churn",
+        model,
+        as_of,
+        CUSTOMER_FEATURES,
         params={**model.get_params(), "horizon_days": horizon_days, "features_as_of": start.isoformat()},
         metrics={"bgnbd": model.bgnbd_.params_, "time_split": evaluation},
         notes=notes,
     )
-    return save_model(tables.settings, model, card)
 
 
 def evaluate_churn(
@@ -477,12 +489,12 @@ def train_clv(
     model = fit_customer_value(customers, horizon_days, discount_rate)
     notes: list[str] = []
     evaluation = _evaluation_for_card(lambda: evaluate_clv(tables, None, horizon_days, until=as_of), notes)
-    card = ModelCard(
-        name="clv",
-        features=list(CUSTOMER_FEATURES),
-        as_of=as_of.isoformat(),
-        train_window=_window(tables, as_of),
-        engine=tables.source.engine,
+    return _save(
+        tables,
+        "clv",
+        model,
+        as_of,
+        CUSTOMER_FEATURES,
         params={"horizon_days": horizon_days, "discount_rate": discount_rate, "time_unit": "day"},
         metrics={
             "bgnbd": model.bgnbd.params_,
@@ -492,7 +504,6 @@ def train_clv(
         },
         notes=notes,
     )
-    return save_model(tables.settings, model, card)
 
 
 def evaluate_clv(
@@ -608,16 +619,15 @@ def train_segments(tables: FeatureTables, as_of: pd.Timestamp | None) -> ModelCa
     clusters = CustomerClusters(random_state=0, feature_words=CLUSTER_WORDS).fit(
         customers[CLUSTER_FEATURES].fillna(0.0)
     )
-    card = ModelCard(
-        name="segments",
-        features=list(CUSTOMER_FEATURES),
-        as_of=as_of.isoformat(),
-        train_window=_window(tables, as_of),
-        engine=tables.source.engine,
+    return _save(
+        tables,
+        "segments",
+        clusters,
+        as_of,
+        CUSTOMER_FEATURES,
         params={"cluster_features": CLUSTER_FEATURES, "n_clusters": clusters.n_clusters_},
         metrics={"silhouette": {str(k): round(v, 4) for k, v in clusters.silhouette_scores_.items()}},
     )
-    return save_model(tables.settings, clusters, card)
 
 
 # -- customer scores ----------------------------------------------------------------------------------
