@@ -43,7 +43,9 @@ class Settings(BaseSettings):
     memory_limit: str = Field(
         "1GB", description="DuckDB memory limit; larger work spills to the home's tmp/."
     )
-    threads: int | None = Field(None, gt=0, description="DuckDB threads (default: all cores).")
+    threads: int | None = Field(
+        None, gt=0, description="Threads of DuckDB and of model training (default: all cores)."
+    )
     feature_memory_limit: str = Field(
         "4GB",
         description="DuckDB memory limit while computing features and training (windows over every "
