@@ -214,7 +214,8 @@ def simulate(
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same shop.")] = 0,
     start: Annotated[str, typer.Option(help="First simulated day (YYYY-MM-DD).")] = "2024-01-01",
     truth: Annotated[
-        Path | None, typer.Option(help="Directory for the latent truth: customers.parquet and carts.parquet.")
+        Path | None,
+        typer.Option(help="Directory for the latent truth: customers, carts and cart_sessions (.parquet)."),
     ] = None,
     json_output: JsonOption = False,
 ) -> None:

@@ -128,7 +128,7 @@ def run_demo(
         f"Results:\n"
         f"  event store      {settings.store_path}   (winback events stats --home {settings.home})\n"
         f"  simulated log    {shop_file}\n"
-        f"  latent truth     {truth['customers']}, {truth['carts']}\n"
+        f"  latent truth     {truth_dir}/ ({', '.join(path.name for path in truth.values())})\n"
         f"  models           {settings.models_dir}   (winback evaluate churn --horizon {horizon}d"
         f" --home {settings.home})\n"
         f"  scores           {', '.join(predictions['files'].values()) or 'none (too little history)'}\n"
