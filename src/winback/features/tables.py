@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import ibis
 import pandas as pd
@@ -61,6 +62,7 @@ class FeatureTables:
         self.settings = settings
         self._sessioned: ibis.Table | None = None
         self._span: Span | None = None
+        self._tables: dict[tuple[Any, ...], pd.DataFrame] = {}
 
     @property
     def sessioned(self) -> ibis.Table:
@@ -110,7 +112,9 @@ class FeatureTables:
             as_of=None if as_of is None else as_of.timestamp(),
             active_since=None if active_since is None else active_since.timestamp(),
         )
-        return self._ordered(expr, ["ts", "cart_id", "events_so_far"])
+        return self._ordered(
+            ("cart_snapshots", as_of, active_since), expr, ["ts", "cart_id", "events_so_far"]
+        )
 
     def carts(self) -> pd.DataFrame:
         expr = carts(
@@ -118,12 +122,16 @@ class FeatureTables:
             idle_minutes=self.settings.abandon_idle_minutes,
             recovery_window_days=self.settings.recovery_window_days,
         )
-        return self._ordered(expr, ["started_ts", "cart_id"])
+        return self._ordered(("carts",), expr, ["started_ts", "cart_id"])
 
     def customers(self, as_of: pd.Timestamp, horizon_days: int | None = None) -> pd.DataFrame:
         expr = customer_features(self.sessioned, as_of.timestamp(), horizon_days)
-        return self._ordered(expr, ["user_key"])
+        return self._ordered(("customers", as_of, horizon_days), expr, ["user_key"])
 
-    def _ordered(self, expr: ibis.Table, keys: list[str]) -> pd.DataFrame:
-        """Deterministic row order on every engine (Spark returns partitions in any order)."""
-        return self.source.execute(expr.order_by(keys)).reset_index(drop=True)
+    def _ordered(self, key: tuple[Any, ...], expr: ibis.Table, keys: list[str]) -> pd.DataFrame:
+        """The table in a deterministic row order on every engine (Spark returns partitions in any
+        order), computed once per set of arguments: training, its card's evaluation and scoring ask for
+        the same tables. Callers get a copy, so they may change it."""
+        if key not in self._tables:
+            self._tables[key] = self.source.execute(expr.order_by(keys)).reset_index(drop=True)
+        return self._tables[key].copy(deep=False)
