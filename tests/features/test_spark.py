@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from winback.config import Settings, load_settings
+from winback.errors import BadInputError
 from winback.features.engine import open_source
 from winback.features.tables import FeatureTables
 from winback.models import tasks
@@ -58,3 +59,20 @@ def test_models_train_on_spark_features_as_on_duckdb(
         assert card.engine == engine
     assert results["spark"]["bgnbd"] == pytest.approx(results["duckdb"]["bgnbd"], rel=1e-9)
     assert results["spark"]["purchases"] == results["duckdb"]["purchases"]
+
+
+def test_a_spark_events_path_that_is_not_canonical_events_is_refused(tmp_path: Path) -> None:
+    frame = pd.DataFrame({"visitor": ["a"], "when": [1]})
+    frame.to_parquet(tmp_path / "other.parquet")
+    settings = load_settings(home=tmp_path / "home", spark_events=tmp_path / "other.parquet")
+    with (
+        pytest.raises(BadInputError, match=r"missing canonical columns \['event_id', 'event_type'"),
+        open_source(settings, "spark"),
+    ):
+        pass
+    settings = load_settings(home=tmp_path / "home", spark_events=tmp_path / "nowhere.parquet")
+    with (
+        pytest.raises(BadInputError, match="cannot read it as Parquet events"),
+        open_source(settings, "spark"),
+    ):
+        pass
