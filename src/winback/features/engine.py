@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -142,6 +143,10 @@ def spark_session(settings: Settings) -> Any:
             "--engine spark needs PySpark: pip install 'winback[spark]' (and Java 17 or newer)"
         ) from exc
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    # PySpark 4 warns on every pandas conversion that it is not yet certified for pandas 3; features
+    # convert only plain types, and the Spark-vs-DuckDB test checks the results are equal.
+    for notice in ("PySpark does not yet fully support pandas", "The copy keyword is deprecated"):
+        warnings.filterwarnings("ignore", message=notice, module="pyspark")
     builder = (
         SparkSession.builder.master(settings.spark_master)
         .appName("winback")
