@@ -252,3 +252,22 @@ def test_snapshots_of_recently_active_carts_equal_the_full_ones(
     active = full.groupby("cart_id").ts.transform("max") >= since.timestamp()
     assert 0 < recent.cart_id.nunique() < full.cart_id.nunique()
     pd.testing.assert_frame_equal(recent, full[active].reset_index(drop=True))
+
+
+def test_a_source_session_belongs_to_one_customer(tmp_path: Path) -> None:
+    """A session that starts anonymous (an id never seen signed in) and goes on signed in is one cart
+    of the signed-in customer, not two half carts."""
+    rows = [
+        _event("add_to_cart", "2024-01-02 10:00", None, "p1", price=10.0, quantity=1, anonymous_id="a9",
+               session_id="S1"),
+        _event("view", "2024-01-02 10:01", "dora", "p2", price=5.0, session_id="S1"),
+        _event("add_to_cart", "2024-01-02 10:02", "dora", "p2", price=5.0, quantity=1, session_id="S1"),
+    ]  # fmt: skip
+    settings = load_settings(home=tmp_path / "home")
+    _store(settings, rows)
+    carts, snaps, _ = _tables(settings)
+    assert carts[["cart_id", "user_key", "n_items"]].to_dict(orient="records") == [
+        {"cart_id": "S1", "user_key": "dora", "n_items": 2}
+    ]
+    assert snaps.user_key.eq("dora").all()
+    assert snaps.events_so_far.tolist() == [1, 2, 3]

@@ -43,6 +43,7 @@ def sessionize(events: ibis.Table, gap_minutes: int = 30) -> ibis.Table:
     # Only events without a source session id need the gap windows (two sorts of every such event); the
     # others keep their session id. Most sources give one, so this skips most of the work.
     given = keyed.filter(keyed.session_id.notnull()).mutate(session_key=keyed.session_id)
+    given = _one_customer_per_session(given)
     own = keyed.filter(keyed.session_id.isnull())
     by_user = ibis.window(group_by=own.user_key, order_by=[own.ts, own.event_id])
     gap = own.ts - own.ts.lag().over(by_user)
@@ -51,3 +52,17 @@ def sessionize(events: ibis.Table, gap_minutes: int = 30) -> ibis.Table:
     number = marked.starts.sum().over(running)
     derived = marked.mutate(session_key=marked.user_key + ibis.literal("#") + number.cast("string"))
     return given.union(derived.drop("starts"))
+
+
+def _one_customer_per_session(given: ibis.Table) -> ibis.Table:
+    """A source session belongs to one customer: its first signed-in one, else its first visitor.
+
+    An anonymous id that is never seen with a user id stays its own customer, so a session that starts
+    anonymous and continues signed in would otherwise be split between two customers.
+    """
+    signed_in = ~given.user_key.startswith("anonymous:")
+    owners = given.group_by("session_key").aggregate(
+        owner=ibis.coalesce(given.user_key.argmin(given.ts, where=signed_in), given.user_key.argmin(given.ts))
+    )
+    joined = given.join(owners, "session_key")
+    return joined.mutate(user_key=joined.owner).drop("owner")
