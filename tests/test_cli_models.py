@@ -52,8 +52,10 @@ def shop_home(sim_shop: tuple[Settings, SimulationResult], tmp_path_factory: pyt
 def test_train_evaluate_score_and_warnings(shop_home: Path, tmp_path: Path) -> None:
     trained = run("train", "all", "--horizon", "30d", "--json", home=shop_home)
     assert trained.returncode == 0, trained.stderr
-    cards = json.loads(trained.stdout)
+    result = json.loads(trained.stdout)
+    cards = result["trained"]
     assert [c["name"] for c in cards] == ["abandonment", "churn", "clv", "segments"]
+    assert result["skipped"] == {}
     assert all((shop_home / "models" / c["name"] / c["version"] / "card.json").exists() for c in cards)
 
     evaluated = run("evaluate", "churn", "--horizon", "30d", home=shop_home)
@@ -85,6 +87,15 @@ def test_train_evaluate_score_and_warnings(shop_home: Path, tmp_path: Path) -> N
     assert json.loads(warned.stdout)["counts"]["customers"] > 0
 
 
+def test_train_all_trains_what_the_history_allows(shop_home: Path) -> None:
+    """140 days of outcomes leave nothing to learn churn from in 150 days; the other models still train."""
+    result = run("train", "all", "--horizon", "140d", home=shop_home)
+    assert result.returncode == 0, result.stderr
+    assert "churn: not trained: too little history" in result.stdout
+    assert "abandonment: version" in result.stdout
+    assert "segments: version" in result.stdout
+
+
 def test_bad_requests_exit_2_with_a_message(shop_home: Path, tmp_path: Path) -> None:
     empty = tmp_path / "empty"
     cases = [
@@ -94,6 +105,7 @@ def test_bad_requests_exit_2_with_a_message(shop_home: Path, tmp_path: Path) -> 
         (("evaluate", "churn", "--horizon", "400d"), shop_home, "--horizon 400d is longer than the data"),
         (("evaluate", "clv", "--as-of", "2024-05-01", "--horizon", "90d"), shop_home, "runs past the end"),
         (("train", "rfm"), shop_home, "expected one of abandonment, churn, clv, segments"),
+        (("train", "churn", "--horizon", "140d"), shop_home, "too little history to train churn"),
         (("train", "clv", "--engine", "hadoop"), shop_home, "--engine hadoop"),
         (("score", "clv", "--out", str(tmp_path / "x.txt")), shop_home, ".parquet or .csv"),
     ]

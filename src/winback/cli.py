@@ -356,22 +356,33 @@ def train(
     settings = _settings(home)
     days = _horizon(horizon, settings)
     cards: list[dict[str, Any]] = []
+    skipped: dict[str, str] = {}  # with `all`, a model the history is too short for does not stop the rest
     with _feature_tables(settings, engine) as tables, reporter(wanted(json_output)) as progress:
         moment = _as_of(as_of)
         for name in names:
             progress.stage(name, "training")
-            if name == "abandonment":
-                card = tasks.train_abandonment(tables, moment)
-            elif name == "churn":
-                card = tasks.train_churn(tables, moment, days)
-            elif name == "clv":
-                card = tasks.train_clv(tables, moment, days)
-            else:
-                card = tasks.train_segments(tables, moment)
+            try:
+                if name == "abandonment":
+                    card = tasks.train_abandonment(tables, moment)
+                elif name == "churn":
+                    card = tasks.train_churn(tables, moment, days)
+                elif name == "clv":
+                    card = tasks.train_clv(tables, moment, days)
+                else:
+                    card = tasks.train_segments(tables, moment)
+            except BadInputError as exc:
+                if model != "all":
+                    raise
+                skipped[name] = str(exc)
+                continue
             cards.append(card.as_dict())
+    if not cards:
+        raise BadInputError("no model could be trained", [f"{k}: {v}" for k, v in skipped.items()])
     if json_output:
-        _print_json(cards if model == "all" else cards[0])
+        _print_json({"trained": cards, "skipped": skipped} if model == "all" else cards[0])
         return
+    for name, reason in skipped.items():
+        print(f"{name}: not trained: {reason}")
     for done in cards:
         line = f"{done['name']}: version {done['version']}, trained on {done['train_window'][0][:10]} .. "
         print(line + f"{done['as_of'][:19]} ({done['engine']}) -> {settings.models_dir / done['name']}")

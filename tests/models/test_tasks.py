@@ -166,6 +166,13 @@ def test_time_arguments_and_untrained_models_are_refused(
             tasks.evaluate_churn(tables, pd.Timestamp("2024-05-01", tz="UTC"), 90)
         with pytest.raises(BadInputError, match="too little history to train churn"):
             tasks.train_churn(tables, pd.Timestamp("2024-01-20", tz="UTC"), HORIZON)
+        # an outcome window that runs past the last event by hours is refused, not read as churn
+        last = tables.span().last
+        with pytest.raises(BadInputError, match="runs past the end of the data"):
+            tasks.evaluate_churn(tables, last.floor("D") + pd.Timedelta(hours=20), 1)
+        tasks.train_segments(tables, None)
+        with pytest.raises(BadInputError, match="no customer had bought before"):
+            tasks.score_customers(tables, tables.span().first + pd.Timedelta(hours=1), require="segments")
 
 
 def _tiny_shop(tmp_path: Path, customers: int, days: int) -> Settings:

@@ -235,9 +235,10 @@ def cart_snapshots(
 
     Columns: ``cart_id``, ``user_key``, ``ts`` (the moment of the snapshot, epoch seconds), every name
     in :data:`CART_FEATURES`, and the label ``abandoned`` (the session ended without a purchase). With
-    ``as_of`` (epoch seconds) only events before it count, and carts still open then have no label yet:
-    use that for scoring. With ``active_since`` (epoch seconds) only carts with an event at or after it
-    are built (scoring the carts active lately need not window over the whole history).
+    ``as_of`` (epoch seconds) only events before it count, so ``abandoned`` means "not bought by then"
+    and a cart still open then is not yet decided: use that for scoring. With ``active_since`` (epoch
+    seconds) only carts with an event at or after it are built (scoring the carts active lately need not
+    window over the whole history).
     """
     source = sessioned if as_of is None else sessioned.filter(sessioned.ts < as_of)
     source = source.select(*_SNAPSHOT_INPUTS)

@@ -94,7 +94,7 @@ class FeatureTables:
                 f"--as-of {as_of.isoformat()}: outside the data, which runs from {span.first.isoformat()} "
                 f"to {span.last.isoformat()}"
             )
-        if horizon_days is not None and as_of + timedelta(days=horizon_days) > span.last + timedelta(days=1):
+        if horizon_days is not None and as_of + timedelta(days=horizon_days) > span.last + timedelta(hours=1):
             available = (span.last - as_of).total_seconds() / 86_400
             raise BadInputError(
                 f"--horizon {horizon_days}d from --as-of {as_of.date()} runs past the end of the data "

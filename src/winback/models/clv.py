@@ -594,7 +594,8 @@ class BetaGeoModel(BaseEstimator):
         am1 = a - 1 if abs(a - 1) > 1e-9 else 1e-9
         c = a + b + x - 1
         z = t / (alpha + big_t + t)
-        tail = (1 - z) ** am1 * special.hyp2f1(a + b - 1 - r, am1, c, z)
+        with np.errstate(invalid="ignore", over="ignore"):  # (1 - z)^(a-1) x 2F1 at extreme parameters
+            tail = (1 - z) ** am1 * special.hyp2f1(a + b - 1 - r, am1, c, z)
         out = c / am1 * (1 - tail) * self._p_alive(x, t_x, big_t, r, alpha, a, b)
         return np.asarray(out, dtype=float)
 

@@ -51,8 +51,9 @@ def render_evaluation(result: dict[str, Any], out: Console) -> None:
     elif model == "churn":
         out.print(
             f"churn within {result['horizon_days']} days, time split at {result['as_of']}: trained on "
-            f"features as of {result['train_features_as_of'][:10]} "
-            f"and two earlier moments ({result['train_rows']:,} customer rows), "
+            f"features as of {result['train_features_as_of'][:10]}"
+            + (f" and {result['train_moments'] - 1} earlier moment(s)" if result["train_moments"] > 1 else "")
+            + f" ({result['train_rows']:,} customer rows), "
             f"tested on {result['test_customers']:,} customers ({result['churn_rate']:.1%} churned)"
         )
         out.print(render_comparison(_comparison(result["metrics"]), columns=_SHOWN))

@@ -154,7 +154,8 @@ def default_eval_as_of(
                 f"{last.date()}): there is nothing to learn from before it; choose a shorter --horizon"
             )
         return as_of
-    return (first + (last - first) * EVAL_SHARE).floor("h")
+    cut = first + (last - first) * EVAL_SHARE
+    return cut.floor("h") if cut.floor("h") > first else cut
 
 
 def _save(
@@ -362,7 +363,9 @@ def _labelled_customers(
 
 def _churn_training(
     tables: FeatureTables, as_of: pd.Timestamp, horizon_days: int
-) -> tuple[pd.Timestamp, ChurnModel]:
+) -> tuple[pd.Timestamp, ChurnModel, int]:
+    """The churn model trained on features as of ``as_of - horizon`` (and up to two earlier moments),
+    labelled by the horizon after each; also that first moment and how many moments were used."""
     start = as_of - timedelta(days=horizon_days)
     if start <= tables.span().first + timedelta(days=14):
         raise BadInputError(
@@ -371,22 +374,26 @@ def _churn_training(
             "outcomes plus at least 14 days of history before them; use a shorter --horizon or a later "
             "--as-of"
         )
-    moments = [start - timedelta(days=CHURN_STEP_DAYS * k) for k in range(CHURN_SNAPSHOTS)]
-    moments = [m for m in moments if m > tables.span().first + timedelta(days=14)]
-    train = pd.concat(
-        [_labelled_customers(tables, m, horizon_days, "the churn model") for m in reversed(moments)],
-        ignore_index=True,
-    )
+    frames = [_labelled_customers(tables, start, horizon_days, "the churn model")]
+    for k in range(1, CHURN_SNAPSHOTS):  # earlier moments add rows where they have enough history
+        moment = start - timedelta(days=CHURN_STEP_DAYS * k)
+        if moment <= tables.span().first + timedelta(days=14):
+            break
+        try:
+            frames.insert(0, _labelled_customers(tables, moment, horizon_days, "the churn model"))
+        except BadInputError:
+            break
+    train = pd.concat(frames, ignore_index=True)
     model = ChurnModel(horizon_days=horizon_days, random_state=0).fit(
         train[list(CUSTOMER_FEATURES)], train.churned
     )
-    return start, model
+    return start, model, len(frames)
 
 
 def train_churn(tables: FeatureTables, as_of: pd.Timestamp | None, horizon_days: int) -> ModelCard:
     as_of = as_of or tables.span().last + timedelta(seconds=1)
     tables.check_as_of(as_of)
-    start, model = _churn_training(tables, as_of, horizon_days)
+    start, model, _ = _churn_training(tables, as_of, horizon_days)
     notes = [model.classifier_.fallback_] if model.classifier_.fallback_ else []
     evaluation = _evaluation_for_card(lambda: evaluate_churn(tables, None, horizon_days, until=as_of), notes)
     return _save(
@@ -406,7 +413,7 @@ def evaluate_churn(
 ) -> dict[str, Any]:
     as_of = as_of or default_eval_as_of(tables, horizon_days, until=until)
     tables.check_as_of(as_of, horizon_days)
-    start, model = _churn_training(tables, as_of, horizon_days)
+    start, model, moments = _churn_training(tables, as_of, horizon_days)
     test = _labelled_customers(tables, as_of, horizon_days, "evaluating churn")
     X = test[list(CUSTOMER_FEATURES)]  # noqa: N806
     table = compare(
@@ -424,6 +431,7 @@ def evaluate_churn(
         "horizon_days": horizon_days,
         "train_features_as_of": start.isoformat(),
         "train_rows": int(model.bgnbd_.n_customers_),
+        "train_moments": moments,
         "test_customers": len(test),
         "churn_rate": round(float(test.churned.mean()), 4),
         "fallback": model.classifier_.fallback_,
@@ -660,6 +668,8 @@ def score_customers(tables: FeatureTables, as_of: pd.Timestamp | None, *, requir
     as_of = as_of or tables.span().last + timedelta(seconds=1)
     tables.check_as_of(as_of)
     customers = tables.customers(as_of)
+    if customers.empty:
+        raise BadInputError(f"no customer had bought before {as_of.isoformat()}: there is nobody to score")
     customers.attrs["as_of"] = as_of
     out = pd.DataFrame({"user_id": customers.user_key})
     available = {}
@@ -676,11 +686,8 @@ def score_customers(tables: FeatureTables, as_of: pd.Timestamp | None, *, requir
         out = out.join(available["clv"].predict(customers))
     if "churn" in available:
         churn: ChurnModel = available["churn"]
-        horizon = (
-            int(available["clv"].horizon_days) if "clv" in available else tables.settings.churn_horizon_days
-        )
         out["churn_probability"] = churn.predict_proba(X)[:, 1]
-        out["severity"] = out.churn_probability * churn.value_if_retained(X, horizon)
+        out["severity"] = out.churn_probability * churn.value_if_retained(X, churn.horizon_days)
         out["reasons"] = churn.reasons(X, top=3, describe=_phrases(CUSTOMER_WORDS))
         if "p_alive" not in out:
             out["p_alive"] = churn.p_alive(X)
