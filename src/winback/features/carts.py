@@ -113,27 +113,9 @@ def session_summary(sessioned: ibis.Table, recovery_window_days: int = 7) -> ibi
         added_price_sum=with_orders.added_price_sum,
         added_count=with_orders.added_count,
     )
-    abandoned_items = (
-        t.filter(_.event_type == "add_to_cart")
-        .join(sessions.filter(~_.purchased).select("session_key", cart_ended="ended"), "session_key")
-        .select("user_key", "product_id", "cart_ended")
-        .distinct()
-    )
-    bought = t.filter((_.event_type == "purchase") & _.product_id.notnull()).select(
-        "user_key", "product_id", "session_key", bought_at="ts"
-    )
-    window = recovery_window_days * _DAY
     recoveries = (
-        bought.join(
-            abandoned_items,
-            [
-                bought.user_key == abandoned_items.user_key,
-                bought.product_id == abandoned_items.product_id,
-                abandoned_items.cart_ended < bought.bought_at,
-                bought.bought_at <= abandoned_items.cart_ended + window,
-            ],
-        )
-        .select(recovered_session="session_key")
+        recovery_pairs(sessioned, sessions, recovery_window_days)
+        .select(recovered_session="recovered_by")
         .distinct()
     )
     joined = sessions.left_join(recoveries, sessions.session_key == recoveries.recovered_session)
@@ -184,7 +166,7 @@ def carts(sessioned: ibis.Table, *, idle_minutes: int = 30, recovery_window_days
     )
     per_cart = per_cart.filter(per_cart.started_ts.notnull())
     ended = per_cart.select("session_key", "purchased", ended="last_event_ts")
-    recovered = _recovered_carts(sessioned, ended, recovery_window_days)
+    recovered = recovery_pairs(sessioned, ended, recovery_window_days).select("cart").distinct()
     joined = per_cart.left_join(recovered, per_cart.session_key == recovered.cart)
     return joined.select(
         cart_id=joined.session_key,
@@ -201,17 +183,20 @@ def carts(sessioned: ibis.Table, *, idle_minutes: int = 30, recovery_window_days
     )
 
 
-def _recovered_carts(sessioned: ibis.Table, sessions: ibis.Table, recovery_window_days: int) -> ibis.Table:
-    """Abandoned carts one of whose items the customer bought within the window after the cart.
+def recovery_pairs(sessioned: ibis.Table, sessions: ibis.Table, recovery_window_days: int) -> ibis.Table:
+    """Pairs (``cart``, ``recovered_by``): an abandoned cart and a later session of the same customer that
+    bought one of its items within ``recovery_window_days`` after the cart's last event.
 
     ``sessions`` has ``session_key``, ``purchased`` and ``ended`` (last event) of at least every session
-    with an add (the carts' own group-by: the full session summary is not needed here).
+    with an add.
     """
     carts_ = sessioned.filter(_.event_type == "add_to_cart").join(
         sessions.filter(~_.purchased).select("session_key", cart_ended="ended"), "session_key"
     )
     items = carts_.select("user_key", "product_id", cart="session_key", cart_ended="cart_ended").distinct()
-    bought = sessioned.filter(_.event_type == "purchase").select("user_key", "product_id", bought_at="ts")
+    bought = sessioned.filter(_.event_type == "purchase").select(
+        "user_key", "product_id", recovered_by="session_key", bought_at="ts"
+    )
     hit = items.join(
         bought,
         [
@@ -221,7 +206,7 @@ def _recovered_carts(sessioned: ibis.Table, sessions: ibis.Table, recovery_windo
             bought.bought_at <= items.cart_ended + recovery_window_days * _DAY,
         ],
     )
-    return hit.select("cart").distinct()
+    return hit.select("cart", "recovered_by")
 
 
 def cart_snapshots(
