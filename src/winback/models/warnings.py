@@ -50,7 +50,7 @@ from sklearn.base import BaseEstimator
 from winback.errors import BadInputError
 from winback.features.carts import carts as carts_expr
 from winback.features.carts import line_value
-from winback.features.tables import FeatureTables
+from winback.features.tables import FeatureTables, parse_time
 from winback.models.clv import BetaGeoModel, ModelNotFittedError
 
 __all__ = [
@@ -81,16 +81,11 @@ def _epoch(as_of: Moment | None, option: str = "as_of") -> float | None:
     """Epoch seconds of a moment (a date or date-time, UTC unless it says otherwise, or epoch seconds)."""
     if as_of is None:
         return None
-    if isinstance(as_of, int | float) and not isinstance(as_of, bool):
-        return float(as_of)
-    try:
-        ts = pd.Timestamp(as_of)
-    except (ValueError, TypeError) as exc:
-        raise BadInputError(f"{option} {as_of!r}: expected a date or date-time such as 2024-05-01") from exc
-    if pd.isna(ts):
+    if isinstance(as_of, bool):
         raise BadInputError(f"{option} {as_of!r}: expected a date or date-time such as 2024-05-01")
-    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts
-    return float(ts.timestamp())
+    if isinstance(as_of, int | float):
+        return float(as_of)
+    return float(parse_time(as_of, option).timestamp())
 
 
 def _before(tables: FeatureTables, as_of: Moment | None) -> ibis.Table:
