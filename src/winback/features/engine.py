@@ -26,6 +26,7 @@ from winback.config import Settings
 from winback.errors import BadInputError, WinbackError
 from winback.events.schema import EVENT_FIELDS
 from winback.events.store import EventStore
+from winback.files import written_atomically
 
 ENGINES = ("duckdb", "spark")
 
@@ -115,13 +116,11 @@ def export_for_spark(settings: Settings) -> Path:
         path = directory / f"events-b{row[0]}-n{row[1]}.parquet"
         if path.exists():
             return path
-        directory.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
         columns = ", ".join(EVENT_COLUMNS)
-        store.con.execute(
-            f"COPY (SELECT {columns} FROM events) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)"
-        )
-    os.replace(tmp, path)
+        with written_atomically(path) as tmp:
+            store.con.execute(
+                f"COPY (SELECT {columns} FROM events) TO '{tmp}' (FORMAT parquet, COMPRESSION zstd)"
+            )
     for old in directory.glob("events-*.parquet"):
         if old != path:
             old.unlink()

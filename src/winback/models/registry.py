@@ -9,7 +9,6 @@ replaced atomically, so a crash mid-save leaves the previous model in place.
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import platform
 from dataclasses import asdict, dataclass, field
@@ -20,6 +19,7 @@ from typing import Any
 
 from winback.config import Settings
 from winback.errors import BadInputError
+from winback.files import written_atomically
 
 MODEL_NAMES = ("abandonment", "churn", "clv", "segments")
 _LIBRARIES = ("winback", "lightgbm", "scikit-learn", "scipy", "numpy", "pandas", "ibis-framework")
@@ -67,16 +67,13 @@ def save_model(settings: Settings, model: Any, card: ModelCard) -> ModelCard:
     now = datetime.now(UTC)
     card.trained_at = now.isoformat(timespec="seconds")
     card.version = now.strftime("%Y%m%dT%H%M%S%fZ")
-    target = directory / card.version
-    staging = directory / f".{card.version}.tmp"
-    staging.mkdir(parents=True)
-    with open(staging / "model.pkl", "wb") as fh:
-        pickle.dump(model, fh, protocol=pickle.HIGHEST_PROTOCOL)
-    (staging / "card.json").write_text(json.dumps(card.as_dict(), indent=2, default=str) + "\n")
-    os.replace(staging, target)
-    pointer = directory / ".current.tmp"
-    pointer.write_text(card.version + "\n")
-    os.replace(pointer, directory / "current")
+    with written_atomically(directory / card.version) as staging:
+        staging.mkdir()
+        with open(staging / "model.pkl", "wb") as fh:
+            pickle.dump(model, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        (staging / "card.json").write_text(json.dumps(card.as_dict(), indent=2, default=str) + "\n")
+    with written_atomically(directory / "current") as pointer:
+        pointer.write_text(card.version + "\n")
     return card
 
 

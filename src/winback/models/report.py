@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from winback.errors import BadInputError
+from winback.files import written_atomically
 from winback.models.metrics import render_comparison
 
 _SHOWN = ["n", "base_rate", "roc_auc", "pr_auc", "brier", "lift_top_decile"]
@@ -23,13 +23,11 @@ def write_table(frame: pd.DataFrame | None, path: Path) -> None:
         raise BadInputError(f"--out {path}: expected a .parquet or .csv file name")
     if frame is None:
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    if suffix == ".parquet":
-        frame.to_parquet(tmp, index=False)
-    else:
-        frame.to_csv(tmp, index=False)
-    os.replace(tmp, path)
+    with written_atomically(path) as tmp:
+        if suffix == ".parquet":
+            frame.to_parquet(tmp, index=False)
+        else:
+            frame.to_csv(tmp, index=False)
 
 
 def _comparison(metrics: dict[str, dict[str, float]]) -> pd.DataFrame:

@@ -5,7 +5,6 @@ Files are written under a temporary name and renamed, so a crash never leaves ha
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pyarrow as pa
@@ -14,6 +13,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from winback.errors import BadInputError
+from winback.files import written_atomically
 from winback.sim.shop import SimulationResult
 
 
@@ -37,15 +37,13 @@ def write_events(table: pa.Table, path: Path | str) -> None:
     """
     path = check_events_path(Path(path))
     suffix = path.suffix.lower()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    if suffix == ".parquet":
-        pq.write_table(table, tmp, compression="zstd")
-    else:
-        iso = pc.strftime(table["timestamp"], format="%Y-%m-%dT%H:%M:%SZ")
-        table = table.set_column(table.schema.get_field_index("timestamp"), "timestamp", iso)
-        pacsv.write_csv(table, tmp)
-    os.replace(tmp, path)
+    with written_atomically(path) as tmp:
+        if suffix == ".parquet":
+            pq.write_table(table, tmp, compression="zstd")
+        else:
+            iso = pc.strftime(table["timestamp"], format="%Y-%m-%dT%H:%M:%SZ")
+            table = table.set_column(table.schema.get_field_index("timestamp"), "timestamp", iso)
+            pacsv.write_csv(table, tmp)
 
 
 def write_truth(result: SimulationResult, directory: Path | str) -> dict[str, Path]:
@@ -70,7 +68,6 @@ def write_truth(result: SimulationResult, directory: Path | str) -> dict[str, Pa
     frames = {"customers": result.customers, "carts": result.carts, "cart_sessions": result.cart_sessions}
     paths = {name: directory / f"{name}.parquet" for name in frames}
     for name, frame in frames.items():
-        tmp = paths[name].with_name(f".{paths[name].name}.tmp")
-        frame.to_parquet(tmp, index=False)
-        os.replace(tmp, paths[name])
+        with written_atomically(paths[name]) as tmp:
+            frame.to_parquet(tmp, index=False)
     return paths
