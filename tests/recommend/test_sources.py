@@ -1,0 +1,197 @@
+"""Candidate sources on fixture interactions with known answers, bad input, and the sessionised store."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from winback.errors import BadInputError
+from winback.features.engine import open_source
+from winback.features.tables import FeatureTables
+from winback.recommend.interactions import interactions, time_split, with_weights
+from winback.recommend.sources import BasketRules, ContentNeighbours, ItemNeighbours, Popularity
+
+DAY = 86_400.0
+NOW = 100 * DAY
+
+
+def _rows(user: str, items: list[str], kind: str, ts: float, order: str | None = None) -> list[dict]:
+    return [
+        {
+            "user_key": user,
+            "product_id": p,
+            "kind": kind,
+            "ts": ts + i,
+            "order_id": order,
+            "session_key": None,
+        }
+        for i, p in enumerate(items)
+    ]
+
+
+@pytest.fixture
+def shop() -> pd.DataFrame:
+    """``a`` and ``b`` are always bought together; ``c``/``d`` are bought alone; ``x`` is only viewed."""
+    rows: list[dict] = []
+    for n in range(6):
+        rows += _rows(f"u{n}", ["a", "b"], "purchase", NOW - n * DAY, order=f"o{n}")
+        rows += _rows(f"u{n}", ["c" if n % 2 else "d"], "purchase", NOW - n * DAY + 100, order=f"p{n}")
+        if n < 3:
+            rows += _rows(f"u{n}", ["x"], "view", NOW - 50 * DAY)
+    frame = with_weights(pd.DataFrame(rows))
+    catalogue = {"a": ("home.kitchen", 40.0), "b": ("home.kitchen", 10.0), "c": ("books.fiction", 12.0)}
+    catalogue |= {"d": ("books.fiction", 15.0), "x": ("books.fiction", 30.0)}
+    frame["category"] = frame["product_id"].map(lambda p: catalogue[p][0])
+    frame["price"] = frame["product_id"].map(lambda p: catalogue[p][1])
+    return frame
+
+
+def test_items_bought_together_are_each_others_top_neighbour(shop: pd.DataFrame) -> None:
+    model = ItemNeighbours().fit(shop)
+    assert model.similar("a", k=1)[0].product_id == "b"
+    assert model.similar("b", k=1)[0].product_id == "a"
+    top = model.similar("a", k=1)[0]
+    assert top.score == pytest.approx(1.0)
+    assert top.reason == "chosen by the customers who chose a"
+    recs = model.for_items(["a", "c"], k=10)
+    assert {c.product_id for c in recs}.isdisjoint({"a", "c"})
+    assert [c.score for c in recs] == sorted((c.score for c in recs), reverse=True)
+
+
+def test_cosine_matches_implicit(shop: pd.DataFrame) -> None:
+    from implicit.nearest_neighbours import CosineRecommender
+
+    model = ItemNeighbours().fit(shop)
+    reference = CosineRecommender(K=10)
+    reference.fit(sp.csr_matrix(model.user_items_), show_progress=False)
+    ids, scores = reference.similar_items(model.item_index_["c"], N=5)
+    theirs = {
+        str(model.items_[i]): float(s) for i, s in zip(ids, scores, strict=True) if model.items_[i] != "c"
+    }
+    ours = {c.product_id: c.score for c in model.similar("c", k=5)}
+    assert ours.keys() == {p for p, s in theirs.items() if s > 0}
+    for p, s in ours.items():
+        assert s == pytest.approx(theirs[p], rel=1e-4)
+
+
+def test_learn_new_equals_a_full_fit(shop: pd.DataFrame) -> None:
+    more = with_weights(
+        pd.DataFrame(
+            _rows("u0", ["c", "new"], "purchase", NOW + 10) + _rows("u9", ["new", "b"], "cart", NOW + 20)
+        )
+    )
+    full = ItemNeighbours().fit(pd.concat([shop, more]))
+    step = ItemNeighbours().fit(shop).learn_new(more)
+    order = [step.item_index_[p] for p in full.items_]
+    assert (abs(step.cooccurrence_[order][:, order] - full.cooccurrence_) > 1e-9).nnz == 0
+    assert step.similar("new", k=3) == full.similar("new", k=3)
+    assert step.similar("new", k=1)  # a product unknown before learn_new now has neighbours
+
+
+def test_rules_for_items_always_bought_together(shop: pd.DataFrame) -> None:
+    model = BasketRules().fit(shop)
+    rule = model.rules_.query("antecedent == 'a' and consequent == 'b'").iloc[0]
+    assert rule["confidence"] == pytest.approx(1.0)
+    assert rule["support"] == pytest.approx(6 / 12)  # 6 baskets of a+b, 6 baskets of c or d alone
+    assert rule["lift"] == pytest.approx(2.0)
+    assert rule["lift"] > 1
+    recs = model.for_items(["a"], k=5)
+    assert recs[0].product_id == "b"
+    assert recs[0].reason == "often bought with a (100% of its baskets, lift 2.0)"
+    assert model.for_items(["c"]).reason.startswith("no rules yet")  # c is always bought alone
+    assert BasketRules(min_support=0.6).fit(shop).rules_.empty
+
+
+def test_cold_item_gets_content_neighbours(shop: pd.DataFrame) -> None:
+    catalogue = pd.DataFrame(
+        {
+            "product_id": ["a", "b", "c", "d", "x", "cold"],
+            "category": ["home.kitchen"] * 2 + ["books.fiction"] * 4,
+            "price": [40.0, 10.0, 12.0, 15.0, 30.0, 15.0],
+        }
+    )
+    assert ItemNeighbours().fit(shop).similar("cold") == []
+    content = ContentNeighbours().fit(catalogue)
+    recs = content.similar("cold", k=3)
+    assert [c.product_id for c in recs] == ["d", "c", "x"]  # same price, 20% cheaper, twice the price
+    assert recs[0].reason == "similar to cold, same price"
+    assert recs[1].reason == "similar to cold, 20% cheaper"
+    assert [c.product_id for c in content.similar("cold", cheaper=True)] == ["c"]
+    assert {c.product_id for c in content.similar("a")} == {"b"}
+
+
+def test_popularity_decays_with_age() -> None:
+    frame = with_weights(
+        pd.DataFrame(
+            _rows("u1", ["new"], "purchase", NOW)
+            + _rows("u2", ["old"], "purchase", NOW - 7 * DAY)
+            + _rows("u3", ["older"], "purchase", NOW - 14 * DAY)
+        )
+    )
+    frame["category"] = ["books.fiction", "books.fiction", "garden.tools"]
+    model = Popularity(half_life_days=7).fit(frame)
+    assert model.scores_["old"] == pytest.approx(model.scores_["new"] / 2, rel=1e-4)
+    assert model.scores_["older"] == pytest.approx(model.scores_["new"] / 4, rel=1e-4)
+    top = model.top(k=2)
+    assert [c.product_id for c in top] == ["new", "old"]
+    assert model.top(category="books.fiction")[0].reason == "popular in books.fiction this week"
+    assert [c.product_id for c in model.for_items(["older"])] == []  # only item of its category
+    assert [c.product_id for c in model.for_items(["new"])] == ["old"]
+
+
+def test_unknown_input_gives_an_empty_list_with_a_reason(shop: pd.DataFrame) -> None:
+    sources = [ItemNeighbours().fit(shop), BasketRules().fit(shop), ContentNeighbours().fit(shop)]
+    for source in sources:
+        recs = source.similar("nope")
+        assert recs == []
+        assert "nope" in recs.reason
+    assert Popularity().fit(shop).top(category="nope").reason.startswith("unknown category nope")
+    assert ItemNeighbours().fit(shop).for_items([]).reason.startswith("no products given")
+
+
+@pytest.mark.parametrize("k", [0, -1, 1001, 2.5, "10", True])
+def test_k_out_of_range_is_a_usage_error(shop: pd.DataFrame, k: object) -> None:
+    model = ItemNeighbours().fit(shop)
+    with pytest.raises(BadInputError, match="--k"):
+        model.similar("a", k=k)  # type: ignore[arg-type]
+    with pytest.raises(BadInputError, match="--k"):
+        Popularity().fit(shop).top(k=k)  # type: ignore[arg-type]
+
+
+def test_wrong_columns_name_the_column(shop: pd.DataFrame) -> None:
+    for model in (ItemNeighbours(), BasketRules(), Popularity()):
+        with pytest.raises(BadInputError, match="weight"):
+            model.fit(shop.drop(columns="weight"))
+    with pytest.raises(BadInputError, match="kind"):
+        with_weights(pd.DataFrame({"user_key": ["u"], "product_id": ["p"], "ts": [0.0], "kind": ["like"]}))
+
+
+def test_interactions_from_the_store(sim_shop) -> None:  # type: ignore[no-untyped-def]
+    settings, result = sim_shop
+    with open_source(settings) as source:
+        tables = FeatureTables(source, settings)
+        everything = interactions(tables)
+        span = tables.span()
+        cut = span.first + (span.last - span.first) * 0.8
+        before = interactions(tables, as_of=cut)
+    assert set(everything["kind"]) == {"view", "cart", "purchase"}
+    assert everything["weight"].groupby(everything["kind"]).first().to_dict() == {
+        "cart": 3.0,
+        "purchase": 5.0,
+        "view": 1.0,
+    }
+    assert (before["ts"] < cut.timestamp()).all()
+    assert len(before) < len(everything)
+    assert set(everything["product_id"]) <= set(result.products["product_id"])
+    split = time_split(everything, cut)
+    assert len(split.train) == len(before)
+    assert not split.test.duplicated().any()
+    assert set(split.test["user_key"]) <= set(split.train["user_key"])
+    model = ItemNeighbours().fit(split.train)
+    user = split.test["user_key"].iloc[0]
+    recent = split.train[split.train["user_key"] == user]["product_id"].tail(5).tolist()
+    assert len(model.for_items(recent, k=10)) == 10
+    sizes = np.diff(sp.csr_matrix(model.user_items_).indptr)
+    assert (sizes > 0).all()
