@@ -5,11 +5,11 @@ Every recommendation source learns from this one table, built from the sessionis
 time (train on the past, test on the purchases of the future).
 
 >>> import pandas as pd
->>> frame = pd.DataFrame({"user_key": ["u1", "u1", "u2"], "product_id": ["a", "b", "a"],
-...                       "ts": [1.0, 5.0, 9.0], "kind": ["view", "purchase", "purchase"]})
+>>> frame = pd.DataFrame({"user_key": ["u1", "u1", "u2", "u2"], "product_id": ["a", "b", "a", "b"],
+...                       "ts": [1.0, 5.0, 2.0, 9.0], "kind": ["view", "purchase", "view", "purchase"]})
 >>> split = time_split(with_weights(frame), at=6.0)
->>> len(split.train), split.test.to_dict("list")
-(2, {'user_key': ['u2'], 'product_id': ['a']})
+>>> len(split.train), split.truth()
+(3, {'u2': {'b'}})
 """
 
 from __future__ import annotations

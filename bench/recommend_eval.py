@@ -1,0 +1,193 @@
+"""Candidate sources on a time split: recall@10, NDCG@10, coverage and long tail, beside popularity.
+
+Train on the interactions before T, test against the distinct products each known customer purchased
+at or after T. Each source is asked with the customer's most recent distinct items before T (or, for
+popularity, nothing): item neighbours (their neighbours), basket rules (their complements), popularity
+in their categories, the shop's popularity (the baseline of the ratio column) and random products. The
+customer's own recent items, which the sources leave out, are shown for reference: in the simulator
+abandoned carts are recovered by buying their items again.
+
+Run::
+
+    .venv/bin/python bench/recommend_eval.py                      # simulator 3,000 x 120 days + RetailRocket
+    .venv/bin/python bench/recommend_eval.py --customers 600 --days 60 --skip-retailrocket
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from winback.config import load_settings
+from winback.events.ingest import ingest_files
+from winback.events.store import EventStore
+from winback.features.engine import open_source
+from winback.features.tables import FeatureTables
+from winback.recommend.interactions import TimeSplit, interactions, time_split
+from winback.recommend.sources import BasketRules, ItemNeighbours, Popularity
+from winback.sim import simulate
+
+RETAILROCKET = (
+    Path(__file__).resolve().parents[1].parent
+    / "shared"
+    / "data"
+    / "retailrocket_events_sample_1500visitors.csv"
+)
+K = 10
+RECENT = 20
+
+Recommender = Callable[[str, list[str]], list[str]]
+
+
+def recall_ndcg(recommended: list[str], truth: set[str], k: int = K) -> tuple[float, float]:
+    hits = [1.0 if p in truth else 0.0 for p in recommended[:k]]
+    recall = sum(hits) / len(truth)
+    dcg = sum(h / np.log2(i + 2) for i, h in enumerate(hits))
+    ideal = sum(1 / np.log2(i + 2) for i in range(min(len(truth), k)))
+    return recall, dcg / ideal
+
+
+def evaluate(split: TimeSplit, seed: int = 0, k: int = K) -> pd.DataFrame:
+    """One row per recommender: users, recall@k, NDCG@k, coverage, long-tail share, ms per user."""
+    train = split.train
+    truth = split.truth()
+    recent = (
+        train.sort_values("ts", kind="stable")
+        .drop_duplicates(["user_key", "product_id"], keep="last")
+        .groupby("user_key")["product_id"]
+        .agg(lambda s: list(s)[::-1][:RECENT])
+    )
+    catalogue = np.array(sorted(set(train["product_id"])), dtype=object)
+    counts = train["product_id"].value_counts()
+    head = set(counts.index[: max(1, int(np.ceil(0.2 * len(counts))))])  # top 20% of products by interactions
+
+    fitted: dict[str, float] = {}
+    start = time.perf_counter()
+    neighbours = ItemNeighbours().fit(train)
+    fitted["item neighbours"] = time.perf_counter() - start
+    start = time.perf_counter()
+    rules = BasketRules().fit(train)
+    fitted["basket rules"] = time.perf_counter() - start
+    start = time.perf_counter()
+    popularity = Popularity(half_life_days=7).fit(train, now=split.at)
+    fitted["popularity (shop)"] = time.perf_counter() - start
+    shop_top = [c.product_id for c in popularity.top(k)]
+    rng = np.random.default_rng(seed)
+
+    recommenders: dict[str, Recommender] = {
+        "item neighbours": lambda u, items: [c.product_id for c in neighbours.for_items(items, k)],
+        "basket rules": lambda u, items: [c.product_id for c in rules.for_items(items, k)],
+        "popularity (their categories)": lambda u, items: [
+            c.product_id for c in popularity.for_items(items, k)
+        ],
+        "popularity (shop)": lambda u, items: shop_top,
+        "random": lambda u, items: list(rng.choice(catalogue, size=min(k, len(catalogue)), replace=False)),
+        "(their own recent items)": lambda u, items: items[:k],
+    }
+    rows = []
+    for name, recommend in recommenders.items():
+        recalls, ndcgs, shown = [], [], []
+        start = time.perf_counter()
+        for user, bought in truth.items():
+            recs = recommend(user, recent.get(user, []))
+            r, n = recall_ndcg(recs, bought, k)
+            recalls.append(r)
+            ndcgs.append(n)
+            shown += recs
+        elapsed = time.perf_counter() - start
+        rows.append(
+            {
+                "source": name,
+                "users": len(truth),
+                f"recall@{k}": float(np.mean(recalls)) if recalls else float("nan"),
+                f"ndcg@{k}": float(np.mean(ndcgs)) if ndcgs else float("nan"),
+                "coverage": len(set(shown)) / max(len(catalogue), 1),
+                "long tail": float(np.mean([p not in head for p in shown])) if shown else float("nan"),
+                "fit s": fitted.get(name, 0.0),
+                "ms/user": 1000 * elapsed / max(len(truth), 1),
+            }
+        )
+    table = pd.DataFrame(rows).set_index("source")
+    base = table.at["popularity (shop)", f"recall@{k}"]
+    table["x popularity"] = table[f"recall@{k}"] / base if base > 0 else float("nan")
+    return table
+
+
+def split_by_days(frame: pd.DataFrame, test_days: float) -> TimeSplit:
+    return time_split(frame, float(frame["ts"].max()) - test_days * 86_400)
+
+
+def simulated(customers: int, days: int, seed: int, test_days: float, home: Path) -> tuple[TimeSplit, str]:
+    settings = load_settings(home=home / "sim")
+    start = time.perf_counter()
+    result = simulate(customers=customers, days=days, seed=seed)
+    with EventStore(settings) as store:
+        store.append(result.events, source="simulated")
+    with open_source(settings) as source:
+        frame = interactions(FeatureTables(source, settings))
+    took = time.perf_counter() - start
+    info = (
+        f"simulator: {customers:,} customers x {days} days (seed {seed}), {len(frame):,} interactions, "
+        f"{frame['product_id'].nunique():,} products, last {test_days:g} days tested; built in {took:.0f} s"
+    )
+    return split_by_days(frame, test_days), info
+
+
+def retailrocket(home: Path, test_share: float) -> tuple[TimeSplit, str]:
+    settings = load_settings(home=home / "rr")
+    with EventStore(settings) as store:
+        ingest_files(store, [RETAILROCKET])
+    with open_source(settings) as source:
+        frame = interactions(FeatureTables(source, settings))
+    at = float(frame["ts"].quantile(1 - test_share))
+    info = (
+        f"RetailRocket sample: {len(frame):,} interactions, {frame['user_key'].nunique():,} visitors, "
+        f"{frame['product_id'].nunique():,} products, {int((frame['kind'] == 'purchase').sum())} purchases; "
+        f"the last {test_share:.0%} of interactions tested"
+    )
+    return time_split(frame, at), info
+
+
+def show(title: str, split: TimeSplit, seed: int) -> None:
+    print(f"\n{title}")
+    buyers = split.test["user_key"].nunique()
+    print(f"  train {len(split.train):,} interactions; test {len(split.test):,} purchases, {buyers:,} buyers")
+    if split.test.empty:
+        print("  nothing to test: no known customer purchased after the split")
+        return
+    table = evaluate(split, seed)
+    with pd.option_context("display.width", 160, "display.float_format", "{:.3f}".format):
+        print(table.to_string())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--customers", type=int, default=3000)
+    parser.add_argument("--days", type=int, default=120)
+    parser.add_argument("--test-days", type=float, default=30)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--rr-test-share", type=float, default=0.3)
+    parser.add_argument("--skip-retailrocket", action="store_true")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        split, info = simulated(args.customers, args.days, args.seed, args.test_days, Path(tmp))
+        show(info, split, args.seed)
+        if not args.skip_retailrocket:
+            split, info = retailrocket(Path(tmp), args.rr_test_share)
+            show(info, split, args.seed)
+    print(
+        "\nrecall@10 / NDCG@10 averaged over test customers; coverage = distinct recommended / products in "
+        "train; long tail = share of recommendations outside the top 20% of products by interactions."
+    )
+
+
+if __name__ == "__main__":
+    main()
