@@ -58,6 +58,12 @@ def test_items_bought_together_are_each_others_top_neighbour(shop: pd.DataFrame)
     recs = model.for_items(["a", "c"], k=10)
     assert {c.product_id for c in recs}.isdisjoint({"a", "c"})
     assert [c.score for c in recs] == sorted((c.score for c in recs), reverse=True)
+    history = model.for_items(["a", "x"], k=2, weights=[5.0, 1.0], include_query=True)
+    assert [c.product_id for c in history] == ["a", "b"]
+    assert history[0].reason == "chosen before, and by customers with the same taste"
+    assert history[0].score > model.for_items(["a", "x"], k=1, include_query=True)[0].score
+    with pytest.raises(BadInputError, match="weights"):
+        model.for_items(["a"], weights=[1.0, 2.0])
 
 
 def test_cosine_matches_implicit(shop: pd.DataFrame) -> None:

@@ -121,17 +121,22 @@ class TimeSplit:
 
 
 def time_split(
-    frame: pd.DataFrame, at: float | str | datetime | pd.Timestamp, *, known_users_only: bool = True
+    frame: pd.DataFrame,
+    at: float | str | datetime | pd.Timestamp,
+    *,
+    known_users_only: bool = True,
+    test_kinds: tuple[str, ...] = ("purchase",),
 ) -> TimeSplit:
     """Split interactions at ``at`` (epoch seconds or a moment).
 
-    ``train`` is every interaction before ``at``; ``test`` the distinct (user, product) purchases at or
-    after it, of users seen in ``train`` if ``known_users_only`` (a source can only be asked about them).
+    ``train`` is every interaction before ``at``; ``test`` the distinct (user, product) purchases (or
+    interactions of ``test_kinds``) at or after it, of users seen in ``train`` if ``known_users_only``
+    (a source can only be asked about them).
     """
     check_interactions(frame)
     cut = float(at) if isinstance(at, int | float) else parse_time(at, "at").timestamp()
     train = frame[frame["ts"] < cut].reset_index(drop=True)
-    future = frame[(frame["ts"] >= cut) & (frame["kind"] == "purchase")]
+    future = frame[(frame["ts"] >= cut) & frame["kind"].isin(test_kinds)]
     if known_users_only:
         future = future[future["user_key"].isin(set(train["user_key"]))]
     test = future[["user_key", "product_id"]].drop_duplicates().reset_index(drop=True)

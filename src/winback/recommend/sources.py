@@ -174,19 +174,41 @@ class ItemNeighbours:
         """The ``k`` products closest to ``product_id``."""
         return self.for_items([product_id], k)
 
-    def for_items(self, product_ids: Sequence[str], k: int = 10, exclude: Iterable[str] = ()) -> Candidates:
-        """Products closest to the ``product_ids`` together (e.g. a customer's recent items or a cart):
-        the sum of their similarities; the query items themselves and ``exclude`` are left out."""
+    def for_items(
+        self,
+        product_ids: Sequence[str],
+        k: int = 10,
+        exclude: Iterable[str] = (),
+        *,
+        weights: Sequence[float] | None = None,
+        include_query: bool = False,
+    ) -> Candidates:
+        """Products closest to the ``product_ids`` together (e.g. a customer's history or a cart).
+
+        A product's score is the sum of its similarities to the query items, each times its weight in
+        ``weights`` (1 if None; e.g. the customer's summed interaction weights). The query items are
+        left out unless ``include_query`` (then each counts its similarity 1 to itself: a product the
+        customer chose before may come back, as an abandoned cart's items do); ``exclude`` always is.
+        """
         k = check_k(k)
-        query = list(dict.fromkeys(_ids(product_ids)))
-        known = [self.item_index_[p] for p in query if p in self.item_index_]
+        if weights is not None and len(weights) != len(product_ids):
+            raise BadInputError(f"weights: expected one per product ({len(product_ids)}), got {len(weights)}")
+        given: dict[str, float] = {}
+        for p, w in zip(
+            _ids(product_ids), weights if weights is not None else [1.0] * len(product_ids), strict=True
+        ):
+            given[p] = given.get(p, 0.0) + float(w)
+        query = list(given)
+        known = [p for p in query if p in self.item_index_]
         if not known:
             return Candidates(reason=_unknown(query))
-        rows = np.array(known)
-        sims = self._similarity_rows(rows)
+        rows = np.array([self.item_index_[p] for p in known])
+        factor = sp.diags(np.array([given[p] for p in known], dtype=float))
+        sims = sp.csr_matrix(factor @ self._similarity_rows(rows))
         scores = np.asarray(sims.sum(axis=0)).ravel()
         eligible = np.ones(len(self.items_), dtype=bool)
-        eligible[rows] = False
+        if not include_query:
+            eligible[rows] = False
         for p in exclude:
             if str(p) in self.item_index_:
                 eligible[self.item_index_[str(p)]] = False
@@ -195,13 +217,14 @@ class ItemNeighbours:
             return Candidates(reason=f"no other product shares customers with {', '.join(query[:3])}")
         strongest = np.asarray(sims[:, top].toarray().argmax(axis=0)).ravel()
         return Candidates(
-            Candidate(
-                str(self.items_[j]),
-                round(float(scores[j]), 6),
-                f"chosen by the customers who chose {self.items_[rows[s]]}",
-            )
+            Candidate(str(self.items_[j]), round(float(scores[j]), 6), self._reason(j, rows[s]))
             for j, s in zip(top, strongest, strict=True)
         )
+
+    def _reason(self, item: int, because: int) -> str:
+        if item == because:
+            return "chosen before, and by customers with the same taste"
+        return f"chosen by the customers who chose {self.items_[because]}"
 
 
 def _unknown(query: list[str]) -> str:
