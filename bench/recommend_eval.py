@@ -2,10 +2,12 @@
 
 Train on the interactions before T, test against the distinct products each known customer purchased
 at or after T. Each source is asked with the customer's most recent distinct items before T (or, for
-popularity, nothing): item neighbours (their neighbours), basket rules (their complements), popularity
-in their categories, the shop's popularity (the baseline of the ratio column) and random products. The
-customer's own recent items, which the sources leave out, are shown for reference: in the simulator
-abandoned carts are recovered by buying their items again.
+popularity, nothing): item neighbours (their neighbours, the items themselves left out), basket rules
+(their complements), popularity in their categories, the shop's popularity (the baseline of the ratio
+column) and random products. "item neighbours (history, seen too)" asks with the customer's whole
+history weighted by interaction (view 1, cart 3, purchase 5, summed) and lets products they chose before
+come back; the customer's own recent items alone are shown for reference: in the simulator about half
+the purchases after T are of products the customer viewed or carted before (abandoned carts recovered).
 
 Run::
 
@@ -63,6 +65,7 @@ def evaluate(split: TimeSplit, seed: int = 0, k: int = K) -> pd.DataFrame:
         .groupby("user_key")["product_id"]
         .agg(lambda s: list(s)[::-1][:RECENT])
     )
+    history = {u: (list(g["product_id"]), list(g["weight"])) for u, g in _history(train).groupby("user_key")}
     catalogue = np.array(sorted(set(train["product_id"])), dtype=object)
     counts = train["product_id"].value_counts()
     head = set(counts.index[: max(1, int(np.ceil(0.2 * len(counts))))])  # top 20% of products by interactions
@@ -70,7 +73,7 @@ def evaluate(split: TimeSplit, seed: int = 0, k: int = K) -> pd.DataFrame:
     fitted: dict[str, float] = {}
     start = time.perf_counter()
     neighbours = ItemNeighbours().fit(train)
-    fitted["item neighbours"] = time.perf_counter() - start
+    fitted["item neighbours (recent, new items)"] = time.perf_counter() - start
     start = time.perf_counter()
     rules = BasketRules().fit(train)
     fitted["basket rules"] = time.perf_counter() - start
@@ -81,7 +84,13 @@ def evaluate(split: TimeSplit, seed: int = 0, k: int = K) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
 
     recommenders: dict[str, Recommender] = {
-        "item neighbours": lambda u, items: [c.product_id for c in neighbours.for_items(items, k)],
+        "item neighbours (recent, new items)": lambda u, items: [
+            c.product_id for c in neighbours.for_items(items, k)
+        ],
+        "item neighbours (history, seen too)": lambda u, items: [
+            c.product_id
+            for c in neighbours.for_items(history[u][0], k, weights=history[u][1], include_query=True)
+        ],
         "basket rules": lambda u, items: [c.product_id for c in rules.for_items(items, k)],
         "popularity (their categories)": lambda u, items: [
             c.product_id for c in popularity.for_items(items, k)
@@ -119,6 +128,11 @@ def evaluate(split: TimeSplit, seed: int = 0, k: int = K) -> pd.DataFrame:
     return table
 
 
+def _history(train: pd.DataFrame) -> pd.DataFrame:
+    """Each customer's products with their summed interaction weights."""
+    return train.groupby(["user_key", "product_id"], sort=False)["weight"].sum().reset_index()
+
+
 def split_by_days(frame: pd.DataFrame, test_days: float) -> TimeSplit:
     return time_split(frame, float(frame["ts"].max()) - test_days * 86_400)
 
@@ -154,10 +168,21 @@ def retailrocket(home: Path, test_share: float) -> tuple[TimeSplit, str]:
     return time_split(frame, at), info
 
 
+def retailrocket_views(home: Path, test_share: float) -> tuple[TimeSplit, str]:
+    """The same split, tested against any later interaction (the sample has too few purchases)."""
+    settings = load_settings(home=home / "rr")
+    with open_source(settings) as source:
+        frame = interactions(FeatureTables(source, settings))
+    at = float(frame["ts"].quantile(1 - test_share))
+    info = "RetailRocket sample, tested against every later interaction (view, cart or purchase)"
+    return time_split(frame, at, test_kinds=("view", "cart", "purchase")), info
+
+
 def show(title: str, split: TimeSplit, seed: int) -> None:
     print(f"\n{title}")
     buyers = split.test["user_key"].nunique()
-    print(f"  train {len(split.train):,} interactions; test {len(split.test):,} purchases, {buyers:,} buyers")
+    pairs = len(split.test)
+    print(f"  train {len(split.train):,} interactions; test {pairs:,} pairs of {buyers:,} customers")
     if split.test.empty:
         print("  nothing to test: no known customer purchased after the split")
         return
@@ -182,6 +207,8 @@ def main() -> None:
         show(info, split, args.seed)
         if not args.skip_retailrocket:
             split, info = retailrocket(Path(tmp), args.rr_test_share)
+            show(info, split, args.seed)
+            split, info = retailrocket_views(Path(tmp), args.rr_test_share)
             show(info, split, args.seed)
     print(
         "\nrecall@10 / NDCG@10 averaged over test customers; coverage = distinct recommended / products in "
