@@ -20,6 +20,7 @@ from winback.events.ingest import ingest_files
 from winback.events.normalize import TIMESTAMP_FORMATS
 from winback.events.stats import event_stats, render_stats
 from winback.events.store import EventStore
+from winback.models.registry import MODEL_NAMES
 from winback.progress import reporter, wanted
 
 app = typer.Typer(
@@ -304,7 +305,6 @@ AsOfOption = Annotated[
 HorizonOption = Annotated[
     str | None, typer.Option("--horizon", help="Churn/CLV horizon, e.g. 90d or 12w [default: 90d].")
 ]
-TRAINABLE = ("abandonment", "churn", "clv", "segments")
 
 
 @contextmanager
@@ -352,7 +352,7 @@ def train(
     """
     from winback.models import tasks
 
-    names = TRAINABLE if model == "all" else (_choice(model, (*TRAINABLE, "all"), "model"),)
+    names = MODEL_NAMES if model == "all" else (_choice(model, (*MODEL_NAMES, "all"), "model"),)
     settings = _settings(home)
     days = _horizon(horizon, settings)
     cards: list[dict[str, Any]] = []
@@ -362,14 +362,7 @@ def train(
         for name in names:
             progress.stage(name, "training")
             try:
-                if name == "abandonment":
-                    card = tasks.train_abandonment(tables, moment)
-                elif name == "churn":
-                    card = tasks.train_churn(tables, moment, days)
-                elif name == "clv":
-                    card = tasks.train_clv(tables, moment, days)
-                else:
-                    card = tasks.train_segments(tables, moment)
+                card = tasks.train(name, tables, moment, days)
             except BadInputError as exc:
                 if model != "all":
                     raise
@@ -448,7 +441,7 @@ def score(
     from winback.models import tasks
     from winback.models.report import render_scores, write_table
 
-    _choice(model, TRAINABLE, "model")
+    _choice(model, MODEL_NAMES, "model")
     write_table(None, out_path)  # refuse a bad file name before the work
     settings = _settings(home)
     with _feature_tables(settings, engine) as tables, reporter(wanted(json_output)) as progress:

@@ -151,6 +151,7 @@ def _predict(settings: Settings, console: Console, horizon: int) -> dict[str, An
     from winback.features.engine import open_source
     from winback.features.tables import FeatureTables
     from winback.models import tasks
+    from winback.models.registry import MODEL_NAMES
     from winback.models.report import render_scores, write_table
 
     scores_dir = settings.home / "demo" / "scores"
@@ -168,10 +169,8 @@ def _predict(settings: Settings, console: Console, horizon: int) -> dict[str, An
     with open_source(settings) as source:
         tables = FeatureTables(source, settings)
         trained = {
-            "abandonment": attempt("abandonment model", lambda: tasks.train_abandonment(tables)),
-            "churn": attempt("churn model", lambda: tasks.train_churn(tables, None, horizon)),
-            "clv": attempt("CLV model", lambda: tasks.train_clv(tables, None, horizon)),
-            "segments": attempt("segments", lambda: tasks.train_segments(tables, None)),
+            name: attempt(f"{name} model", lambda name=name: tasks.train(name, tables, None, horizon))
+            for name in MODEL_NAMES
         }
         # every card carries the time-split evaluation made within its training window
         abandonment = trained["abandonment"].metrics.get("time_split") if trained["abandonment"] else None

@@ -25,14 +25,20 @@ import numpy as np
 import pandas as pd
 
 from winback.errors import BadInputError
-from winback.features.carts import CART_FEATURES
+from winback.features.carts import CART_FEATURES, line_value
 from winback.features.customers import CUSTOMER_FEATURES
 from winback.features.tables import FeatureTables
 from winback.models.abandonment import AbandonmentModel, LogisticBaseline
 from winback.models.churn import ChurnModel, bg_summary
-from winback.models.clv import BetaGeoModel, ConvergenceError, GammaGammaModel, customer_lifetime_value
-from winback.models.metrics import compare
-from winback.models.registry import ModelCard, load_model, save_model
+from winback.models.clv import (
+    BetaGeoModel,
+    ConvergenceError,
+    GammaGammaModel,
+    customer_lifetime_value,
+    rfm_summary,
+)
+from winback.models.metrics import binary_report, compare
+from winback.models.registry import MODEL_NAMES, ModelCard, load_card, load_model, save_model
 from winback.models.segments import CustomerClusters, rfm_scores
 
 #: Fewest examples a model is trained on before it refuses (a message says what is missing).
@@ -307,8 +313,6 @@ def evaluate_abandonment(
 
 
 def _calibration_table(y: pd.Series, p: np.ndarray, bins: int = 10) -> list[dict[str, float]]:
-    from winback.models.metrics import binary_report
-
     return list(binary_report(np.asarray(y), p, bins=bins)["calibration"])
 
 
@@ -580,9 +584,6 @@ def clv_fit(
 ) -> dict[str, Any]:
     """BG/NBD and Gamma-Gamma on the store's purchases up to ``calibration_end`` (lifetimes' summary:
     repeat purchase days, in ``time_unit``), and the forecast of the period after it against actual."""
-    from winback.features.carts import line_value
-    from winback.models.clv import rfm_summary
-
     end = observation_end or tables.span().last
     tables.check_as_of(calibration_end)
     if end <= calibration_end:
@@ -643,6 +644,22 @@ def train_segments(tables: FeatureTables, as_of: pd.Timestamp | None) -> ModelCa
     )
 
 
+# -- every model by name ------------------------------------------------------------------------------
+
+
+def train(name: str, tables: FeatureTables, as_of: pd.Timestamp | None, horizon_days: int) -> ModelCard:
+    """Train and save the model called ``name`` (one of ``registry.MODEL_NAMES``); its card."""
+    if name == "abandonment":
+        return train_abandonment(tables, as_of)
+    if name == "churn":
+        return train_churn(tables, as_of, horizon_days)
+    if name == "clv":
+        return train_clv(tables, as_of, horizon_days)
+    if name == "segments":
+        return train_segments(tables, as_of)
+    raise BadInputError(f"model {name!r}: expected one of {', '.join(MODEL_NAMES)}")
+
+
 # -- customer scores ----------------------------------------------------------------------------------
 
 CUSTOMER_SCORE_COLUMNS = (
@@ -663,8 +680,6 @@ CUSTOMER_SCORE_COLUMNS = (
 def score_customers(tables: FeatureTables, as_of: pd.Timestamp | None, *, require: str) -> pd.DataFrame:
     """One row per customer who has bought: every trained customer model's output, the ``require``-d one
     mandatory (a clear error if it was never trained), the others filled where they exist."""
-    from winback.models.registry import load_card
-
     as_of = as_of or tables.span().last + timedelta(seconds=1)
     tables.check_as_of(as_of)
     customers = tables.customers(as_of)
