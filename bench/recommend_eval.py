@@ -31,7 +31,11 @@ from winback.events.ingest import ingest_files
 from winback.events.store import EventStore
 from winback.features.engine import open_source
 from winback.features.tables import FeatureTables
+from winback.recommend.affinity import CategoryAffinity
+from winback.recommend.factors import ALSFactors
 from winback.recommend.interactions import TimeSplit, interactions, time_split
+from winback.recommend.ranker import Recommender
+from winback.recommend.tasks import ranking_metrics
 from winback.recommend.sources import BasketRules, ItemNeighbours, Popularity
 from winback.sim import simulate
 
@@ -44,15 +48,7 @@ RETAILROCKET = (
 K = 10
 RECENT = 20
 
-Recommender = Callable[[str, list[str]], list[str]]
-
-
-def recall_ndcg(recommended: list[str], truth: set[str], k: int = K) -> tuple[float, float]:
-    hits = [1.0 if p in truth else 0.0 for p in recommended[:k]]
-    recall = sum(hits) / len(truth)
-    dcg = sum(h / np.log2(i + 2) for i, h in enumerate(hits))
-    ideal = sum(1 / np.log2(i + 2) for i in range(min(len(truth), k)))
-    return recall, dcg / ideal
+Recommend = Callable[[str, list[str]], list[str]]
 
 
 def evaluate(split: TimeSplit, seed: int = 0, k: int = K) -> pd.DataFrame:
@@ -80,10 +76,24 @@ def evaluate(split: TimeSplit, seed: int = 0, k: int = K) -> pd.DataFrame:
     start = time.perf_counter()
     popularity = Popularity(half_life_days=7).fit(train, now=split.at)
     fitted["popularity (shop)"] = time.perf_counter() - start
+    start = time.perf_counter()
+    affinity = CategoryAffinity().fit(train)
+    fitted["category affinity"] = time.perf_counter() - start
+    start = time.perf_counter()
+    als = ALSFactors(factors=32).fit(train)
+    fitted["ALS factors (implicit)"] = time.perf_counter() - start
+    start = time.perf_counter()
+    ranker = Recommender().fit(train)
+    fitted["winback recommender"] = time.perf_counter() - start
     shop_top = [c.product_id for c in popularity.top(k)]
     rng = np.random.default_rng(seed)
 
-    recommenders: dict[str, Recommender] = {
+    recommenders: dict[str, Recommend] = {
+        "winback recommender": lambda u, items: [c.product_id for c in ranker.for_user(u, k, now=split.at)],
+        "category affinity": lambda u, items: [c.product_id for c in affinity.for_user(u, k)],
+        "ALS factors (implicit)": lambda u, items: [
+            c.product_id for c in als.for_user(u, k, include_seen=True)
+        ],
         "item neighbours (recent, new items)": lambda u, items: [
             c.product_id for c in neighbours.for_items(items, k)
         ],
@@ -92,9 +102,6 @@ def evaluate(split: TimeSplit, seed: int = 0, k: int = K) -> pd.DataFrame:
             for c in neighbours.for_items(history[u][0], k, weights=history[u][1], include_query=True)
         ],
         "basket rules": lambda u, items: [c.product_id for c in rules.for_items(items, k)],
-        "popularity (their categories)": lambda u, items: [
-            c.product_id for c in popularity.for_items(items, k)
-        ],
         "popularity (shop)": lambda u, items: shop_top,
         "random": lambda u, items: list(rng.choice(catalogue, size=min(k, len(catalogue)), replace=False)),
         "(their own recent items)": lambda u, items: items[:k],
@@ -105,7 +112,7 @@ def evaluate(split: TimeSplit, seed: int = 0, k: int = K) -> pd.DataFrame:
         start = time.perf_counter()
         for user, bought in truth.items():
             recs = recommend(user, recent.get(user, []))
-            r, n = recall_ndcg(recs, bought, k)
+            r, n = ranking_metrics(recs, bought, k)
             recalls.append(r)
             ndcgs.append(n)
             shown += recs

@@ -339,7 +339,7 @@ def _choice(value: str, allowed: tuple[str, ...], what: str) -> str:
     "  winback train churn --horizon 30d --engine spark --json",
 )
 def train(
-    model: Annotated[str, typer.Argument(help="abandonment, churn, clv, segments or all.")],
+    model: Annotated[str, typer.Argument(help="abandonment, churn, clv, segments, recommend or all.")],
     as_of: AsOfOption = None,
     horizon: HorizonOption = None,
     engine: EngineOption = "duckdb",
@@ -388,7 +388,7 @@ def train(
     "  winback evaluate churn --as-of 2024-04-01 --horizon 30d\n\n  winback evaluate clv --json",
 )
 def evaluate(
-    model: Annotated[str, typer.Argument(help="abandonment, churn or clv.")],
+    model: Annotated[str, typer.Argument(help="abandonment, churn, clv or recommend.")],
     as_of: AsOfOption = None,
     horizon: HorizonOption = None,
     engine: EngineOption = "duckdb",
@@ -401,8 +401,9 @@ def evaluate(
     """
     from winback.models import tasks
     from winback.models.report import render_evaluation
+    from winback.recommend.tasks import evaluate_recommend, render_recommend_evaluation
 
-    _choice(model, ("abandonment", "churn", "clv"), "model")
+    _choice(model, ("abandonment", "churn", "clv", "recommend"), "model")
     settings = _settings(home)
     with _feature_tables(settings, engine) as tables, reporter(wanted(json_output)) as progress:
         progress.stage(model, "evaluating")
@@ -411,10 +412,15 @@ def evaluate(
             result = tasks.evaluate_abandonment(tables, moment)
         elif model == "churn":
             result = tasks.evaluate_churn(tables, moment, _horizon(horizon, settings))
+        elif model == "recommend":
+            result = evaluate_recommend(tables, moment)
         else:
             result = tasks.evaluate_clv(tables, moment, _horizon(horizon, settings))
     if json_output:
         _print_json(result)
+        return
+    if model == "recommend":
+        render_recommend_evaluation(result)
         return
     render_evaluation(result, out)
 
@@ -441,7 +447,7 @@ def score(
     from winback.models import tasks
     from winback.models.report import render_scores, write_table
 
-    _choice(model, MODEL_NAMES, "model")
+    _choice(model, ("abandonment", "churn", "clv", "segments"), "model")
     write_table(None, out_path)  # refuse a bad file name before the work
     settings = _settings(home)
     with _feature_tables(settings, engine) as tables, reporter(wanted(json_output)) as progress:
@@ -505,6 +511,88 @@ def warnings_command(
             print(f"  {who}: {row[column[kind]]}")
     for note in found["notes"].note:
         print(f"not computed: {note}")
+
+
+KOption = Annotated[int, typer.Option("--k", min=1, max=1000, help="Products per list (1 to 1000).")]
+
+
+@app.command(
+    epilog="Examples:\n\n  winback recommend --user u00042\n\n  winback recommend --cart u00042#3 --k 5\n\n"
+    "  winback recommend --product p00017 --json\n\n  winback recommend --all-users --out recs.csv",
+)
+def recommend(
+    user: Annotated[str | None, typer.Option("--user", help="A customer: what they may buy next.")] = None,
+    cart: Annotated[
+        str | None, typer.Option("--cart", help="An open cart (its id): complements, substitutes.")
+    ] = None,
+    product: Annotated[str | None, typer.Option("--product", help="A product: similar products.")] = None,
+    all_users: Annotated[bool, typer.Option("--all-users", help="Every known customer, to --out.")] = False,
+    k: KOption = 10,
+    out_path: Annotated[
+        Path | None, typer.Option("--out", help="With --all-users: .parquet or .csv.")
+    ] = None,
+    cheaper: Annotated[
+        bool, typer.Option("--cheaper", help="Only cheaper substitutes or similar products.")
+    ] = False,
+    home: HomeOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Products for a customer, a cart or a product, each with its reason, from the trained recommender
+    (`winback train recommend`). Unknown ids get an empty list and the reason (cold start)."""
+    import pandas as pd
+
+    from winback.models.report import write_table
+    from winback.recommend.tasks import load_recommender, recommendations_table
+
+    asked = [name for name, value in (("--user", user), ("--cart", cart), ("--product", product)) if value]
+    if all_users:
+        asked.append("--all-users")
+    if len(asked) != 1:
+        raise typer.BadParameter(
+            f"give exactly one of --user, --cart, --product or --all-users (got {', '.join(asked) or 'none'})"
+        )
+    if all_users and out_path is None:
+        raise typer.BadParameter("--all-users writes one row per customer and rank: give --out FILE")
+    if out_path is not None:
+        write_table(None, out_path)  # refuse a bad file name before the work
+    model, card = load_recommender(_settings(home))
+    if all_users:
+        assert out_path is not None
+        with reporter(wanted(json_output)) as progress:
+            progress.stage("recommend", f"{len(model.histories_):,} customers")
+            table = model.recommend_all(k)
+        write_table(table, out_path)
+        summary = {"rows": len(table), "customers": int(table["user_key"].nunique()), "out": str(out_path)}
+        if json_output:
+            _print_json(summary | {"model_version": card.version})
+        else:
+            print(f"{summary['rows']:,} rows for {summary['customers']:,} customers -> {out_path}")
+        return
+    if user:
+        key, value, found = "user", user, model.for_user(user, k)
+    elif cart:
+        key, value, found = "cart", cart, model.for_cart(cart, k, cheaper=True if cheaper else None)
+    else:
+        key, value, found = "product", str(product), model.similar(str(product), k, cheaper=cheaper)
+    rows = recommendations_table(found, key, value)
+    if out_path is not None:
+        write_table(pd.DataFrame(rows, columns=[key, "rank", "product_id", "score", "reason"]), out_path)
+    if json_output:
+        _print_json(
+            {
+                key: value,
+                "k": k,
+                "recommendations": rows,
+                "reason": found.reason,
+                "model_version": card.version,
+            }
+        )
+        return
+    if not rows:
+        print(f"no recommendations for {key} {value}: {found.reason}")
+        return
+    for row in rows:
+        print(f"{row['rank']:>3}. {row['product_id']}  {row['reason']}")
 
 
 clv_app = typer.Typer(help="Customer lifetime value (BG/NBD + Gamma-Gamma).", no_args_is_help=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import statistics
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -226,21 +225,17 @@ def test_learn_new_equals_a_full_fit(by_time: bool) -> None:
     pd.testing.assert_frame_equal(fresh.products_, full.products_)
 
 
-def test_due_is_fast_for_a_customer_with_100_purchases() -> None:
+def test_due_for_a_customer_with_100_purchases_respects_exclusions() -> None:
+    """(Query speed is measured by bench/bench_recommend.py, not asserted here.)"""
     rows: list[Row] = [
         (f"fan{b}", f"p{i}", d, "purchase") for b in range(3) for i in range(100) for d in (0, 7)
     ]
     rows += [("me", f"p{i}", float(d), "purchase") for i in range(100) for d in (i % 9, i % 9 + 7 + i % 5)]
     model = RepeatPurchases().fit(_log(rows))
     assert len(model.replenishable_) == 100
-    model.due("me", now=20 * DAY)
-    start = time.perf_counter()
-    for _ in range(500):
-        recs = model.due("me", now=20 * DAY, k=10, exclude=["p1", "p2"])
-    per_query = (time.perf_counter() - start) / 500
+    recs = model.due("me", now=20 * DAY, k=10, exclude=["p1", "p2"])
     assert len(recs) == 10
     assert {"p1", "p2"}.isdisjoint(c.product_id for c in recs)
-    assert per_query < 1e-3, f"{per_query * 1e3:.3f} ms per query"
 
 
 def test_retailrocket_sample_has_no_repeat_purchases(data_dir: Path) -> None:

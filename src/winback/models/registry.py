@@ -21,8 +21,8 @@ from winback.config import Settings
 from winback.errors import BadInputError
 from winback.files import written_atomically
 
-MODEL_NAMES = ("abandonment", "churn", "clv", "segments")
-_LIBRARIES = ("winback", "lightgbm", "scikit-learn", "scipy", "numpy", "pandas", "ibis-framework")
+MODEL_NAMES = ("abandonment", "churn", "clv", "segments", "recommend")
+_LIBRARIES = ("winback", "lightgbm", "scikit-learn", "scipy", "numpy", "pandas", "ibis-framework", "implicit")
 
 
 def library_versions() -> dict[str, str]:

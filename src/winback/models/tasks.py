@@ -40,6 +40,7 @@ from winback.models.clv import (
 from winback.models.metrics import binary_report, compare
 from winback.models.registry import MODEL_NAMES, ModelCard, load_card, load_model, save_model
 from winback.models.segments import CustomerClusters, rfm_scores
+from winback.recommend.tasks import train_recommend
 
 #: Fewest examples a model is trained on before it refuses (a message says what is missing).
 MIN_CARTS = 30
@@ -657,6 +658,8 @@ def train(name: str, tables: FeatureTables, as_of: pd.Timestamp | None, horizon_
         return train_clv(tables, as_of, horizon_days)
     if name == "segments":
         return train_segments(tables, as_of)
+    if name == "recommend":
+        return train_recommend(tables, as_of)
     raise BadInputError(f"model {name!r}: expected one of {', '.join(MODEL_NAMES)}")
 
 

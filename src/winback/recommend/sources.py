@@ -118,6 +118,7 @@ class ItemNeighbours:
         self._index()
         self.user_items_ = self._matrix(frame)
         self.cooccurrence_ = (self.user_items_.T @ self.user_items_).tocsr()
+        self._norms = np.sqrt(np.maximum(self.cooccurrence_.diagonal(), 0.0))
         return self
 
     def learn_new(self, interactions: pd.DataFrame) -> ItemNeighbours:
@@ -148,6 +149,7 @@ class ItemNeighbours:
         counts = counts + (after.T @ after) - (before.T @ before)
         counts.eliminate_zeros()
         self.user_items_, self.cooccurrence_ = new, counts.tocsr()
+        self._norms = np.sqrt(np.maximum(self.cooccurrence_.diagonal(), 0.0))
         return self
 
     partial_fit = learn_new
@@ -164,7 +166,7 @@ class ItemNeighbours:
         return sp.csr_matrix((strongest["weight"].to_numpy(float), (rows, cols)), shape=shape)
 
     def _similarity_rows(self, rows: np.ndarray) -> sp.csr_matrix:
-        norms = np.sqrt(np.maximum(self.cooccurrence_.diagonal(), 0.0))
+        norms = self._norms
         block = self.cooccurrence_[rows].tocoo()
         denominator = norms[rows][block.row] * norms[block.col] + self.shrink
         data = np.divide(block.data, denominator, out=np.zeros_like(block.data), where=denominator > 0)
@@ -313,7 +315,14 @@ class BasketRules:
         self.rules_ = rules.sort_values(
             ["antecedent", "confidence", "lift", "consequent"], ascending=[True, False, False, True]
         ).reset_index(drop=True)
-        self._by_antecedent = {a: g for a, g in self.rules_.groupby("antecedent", sort=False)}
+        self._by_antecedent = {
+            str(a): (
+                g["consequent"].to_numpy(str),
+                g["confidence"].to_numpy(float),
+                g["lift"].to_numpy(float),
+            )
+            for a, g in self.rules_.groupby("antecedent", sort=False)
+        }
         return self
 
     def for_items(self, product_ids: Sequence[str], k: int = 10, exclude: Iterable[str] = ()) -> Candidates:
@@ -321,22 +330,24 @@ class BasketRules:
         their rules, by the best confidence (then lift) any of them gives."""
         k = check_k(k)
         query = list(dict.fromkeys(_ids(product_ids)))
-        found = [self._by_antecedent[p] for p in query if p in self._by_antecedent]
+        found = [(p, *self._by_antecedent[p]) for p in query if p in self._by_antecedent]
         if not found:
             named = ", ".join(query[:3]) or "nothing"
             return Candidates(reason=f"no rules yet: {named} not often bought with another product")
-        rules = pd.concat(found)
-        rules = rules[~rules["consequent"].isin(set(query) | set(_ids(exclude)))]
-        rules = rules.sort_values(["confidence", "lift", "consequent"], ascending=[False, False, True])
-        best = rules.drop_duplicates("consequent").head(k)
+        skip = set(query) | set(_ids(exclude))
+        best: dict[str, tuple[float, float, str]] = {}
+        for antecedent, consequents, confidence, lift in found:
+            for c, conf, lf in zip(consequents[: k + len(skip)], confidence, lift, strict=False):
+                if c not in skip and (c not in best or (conf, lf) > best[c][:2]):
+                    best[c] = (float(conf), float(lf), antecedent)
+        ranked = sorted(best.items(), key=lambda item: (-item[1][0], -item[1][1], item[0]))[:k]
         return Candidates(
             Candidate(
-                str(r["consequent"]),
-                round(float(r["confidence"]), 6),
-                f"often bought with {r['antecedent']} ({_fraction(float(r['confidence']))} of its baskets, "
-                f"lift {float(r['lift']):.1f})",
+                c,
+                round(conf, 6),
+                f"often bought with {antecedent} ({_fraction(conf)} of its baskets, lift {lf:.1f})",
             )
-            for r in best.to_dict("records")
+            for c, (conf, lf, antecedent) in ranked
         )
 
     def similar(self, product_id: str, k: int = 10) -> Candidates:
@@ -504,19 +515,3 @@ class Popularity:
             for p, s in scores.head(k).items()
             if s > 0
         )
-
-    def for_items(self, product_ids: Sequence[str], k: int = 10, exclude: Iterable[str] = ()) -> Candidates:
-        """Popular products of the categories of ``product_ids``, shared out by how often each category
-        appears among them (the shop's most popular if none of them has a known category)."""
-        k = check_k(k)
-        query = _ids(product_ids)
-        cats = self.categories_.reindex(query).dropna().astype(str)
-        skip = set(query) | set(_ids(exclude))
-        if cats.empty:
-            return self.top(k, exclude=skip)
-        share = cats.value_counts(normalize=True)
-        merged: list[Candidate] = []
-        for category, weight in share.items():
-            merged += [c._replace(score=c.score * float(weight)) for c in self.top(k, str(category), skip)]
-        merged.sort(key=lambda c: (-c.score, c.product_id))
-        return Candidates(merged[:k])

@@ -1,0 +1,500 @@
+"""The recommender: candidate sources blended per use, with the exclusions a message needs.
+
+Uses (:data:`USES`):
+
+- ``winback``: next likely purchases of a lapsing customer: popular products of the categories they
+  browse (:class:`~winback.recommend.affinity.CategoryAffinity`), items due to be bought again from their
+  own rhythm (:class:`~winback.recommend.repeat.RepeatPurchases`), the item-to-item neighbours of their
+  history (products they chose may come back), their matrix-factorisation taste
+  (:class:`~winback.recommend.factors.ALSFactors`) and complements of what they bought.
+- ``cart``: for an abandoned cart: complements (basket rules, then co-chosen products) and substitutes
+  (same category, near in price; only cheaper ones for a price-sensitive customer); never its own items.
+- ``similar``: for one product: co-chosen products, then content neighbours (the only source for a new
+  product without interactions).
+- ``session``: a new visitor known only by what they viewed: neighbours and categories of those views.
+
+Each source's list is scaled by its best score and weighted (:data:`DEFAULT_WEIGHTS`); a product's score
+is the sum over sources, its reason that of the source that gave it most. Every use leaves out what the
+customer bought in the last ``recent_days`` unless it is replenishable, and products known to be out of
+stock. A question that cannot be answered (an unknown customer, cart or product) gets an empty list with
+the reason; a ``k`` out of range is a usage error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from winback.errors import BadInputError
+from winback.recommend.affinity import CategoryAffinity
+from winback.recommend.factors import ALSFactors
+from winback.recommend.interactions import check_interactions
+from winback.recommend.repeat import RepeatPurchases
+from winback.recommend.sources import (
+    MAX_K,
+    BasketRules,
+    Candidate,
+    Candidates,
+    ContentNeighbours,
+    ItemNeighbours,
+    Popularity,
+    check_k,
+)
+
+USES = ("winback", "cart", "similar", "session")
+
+#: Weight of each source's (best-scaled) list, per use.
+DEFAULT_WEIGHTS: dict[str, dict[str, float]] = {
+    "winback": {"affinity": 1.0, "repeat": 1.0, "neighbours": 0.1, "als": 0.0, "rules": 0.1},
+    "cart": {"rules": 1.0, "neighbours": 0.8, "substitutes": 0.6, "affinity": 0.3},
+    "similar": {"neighbours": 1.0, "als": 0.5, "content": 0.4},
+    "session": {"neighbours": 1.0, "affinity": 0.3, "als": 0.3},
+}
+
+#: The ``winback`` weights where most products have no category: category affinity is then little more
+#: than popularity, and the customer's own history and its neighbours carry the signal.
+WITHOUT_CATEGORIES: dict[str, float] = {
+    "affinity": 0.3,
+    "repeat": 1.0,
+    "neighbours": 1.0,
+    "als": 0.5,
+    "rules": 0.1,
+}
+
+#: Popular products kept for filling short lists.
+FALLBACK_DEPTH = 200
+
+#: Products of a customer's history the item-to-item query starts from (the most recent ones).
+HISTORY_ITEMS = 50
+
+
+@dataclass(frozen=True)
+class History:
+    """A customer's distinct products, most recent first."""
+
+    products: np.ndarray
+    weights: np.ndarray  # summed interaction weights
+    last_ts: np.ndarray
+    last_bought: np.ndarray  # NaN if never bought
+
+
+class Histories:
+    """Every customer's products (weights summed, last interaction and last purchase), stored as arrays
+    per customer so a query slices rather than filters; :meth:`add` folds in new interactions."""
+
+    def __init__(self, interactions: pd.DataFrame) -> None:
+        self._pairs = self._aggregate(interactions)
+        self._index()
+
+    @staticmethod
+    def _aggregate(frame: pd.DataFrame) -> pd.DataFrame:
+        keys = [
+            frame["user_key"].astype(str).rename("user_key"),
+            frame["product_id"].astype(str).rename("product_id"),
+        ]
+        bought = frame["ts"].where(frame["kind"] == "purchase")
+        grouped = pd.DataFrame({"weight": frame["weight"], "last_ts": frame["ts"], "last_bought": bought})
+        return grouped.groupby(keys, sort=False).agg(
+            weight=("weight", "sum"), last_ts=("last_ts", "max"), last_bought=("last_bought", "max")
+        )
+
+    def add(self, interactions: pd.DataFrame) -> None:
+        new = self._aggregate(interactions)
+        both = pd.concat([self._pairs, new])
+        self._pairs = both.groupby(level=[0, 1], sort=False).agg(
+            weight=("weight", "sum"), last_ts=("last_ts", "max"), last_bought=("last_bought", "max")
+        )
+        self._index()
+
+    def _index(self) -> None:
+        pairs = self._pairs.reset_index().sort_values(["user_key", "last_ts"], ascending=[True, False])
+        users = pairs["user_key"].to_numpy(str)
+        starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if users.size else np.array([], int)
+        self.index_ = {u: i for i, u in enumerate(users[starts])}
+        self._ptr = np.r_[starts, len(users)]
+        self._products = pairs["product_id"].to_numpy(object)
+        self._weights = pairs["weight"].to_numpy(float)
+        self._last_ts = pairs["last_ts"].to_numpy(float)
+        self._last_bought = pairs["last_bought"].to_numpy(float)
+
+    def __contains__(self, user_key: object) -> bool:
+        return str(user_key) in self.index_
+
+    def __len__(self) -> int:
+        return len(self.index_)
+
+    def of(self, user_key: str) -> History | None:
+        i = self.index_.get(str(user_key))
+        if i is None:
+            return None
+        lo, hi = self._ptr[i], self._ptr[i + 1]
+        return History(
+            self._products[lo:hi], self._weights[lo:hi], self._last_ts[lo:hi], self._last_bought[lo:hi]
+        )
+
+
+def _open_carts(frame: pd.DataFrame, since: float) -> dict[str, tuple[str, list[str]]]:
+    """Sessions with an add to cart and no purchase, active since ``since``: cart id -> (user, items)."""
+    if frame["session_key"].isna().all():
+        return {}
+    recent = frame[frame["ts"] >= since]
+    bought = set(recent.loc[recent["kind"] == "purchase", "session_key"].dropna())
+    adds = recent[
+        (recent["kind"] == "cart") & recent["session_key"].notna() & ~recent["session_key"].isin(bought)
+    ]
+    carts: dict[str, tuple[str, list[str]]] = {}
+    for (session, user), items in adds.groupby(["session_key", "user_key"], sort=False)["product_id"]:
+        carts[str(session)] = (str(user), list(dict.fromkeys(items.astype(str))))
+    return carts
+
+
+def _stock_set(stock: Mapping[str, object] | pd.Series | None) -> set[str]:
+    """Products out of stock: a mapping product -> units (or in-stock flag); 0 / False is out."""
+    if stock is None:
+        return set()
+    items = stock.items() if isinstance(stock, Mapping) else pd.Series(stock).items()
+    out = set()
+    for product, value in items:
+        if isinstance(value, bool | np.bool_):
+            available = bool(value)
+        else:
+            try:
+                available = float(value) > 0  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                raise BadInputError(
+                    f"stock of product {product}: expected a number of units or true/false, got {value!r}"
+                ) from None
+        if not available:
+            out.add(str(product))
+    return out
+
+
+class Recommender:
+    """All candidate sources, fitted once, blended per use (:data:`USES`).
+
+    Parameters
+    ----------
+    weights
+        Source weights per use; :data:`DEFAULT_WEIGHTS` for any use not given (for ``winback``,
+        :data:`WITHOUT_CATEGORIES` when fewer than half the products have a category).
+    recent_days
+        A product the customer bought this recently is not proposed again, unless replenishable.
+    cart_days
+        Carts (sessions with an add and no purchase) active this recently can be asked about by id.
+    half_life_days
+        Recency half-life of the popularity fallback.
+    factors
+        Latent factors of the ALS source (0 leaves it out).
+    price_sensitive_below
+        A customer whose carted products cost, in the median, less than this share of their category's
+        median price is treated as price-sensitive: substitutes for their cart are cheaper ones.
+    threads
+        Threads for ALS (0: all cores).
+    """
+
+    def __init__(
+        self,
+        weights: Mapping[str, Mapping[str, float]] | None = None,
+        recent_days: float = 30.0,
+        cart_days: float = 30.0,
+        half_life_days: float = 14.0,
+        factors: int = 32,
+        price_sensitive_below: float = 0.85,
+        threads: int = 0,
+    ) -> None:
+        self.weights = weights
+        self.recent_days = recent_days
+        self.cart_days = cart_days
+        self.half_life_days = half_life_days
+        self.factors = factors
+        self.price_sensitive_below = price_sensitive_below
+        self.threads = threads
+
+    # ----------------------------------------------------------------- fitting
+    def fit(
+        self,
+        interactions: pd.DataFrame,
+        products: pd.DataFrame | None = None,
+        stock: Mapping[str, object] | pd.Series | None = None,
+    ) -> Recommender:
+        """Fit every source on ``interactions`` (:mod:`.interactions`).
+
+        ``products`` (``product_id``, ``category``, ``price``) adds products without interactions to the
+        content neighbours; ``stock`` (product -> units or in-stock flag) marks products out of stock.
+        """
+        frame = check_interactions(interactions)
+        if frame.empty:
+            raise BadInputError(
+                "interactions: none to learn from (no views, carts or purchases before as-of)"
+            )
+        weights = {use: dict(DEFAULT_WEIGHTS[use]) for use in USES}
+        categorised = (
+            frame.loc[frame["category"].notna(), "product_id"].nunique() / frame["product_id"].nunique()
+        )
+        if categorised < 0.5:
+            weights["winback"] = dict(WITHOUT_CATEGORIES)
+        for use, given in (self.weights or {}).items():
+            if use not in weights:
+                raise BadInputError(f"weights: unknown use {use!r}; expected one of {', '.join(USES)}")
+            weights[use].update(given)
+        self.weights_ = weights
+        self.now_ = float(frame["ts"].max())
+        self.neighbours_ = ItemNeighbours().fit(frame)
+        self.rules_ = BasketRules().fit(frame)
+        catalogue = (
+            frame
+            if products is None
+            else pd.concat([frame[["product_id", "category", "price", "ts"]], products])
+        )
+        self.content_ = ContentNeighbours().fit(catalogue)
+        self.popularity_ = Popularity(self.half_life_days).fit(frame)
+        self.affinity_ = CategoryAffinity().fit(frame)
+        self.repeat_ = RepeatPurchases().fit(frame)
+        self.als_ = (
+            ALSFactors(factors=self.factors, threads=self.threads).fit(frame)
+            if self.factors > 0
+            and frame["user_key"].nunique() >= 2
+            and frame["product_id"].nunique() > self.factors
+            else None
+        )
+        self.histories_ = Histories(frame)
+        self.carts_ = _open_carts(frame, self.now_ - self.cart_days * 86_400)
+        self.out_of_stock_ = _stock_set(stock)
+        if products is not None and "in_stock" in products.columns:
+            self.out_of_stock_ |= _stock_set(
+                dict(zip(products["product_id"].astype(str), products["in_stock"], strict=True))
+            )
+        self.price_ratio_ = self._price_ratios(frame)
+        return self
+
+    def _price_ratios(self, frame: pd.DataFrame) -> dict[str, float]:
+        """Each customer's median carted price relative to the median price of its category."""
+        prices = self.content_.products_
+        median = prices.groupby("category")["price"].transform("median")
+        relative = (prices["price"] / median).replace([np.inf, -np.inf], np.nan)
+        chosen = frame[frame["kind"].isin(("cart", "purchase"))]
+        ratio = chosen["product_id"].astype(str).map(relative)
+        per_user = ratio.groupby(chosen["user_key"].astype(str).to_numpy()).median().dropna()
+        return {str(u): float(r) for u, r in per_user.items()}
+
+    def learn_new(self, interactions: pd.DataFrame) -> Recommender:
+        """Fold in new interactions without a full retrain: item-to-item counts (exactly), the
+        catalogue of the content neighbours (new products, last prices), repeat purchases, customer
+        histories and open carts. Popularity, basket rules and ALS are refreshed
+        by the next :meth:`fit` (``winback train recommend``)."""
+        frame = check_interactions(interactions)
+        if frame.empty:
+            return self
+        self.neighbours_.learn_new(frame)
+        catalogue = self.content_.products_.reset_index().assign(ts=-np.inf)
+        self.content_.fit(pd.concat([catalogue, frame[["product_id", "category", "price", "ts"]]]))
+        self.repeat_.learn_new(frame)
+        self.histories_.add(frame)
+        self.now_ = max(self.now_, float(frame["ts"].max()))
+        carts = _open_carts(frame, self.now_ - self.cart_days * 86_400)
+        bought = set(frame.loc[frame["kind"] == "purchase", "session_key"].dropna().astype(str))
+        for session in bought:
+            self.carts_.pop(session, None)
+        for session, (user, items) in carts.items():
+            known = self.carts_.get(session, (user, []))[1]
+            self.carts_[session] = (user, list(dict.fromkeys([*known, *items])))
+        return self
+
+    partial_fit = learn_new
+
+    # ----------------------------------------------------------------- queries
+    def recommend(self, use: str, key: str | Sequence[str], k: int = 10, **options: object) -> Candidates:
+        """One entry point for every use: ``key`` is a customer (``winback``), a cart id or list of
+        products (``cart``), a product (``similar``) or a list of viewed products (``session``)."""
+        if use == "winback":
+            return self.for_user(str(key), k, **options)  # type: ignore[arg-type]
+        if use == "cart":
+            return self.for_cart(key, k, **options)  # type: ignore[arg-type]
+        if use == "similar":
+            return self.similar(str(key), k, **options)  # type: ignore[arg-type]
+        if use == "session":
+            return self.for_session(list(key), k)
+        raise BadInputError(f"use {use!r}: expected one of {', '.join(USES)}")
+
+    def for_user(self, user_key: str, k: int = 10, now: float | None = None) -> Candidates:
+        """What a lapsing customer is likely to buy next (the ``winback`` use)."""
+        k = check_k(k)
+        history = self.histories_.of(user_key)
+        if history is None:
+            return Candidates(reason=f"unknown customer {user_key}: no interactions yet (cold start)")
+        moment = self.now_ if now is None else float(now)
+        skip = self._unavailable(history, moment)
+        wide = _depth(k, skip)
+        recent = history.products[:HISTORY_ITEMS]
+        bought = history.products[~np.isnan(history.last_bought)][:HISTORY_ITEMS]
+        w = self.weights_["winback"]
+        lists = [
+            (w["affinity"], self.affinity_.for_user(user_key, wide)),
+            (w["repeat"], self.repeat_.due(user_key, moment, wide)),
+            (
+                w["neighbours"],
+                self.neighbours_.for_items(
+                    list(recent), wide, weights=list(history.weights[:HISTORY_ITEMS]), include_query=True
+                ),
+            ),
+            (w["rules"], self.rules_.for_items(list(bought), wide) if bought.size else Candidates()),
+        ]
+        if self.als_ is not None:
+            lists.append((w["als"], self.als_.for_user(user_key, wide, include_seen=True)))
+        # An item due again says so: the customer's own rhythm is the most telling reason.
+        return _blend(lists, k, skip, fallback=self._fallback(wide), prefer=1)
+
+    def for_cart(
+        self,
+        cart: str | Sequence[str],
+        k: int = 10,
+        *,
+        user_key: str | None = None,
+        cheaper: bool | None = None,
+    ) -> Candidates:
+        """Complements and substitutes for a cart (the ``cart`` use): a cart id of :attr:`carts_` or the
+        products in it. ``cheaper`` (default: whether the customer is price-sensitive) keeps only cheaper
+        substitutes."""
+        k = check_k(k)
+        if isinstance(cart, str):
+            if cart not in self.carts_:
+                days = f"{self.cart_days:g}"
+                return Candidates(
+                    reason=f"unknown cart {cart}: no open cart with that id in the last {days} days"
+                )
+            user_key, items = self.carts_[cart]
+        else:
+            items = [str(p) for p in cart]
+        if not items:
+            return Candidates(reason="empty cart: nothing to complement")
+        history = self.histories_.of(user_key) if user_key is not None else None
+        skip = set(items) | (
+            self._unavailable(history, self.now_) if history is not None else self.out_of_stock_
+        )
+        if cheaper is None:
+            cheaper = self.price_sensitive(user_key) if user_key is not None else False
+        wide = _depth(k, skip)
+        w = self.weights_["cart"]
+        substitutes = Candidates()
+        for p in items:
+            substitutes.extend(self.content_.similar(p, wide, cheaper=cheaper))
+        substitutes.sort(key=lambda c: -c.score)
+        lists = [
+            (w["rules"], self.rules_.for_items(items, wide)),
+            (w["neighbours"], self.neighbours_.for_items(items, wide)),
+            (w["substitutes"], substitutes),
+            (w["affinity"], self.affinity_.for_items(items, wide)),
+        ]
+        # For a price-sensitive customer the price is the point: say so whatever else proposed it.
+        return _blend(lists, k, skip, fallback=self._fallback(wide), prefer=2 if cheaper else None)
+
+    def similar(self, product_id: str, k: int = 10, *, cheaper: bool = False) -> Candidates:
+        """Products like ``product_id`` (the ``similar`` use); only cheaper ones if ``cheaper``."""
+        k = check_k(k)
+        p = str(product_id)
+        known = p in self.neighbours_.item_index_ or p in self.content_.products_.index
+        if not known:
+            return Candidates(
+                reason=f"unknown product {p}: no interactions and not in the catalogue (cold start)"
+            )
+        wide = _depth(k, self.out_of_stock_)
+        w = self.weights_["similar"]
+        content = self.content_.similar(p, wide, cheaper=cheaper)
+        lists = [(w["content"], content)]
+        if not cheaper:  # co-chosen products are not sorted by price
+            lists.append((w["neighbours"], self.neighbours_.similar(p, wide)))
+            if self.als_ is not None:
+                lists.append((w["als"], self.als_.similar(p, wide)))
+        out = _blend(lists, k, self.out_of_stock_ | {p})
+        if not out and not out.reason:
+            out.reason = content.reason or f"no product like {p} yet"
+        return out
+
+    def for_session(self, viewed: Sequence[str], k: int = 10) -> Candidates:
+        """Session-based recommendations for a visitor known only by the products they viewed."""
+        k = check_k(k)
+        items = [str(p) for p in viewed]
+        if not items:
+            return Candidates(reason="no products viewed: nothing to start from (cold start)")
+        skip = set(items) | self.out_of_stock_
+        wide = _depth(k, skip)
+        w = self.weights_["session"]
+        lists = [
+            (w["neighbours"], self.neighbours_.for_items(items, wide)),
+            (w["affinity"], self.affinity_.for_items(items, wide)),
+        ]
+        if self.als_ is not None:
+            lists.append((w["als"], self.als_.for_items(items, wide)))
+        return _blend(lists, k, skip, fallback=self._fallback(wide))
+
+    def _fallback(self, k: int) -> Candidates:
+        """The shop's most popular products (computed once per fit)."""
+        if not hasattr(self, "_popular"):
+            self._popular = self.popularity_.top(FALLBACK_DEPTH)
+        return Candidates(self._popular[:k])
+
+    def price_sensitive(self, user_key: str) -> bool:
+        """Whether the customer's carts lean to the cheap end of their categories."""
+        ratio = self.price_ratio_.get(str(user_key))
+        return ratio is not None and ratio < self.price_sensitive_below
+
+    def _unavailable(self, history: History, now: float) -> set[str]:
+        """Out of stock, or bought within ``recent_days`` of ``now`` and not replenishable."""
+        recent = (now - history.last_bought) < self.recent_days * 86_400  # NaN compares False
+        skip = {str(p) for p in history.products[recent] if not self.repeat_.is_replenishable(str(p))}
+        return skip | self.out_of_stock_
+
+    def recommend_all(self, k: int = 10, now: float | None = None) -> pd.DataFrame:
+        """The ``winback`` list of every known customer: one row per customer and rank."""
+        k = check_k(k)
+        rows: list[tuple[str, int, str, float, str]] = []
+        for user in self.histories_.index_:
+            for rank, c in enumerate(self.for_user(user, k, now), start=1):
+                rows.append((user, rank, c.product_id, c.score, c.reason))
+        return pd.DataFrame(rows, columns=["user_key", "rank", "product_id", "score", "reason"])
+
+
+def _blend(
+    lists: list[tuple[float, Candidates]],
+    k: int,
+    skip: set[str],
+    fallback: Candidates | None = None,
+    prefer: int | None = None,
+) -> Candidates:
+    """Sum of the lists' best-scaled scores times their weights; each product's reason from the source
+    that gave it most (or from list ``prefer`` wherever it proposed the product). ``fallback`` fills the
+    list (at a tenth of the lowest weight) when it is short."""
+    score: dict[str, float] = {}
+    best: dict[str, tuple[float, str]] = {}
+    reasons = [c.reason for _, c in lists if not c and c.reason]
+    for position, (weight, candidates) in enumerate(lists):
+        if weight <= 0 or not candidates:
+            continue
+        top = max(c.score for c in candidates) or 1.0
+        for c in candidates:
+            if c.product_id in skip:
+                continue
+            s = weight * c.score / top
+            score[c.product_id] = score.get(c.product_id, 0.0) + s
+            rank = float("inf") if position == prefer else s
+            if rank > best.get(c.product_id, (-1.0, ""))[0]:
+                best[c.product_id] = (rank, c.reason)
+    if len(score) < k and fallback:
+        floor = 0.1 * min((w for w, c in lists if w > 0), default=1.0)
+        top = max(c.score for c in fallback) or 1.0
+        for c in fallback:
+            if c.product_id not in skip and c.product_id not in score:
+                score[c.product_id] = floor * c.score / top
+                best[c.product_id] = (score[c.product_id], c.reason)
+    ranked = sorted(score.items(), key=lambda item: (-item[1], item[0]))[:k]
+    if not ranked:
+        return Candidates(reason="; ".join(dict.fromkeys(reasons)) or "nothing to propose")
+    return Candidates(Candidate(p, round(s, 6), best[p][1]) for p, s in ranked)
+
+
+def _depth(k: int, skip: set[str]) -> int:
+    """How many candidates to ask each source for: enough to blend, and to survive the exclusions."""
+    return min(MAX_K, 2 * k + len(skip))
