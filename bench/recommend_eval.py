@@ -35,8 +35,8 @@ from winback.recommend.affinity import CategoryAffinity
 from winback.recommend.factors import ALSFactors
 from winback.recommend.interactions import TimeSplit, interactions, time_split
 from winback.recommend.ranker import Recommender
-from winback.recommend.tasks import ranking_metrics
 from winback.recommend.sources import BasketRules, ItemNeighbours, Popularity
+from winback.recommend.tasks import ranking_metrics
 from winback.sim import simulate
 
 RETAILROCKET = (
