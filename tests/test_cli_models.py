@@ -54,7 +54,7 @@ def test_train_evaluate_score_and_warnings(shop_home: Path, tmp_path: Path) -> N
     assert trained.returncode == 0, trained.stderr
     result = json.loads(trained.stdout)
     cards = result["trained"]
-    assert [c["name"] for c in cards] == ["abandonment", "churn", "clv", "segments"]
+    assert [c["name"] for c in cards] == ["abandonment", "churn", "clv", "segments", "recommend"]
     assert result["skipped"] == {}
     assert all((shop_home / "models" / c["name"] / c["version"] / "card.json").exists() for c in cards)
 

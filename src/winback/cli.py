@@ -548,11 +548,11 @@ def recommend(
     if all_users:
         asked.append("--all-users")
     if len(asked) != 1:
-        raise typer.BadParameter(
+        raise BadInputError(
             f"give exactly one of --user, --cart, --product or --all-users (got {', '.join(asked) or 'none'})"
         )
     if all_users and out_path is None:
-        raise typer.BadParameter("--all-users writes one row per customer and rank: give --out FILE")
+        raise BadInputError("--all-users writes one row per customer and rank: give --out FILE")
     if out_path is not None:
         write_table(None, out_path)  # refuse a bad file name before the work
     model, card = load_recommender(_settings(home))
