@@ -135,8 +135,15 @@ def test_demo_runs_end_to_end_and_a_rerun_adds_nothing(tmp_path: Path) -> None:
     assert summary["actions"]["reminder/email/1h"]["incremental_margin"] < 0
     assert Path(summary["store"]).exists()
     predictions = summary["predictions"]
-    assert predictions["trained"] == ["abandonment", "churn", "clv", "segments"]
+    assert predictions["trained"] == ["abandonment", "churn", "clv", "segments", "recommend"]
     assert 0.3 < predictions["churn_auc"]["LightGBM + P(alive)"] < 1
+    messages = predictions["messages"]
+    assert len(messages) == 3
+    for message in messages:
+        shown = [p["product_id"] for p in message["products"]]
+        assert shown
+        assert not set(shown) & set(message["items"])  # never the cart's own items
+        assert all(p["reason"] for p in message["products"])
     assert all(Path(p).exists() for p in predictions["files"].values())
     second = json.loads(run("demo", "--customers", "400", "--days", "45", "--json", home=home).stdout)
     assert second["ingest"]["ingested"] == 0

@@ -1,8 +1,9 @@
 """``make demo`` / ``winback demo``: the main job, end to end, on a simulated shop.
 
 Stages so far: simulate a shop with known truth, validate and store its events (idempotently: a second
-run adds nothing), summarise the store, and show what the simulator knows that no real log can: what
-each intervention would have done for the abandoned carts. Later issues add their stages here.
+run adds nothing), summarise the store, show what the simulator knows that no real log can (what each
+intervention would have done for the abandoned carts), train every model, and show the products three
+recovery messages would carry. Later issues add their stages here.
 """
 
 from __future__ import annotations
@@ -137,6 +138,31 @@ def run_demo(
     return summary
 
 
+def _recovery_messages(settings: Settings, carts: Any, console: Console) -> list[dict[str, Any]]:
+    """The products three recovery messages would carry: for the riskiest open carts the recommender
+    knows (else any three), complements and substitutes, each with its reason."""
+    from winback.recommend.tasks import load_recommender
+
+    model, _ = load_recommender(settings)
+    order = list(carts["cart_id"]) if carts is not None else []
+    chosen = [c for c in order if c in model.carts_][:3] or list(model.carts_)[:3]
+    console.print("6. the products three recovery messages would carry (winback recommend --cart ID)")
+    messages = []
+    for cart_id in chosen:
+        user, items = model.carts_[cart_id]
+        found = model.for_cart(cart_id, k=3)
+        price = "cheaper substitutes, " if model.price_sensitive(user) else ""
+        console.print(f"   cart {cart_id} ({', '.join(items[:3])}; {price}customer {user}):")
+        for c in found:
+            console.print(f"     {c.product_id}  {c.reason}")
+        if not found:
+            console.print(f"     nothing: {found.reason}")
+        messages.append(
+            {"cart_id": cart_id, "user": user, "items": items, "products": [c._asdict() for c in found]}
+        )
+    return messages
+
+
 def demo_horizon(days: int) -> int:
     """Churn and CLV horizon of a demo of ``days``: 30 days when the log leaves room to train and test
     on 30-day outcomes (the demo's 180 days do; 90-day outcomes would not), less for shorter logs."""
@@ -215,6 +241,8 @@ def _predict(settings: Settings, console: Console, horizon: int) -> dict[str, An
         f"{counts.get('carts', 0):,} open carts in the cart too long, "
         f"{counts.get('shop', 0):,} abnormal shop days"
     )
+    if trained["recommend"]:
+        done["messages"] = _recovery_messages(settings, carts if trained["abandonment"] else None, console)
     return done
 
 
