@@ -38,6 +38,9 @@ from winback.recommend.ranker import Recommender
 from winback.recommend.sources import BasketRules, ItemNeighbours, Popularity
 from winback.recommend.tasks import ranking_metrics
 from winback.sim import simulate
+from winback.sim.catalogue import Catalogue
+from winback.sim.config import ShopConfig
+from winback.sim.customers import Customers
 
 RETAILROCKET = (
     Path(__file__).resolve().parents[1].parent
@@ -51,7 +54,9 @@ RECENT = 20
 Recommend = Callable[[str, list[str]], list[str]]
 
 
-def evaluate(split: TimeSplit, seed: int = 0, k: int = K) -> pd.DataFrame:
+def evaluate(
+    split: TimeSplit, seed: int = 0, k: int = K, oracle: dict[str, list[str]] | None = None
+) -> pd.DataFrame:
     """One row per recommender: users, recall@k, NDCG@k, coverage, long-tail share, ms per user."""
     train = split.train
     truth = split.truth()
@@ -106,6 +111,8 @@ def evaluate(split: TimeSplit, seed: int = 0, k: int = K) -> pd.DataFrame:
         "random": lambda u, items: list(rng.choice(catalogue, size=min(k, len(catalogue)), replace=False)),
         "(their own recent items)": lambda u, items: items[:k],
     }
+    if oracle is not None:
+        recommenders["(oracle: the simulator's true tastes)"] = lambda u, items: oracle[u]
     rows = []
     for name, recommend in recommenders.items():
         recalls, ndcgs, shown = [], [], []
@@ -133,6 +140,34 @@ def evaluate(split: TimeSplit, seed: int = 0, k: int = K) -> pd.DataFrame:
     base = table.at["popularity (shop)", f"recall@{k}"]
     table["x popularity"] = table[f"recall@{k}"] / base if base > 0 else float("nan")
     return table
+
+
+def oracle_lists(customers: int, days: int, seed: int, users: list[str], k: int = K) -> dict[str, list[str]]:
+    """The simulator's own choice model, which no recommender can see: each customer's true category
+    affinities (70% focus category, 15% its complements, 15% another favourite) times the products'
+    true popularity within their category. Its recall is the ceiling of taste-based recommendations."""
+    config = ShopConfig(customers=customers, days=days)
+    world, _ = np.random.SeedSequence(seed).spawn(2)
+    catalogue_seed, customer_seed = world.spawn(2)
+    catalogue = Catalogue.generate(
+        config.products, config.n_categories, np.random.default_rng(catalogue_seed)
+    )
+    people = Customers.generate(config, catalogue, np.random.default_rng(customer_seed))
+    cdf = people.affinity_cdf.astype(float)
+    affinity = np.diff(np.concatenate([np.zeros((people.size, 1)), cdf], axis=1), axis=1)
+    n = catalogue.category_weight.size
+    complements = np.zeros((n, n))
+    for c in range(n):
+        for j in range(catalogue.n_complements[c]):
+            complements[c, catalogue.complements[c, j]] += 1 / catalogue.n_complements[c]
+    ids = np.asarray(catalogue.product_ids().to_numpy(zero_copy_only=False)).astype(str)
+    index = {str(u): i for i, u in enumerate(people.user_ids())}
+    lists = {}
+    for user in users:
+        a = affinity[index[user]]
+        share = 0.85 * a + 0.15 * a @ complements
+        lists[user] = list(ids[np.argsort(-share[catalogue.category] * catalogue.popularity)[:k]])
+    return lists
 
 
 def _history(train: pd.DataFrame) -> pd.DataFrame:
@@ -185,7 +220,7 @@ def retailrocket_views(home: Path, test_share: float) -> tuple[TimeSplit, str]:
     return time_split(frame, at, test_kinds=("view", "cart", "purchase")), info
 
 
-def show(title: str, split: TimeSplit, seed: int) -> None:
+def show(title: str, split: TimeSplit, seed: int, oracle: dict[str, list[str]] | None = None) -> None:
     print(f"\n{title}")
     buyers = split.test["user_key"].nunique()
     pairs = len(split.test)
@@ -193,7 +228,7 @@ def show(title: str, split: TimeSplit, seed: int) -> None:
     if split.test.empty:
         print("  nothing to test: no known customer purchased after the split")
         return
-    table = evaluate(split, seed)
+    table = evaluate(split, seed, oracle=oracle)
     with pd.option_context("display.width", 160, "display.float_format", "{:.3f}".format):
         print(table.to_string())
 
@@ -211,7 +246,8 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         split, info = simulated(args.customers, args.days, args.seed, args.test_days, Path(tmp))
-        show(info, split, args.seed)
+        oracle = oracle_lists(args.customers, args.days, args.seed, sorted(split.truth()))
+        show(info, split, args.seed, oracle)
         if not args.skip_retailrocket:
             split, info = retailrocket(Path(tmp), args.rr_test_share)
             show(info, split, args.seed)
