@@ -76,7 +76,7 @@ from scipy.linalg import cho_solve, solve_triangular
 
 from winback.decide.actions import CHANNELS, NOTHING, Action
 from winback.decide.context import DecisionContext
-from winback.decide.policy import Decision, Policy
+from winback.decide.policy import Decision, Policy, consent_mask
 from winback.errors import BadInputError
 from winback.sim import ShopConfig, expected_outcomes, realised_outcomes
 
@@ -113,22 +113,6 @@ OBSERVED: tuple[str, ...] = (
 EXPLORED = "bandit: explored"
 _NO_ARM = "bandit: no arm allowed; nothing"
 _CHUNK = 2048  # carts scored against one set of draws at a time (memory: chunk x draws x arms floats)
-
-
-def consent_mask(carts: pd.DataFrame, actions: Sequence[Action]) -> NDArray[np.bool_]:
-    """(carts x actions): doing nothing always; a message where the cart's customer consented to its
-    channel (a missing ``consent_<channel>`` column counts as no consent)."""
-    n = len(carts)
-    columns = []
-    for action in actions:
-        if action.channel is None:
-            columns.append(np.ones(n, dtype=bool))
-        else:
-            name = f"consent_{action.channel}"
-            columns.append(
-                carts[name].to_numpy(dtype=bool) if name in carts.columns else np.zeros(n, dtype=bool)
-            )
-    return np.column_stack(columns) if columns else np.zeros((n, 0), dtype=bool)
 
 
 def _as_action(action: Action | str, where: str) -> Action:

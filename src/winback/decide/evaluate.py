@@ -55,7 +55,14 @@ from winback.decide.actions import CHANNELS, NOTHING, Action
 from winback.decide.catalogue import Catalogue, load_catalogue
 from winback.decide.ope import evaluate as off_policy
 from winback.decide.ope import one_hot
-from winback.decide.policy import Policy, RandomPolicy, StaticPolicy, UpliftPolicy, redemption_shares
+from winback.decide.policy import (
+    Policy,
+    RandomPolicy,
+    StaticPolicy,
+    UpliftPolicy,
+    consent_mask,
+    redemption_shares,
+)
 from winback.decide.uplift import Learner, UpliftModel
 from winback.errors import BadInputError
 from winback.sim import ShopConfig, SimulationResult, expected_outcomes, simulate
@@ -143,13 +150,6 @@ FEATURES: tuple[str, ...] = (
 
 
 # --------------------------------------------------------------------------- features
-
-
-def consent_mask(carts: pd.DataFrame, actions: Sequence[Action]) -> np.ndarray:
-    """(carts x actions): doing nothing always; a message where the customer consented to its channel."""
-    consent = {c: carts[f"consent_{c}"].to_numpy(dtype=bool) for c in CHANNELS}
-    columns = [np.ones(len(carts), dtype=bool) if a.channel is None else consent[a.channel] for a in actions]
-    return np.column_stack(columns) if columns else np.zeros((len(carts), 0), dtype=bool)
 
 
 def _micros(values: pd.Series | pa.ChunkedArray) -> np.ndarray:

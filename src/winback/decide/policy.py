@@ -800,6 +800,22 @@ def _allocate_exact(
 # --------------------------------------------------------------------------- guardrails
 
 
+def consent_mask(carts: pd.DataFrame, actions: Sequence[Action]) -> NDArray[np.bool_]:
+    """(carts x actions): doing nothing always; a message where the cart's customer consented to its
+    channel (a missing ``consent_<channel>`` column counts as no consent)."""
+    n = len(carts)
+    columns = []
+    for action in actions:
+        if action.channel is None:
+            columns.append(np.ones(n, dtype=bool))
+        else:
+            name = f"consent_{action.channel}"
+            columns.append(
+                carts[name].to_numpy(dtype=bool) if name in carts.columns else np.zeros(n, dtype=bool)
+            )
+    return np.column_stack(columns) if columns else np.zeros((n, 0), dtype=bool)
+
+
 def context_from_row(row: Mapping[Any, Any], now: float | None = None) -> DecisionContext:
     """A DecisionContext for one cart of a cart table (``user_id``, ``abandoned_at``, ``value``,
     ``consent_<channel>``; optionally ``cart_id``, ``now``, ``utc_offset_minutes``, ``in_stock``,
