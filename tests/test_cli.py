@@ -144,6 +144,7 @@ def test_demo_runs_end_to_end_and_a_rerun_adds_nothing(tmp_path: Path) -> None:
         assert shown
         assert not set(shown) & set(message["items"])  # never the cart's own items
         assert all(p["reason"] for p in message["products"])
+    assert summary["policies"] == []  # 45 days of 400 customers: too few carts to learn a policy from
     assert all(Path(p).exists() for p in predictions["files"].values())
     second = json.loads(run("demo", "--customers", "400", "--days", "45", "--json", home=home).stdout)
     assert second["ingest"]["ingested"] == 0
@@ -151,6 +152,19 @@ def test_demo_runs_end_to_end_and_a_rerun_adds_nothing(tmp_path: Path) -> None:
     text = run("demo", "--customers", "400", "--days", "45", home=home)
     assert "summary" in text.stdout
     assert str(home / "events.duckdb") in text.stdout
+    assert "148 training and 44 test carts; simulate a larger shop" in text.stdout
+
+
+def test_demo_compares_the_static_flows_with_the_uplift_policy(tmp_path: Path) -> None:
+    shown = run("demo", "--customers", "1500", "--days", "60", "--json", home=tmp_path / "home")
+    assert shown.returncode == 0, shown.stderr
+    policies = {row["name"]: row for row in json.loads(shown.stdout)["policies"]}
+    assert list(policies) == ["static-10h", "static-1h-24h-72h", "coupon-everyone", "uplift", "oracle"]
+    for row in policies.values():
+        assert row["ci_low"] <= row["profit_per_cart"] <= row["ci_high"]
+    assert policies["oracle"]["profit_per_cart"] >= max(r["profit_per_cart"] for r in policies.values())
+    assert policies["static-1h-24h-72h"]["profit_per_cart"] < 0  # a reminder within the hour loses
+    assert policies["uplift"]["profit_per_cart"] > policies["static-10h"]["profit_per_cart"]
 
 
 def test_mapping_file_and_quiet_json(tmp_path: Path) -> None:
