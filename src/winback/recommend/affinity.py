@@ -27,7 +27,7 @@ import pandas as pd
 
 from winback.errors import BadInputError
 from winback.recommend.interactions import check_interactions
-from winback.recommend.sources import MAX_K, Candidate, Candidates, check_k
+from winback.recommend.sources import MAX_K, Candidate, Candidates, _factorised, check_k
 
 #: Category of products whose category is unknown.
 UNKNOWN_CATEGORY = "(no category)"
@@ -62,31 +62,40 @@ class CategoryAffinity:
             raise BadInputError(f"prior {self.prior!r}: expected a number >= 0")
         if not 1 <= self.depth <= MAX_K:
             raise BadInputError(f"depth {self.depth!r}: expected an integer from 1 to {MAX_K}")
-        category = frame["category"].astype("object") if "category" in frame.columns else None
-        products = frame["product_id"].astype(str)
-        known = (
-            pd.Series(category.to_numpy(), index=products.to_numpy()).dropna().groupby(level=0).last()
-            if category is not None
-            else pd.Series(dtype=object)
-        )
-        self.category_of_ = known.astype(str).to_dict()
-        cats = products.map(self.category_of_).fillna(UNKNOWN_CATEGORY)
-        self.categories_, codes = np.unique(cats.to_numpy(str), return_inverse=True)
+        # Integer codes throughout: per-row strings and string group-bys cost most of the time on
+        # large logs. Products are coded in sorted order, so ties still go to the smaller id.
+        product_codes, products = _factorised(frame["product_id"])
+        labels = np.full(len(products), UNKNOWN_CATEGORY, dtype=object)  # last known category
+        if "category" in frame.columns:
+            category_codes, names = pd.factorize(frame["category"].astype("object"))
+            known = category_codes >= 0
+            last = np.full(len(products), -1, dtype=np.intp)
+            np.maximum.at(last, product_codes[known], np.flatnonzero(known))
+            has = last >= 0
+            labels[has] = np.asarray(names, dtype=object).astype(str)[category_codes[last[has]]]
+            self.category_of_ = dict(zip(products[has].tolist(), labels[has].tolist(), strict=True))
+        else:
+            self.category_of_ = {}
+        self.categories_ = np.unique(labels.astype(str))
         self._category_index = {c: i for i, c in enumerate(self.categories_)}
+        product_category = np.searchsorted(self.categories_, labels.astype(str))
+        codes = product_category[product_codes]
         counts = np.bincount(codes, minlength=len(self.categories_)).astype(float)
         self.shop_share_ = counts / max(counts.sum(), 1.0)
-        per_product = pd.DataFrame({"c": codes, "p": products.to_numpy(), "n": 1.0})
-        per_product = per_product.groupby(["c", "p"], sort=False)["n"].sum().reset_index()
-        per_product["share"] = per_product["n"] / counts[per_product["c"].to_numpy()]
-        per_product = per_product.sort_values(["c", "share", "p"], ascending=[True, False, True])
-        rank = per_product.groupby("c").cumcount().to_numpy()
+        per_product = np.bincount(product_codes, minlength=len(products)).astype(float)
+        share = per_product / counts[product_category]
+        # By category, then share (highest first), then id: ``products`` are sorted, so by code.
+        order = np.lexsort((np.arange(len(products)), -share, product_category))
+        c_sorted = product_category[order]
+        group_start = np.r_[0, np.flatnonzero(c_sorted[1:] != c_sorted[:-1]) + 1] if order.size else order
+        rank = np.arange(order.size) - np.repeat(group_start, np.diff(np.r_[group_start, order.size]))
         keep = rank < self.depth
         shape = (len(self.categories_), self.depth)
         self.top_products_ = np.full(shape, "", dtype=object)
         self.top_share_ = np.zeros(shape)
-        c, r = per_product["c"].to_numpy()[keep], rank[keep]
-        self.top_products_[c, r] = per_product["p"].to_numpy()[keep]
-        self.top_share_[c, r] = per_product["share"].to_numpy()[keep]
+        c, r = c_sorted[keep], rank[keep]
+        self.top_products_[c, r] = products[order[keep]]
+        self.top_share_[c, r] = share[order][keep]
         per_user = _visits_per_category(frame, codes)
         user_keys = per_user.index.get_level_values(0).to_numpy()
         starts = np.flatnonzero(np.r_[True, user_keys[1:] != user_keys[:-1]])
@@ -175,12 +184,30 @@ def _visits_per_category(frame: pd.DataFrame, codes: np.ndarray) -> pd.Series:
     """Per (customer, category code): the customer's visits, each shared out by its categories.
 
     A visit is a session (``session_key``), else the customer's day."""
-    visit = frame["session_key"].astype("object") if "session_key" in frame.columns else None
-    day = frame["user_key"].astype(str) + "@" + (frame["ts"] // 86_400).astype(int).astype(str)
-    visit = day if visit is None else visit.where(visit.notna(), day)
-    rows = pd.DataFrame(
-        {"u": frame["user_key"].astype(str).to_numpy(), "v": visit.astype(str).to_numpy(), "c": codes}
-    )
-    per_visit = rows.groupby(["u", "v", "c"], sort=False).size()
-    share = per_visit / per_visit.groupby(level=[0, 1], sort=False).transform("sum")
-    return share.groupby(level=[0, 2], sort=True).sum()
+    user_codes, users = _factorised(frame["user_key"])
+    session = frame["session_key"] if "session_key" in frame.columns else None
+    if session is not None and not session.isna().any():
+        visit_codes = pd.factorize(session.astype(str))[0]
+    else:  # the day's key only where there is no session (as a string, like a session id)
+        day = frame["user_key"].astype(str) + "@" + (frame["ts"] // 86_400).astype(int).astype(str)
+        visit = day if session is None else session.astype("object").where(session.notna(), day)
+        visit_codes = pd.factorize(visit.astype(str))[0]
+    n_visits, n_categories = int(visit_codes.max(initial=-1)) + 1, int(codes.max(initial=-1)) + 1
+    if len(users) * n_visits * n_categories >= 2**62:  # no room for one integer key: group by three
+        rows = pd.DataFrame({"u": user_codes, "v": visit_codes, "c": codes})
+        per_visit = rows.groupby(["u", "v", "c"], sort=False).size()
+        share = per_visit / per_visit.groupby(level=[0, 1], sort=False).transform("sum")
+        u, c = share.index.get_level_values(0).to_numpy(), share.index.get_level_values(2).to_numpy()
+        shares = share.to_numpy(float)
+    else:  # one integer key per (customer, visit, category), groups in the order of the log
+        key = (user_codes.astype(np.int64) * n_visits + visit_codes) * n_categories + codes
+        group, keys = pd.factorize(key)
+        size = np.bincount(group)
+        visit, _ = pd.factorize(keys // n_categories)
+        shares = size / np.bincount(visit, weights=size)[visit]
+        u, c = keys // (n_visits * n_categories), keys % n_categories
+    width = max(n_categories, 1)
+    summed = pd.Series(shares).groupby(u.astype(np.int64) * width + c, sort=True).sum()
+    keys = summed.index.to_numpy()
+    index = pd.MultiIndex.from_arrays([users[keys // width], keys % width], names=["u", "c"])
+    return pd.Series(summed.to_numpy(), index=index)

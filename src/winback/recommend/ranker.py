@@ -22,11 +22,14 @@ the reason; a ``k`` out of range is a usage error.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 import pandas as pd
+from threadpoolctl import ThreadpoolController
 
 from winback.errors import BadInputError
 from winback.recommend.affinity import CategoryAffinity
@@ -41,7 +44,10 @@ from winback.recommend.sources import (
     ContentNeighbours,
     ItemNeighbours,
     Popularity,
+    _factorised,
+    _pairs,
     check_k,
+    shared_codes,
 )
 
 USES = ("winback", "cart", "similar", "session")
@@ -64,6 +70,9 @@ WITHOUT_CATEGORIES: dict[str, float] = {
     "rules": 0.1,
 }
 
+#: A source's list, or the call that makes it (see :func:`_blend`).
+Asked = Candidates | Callable[[], Candidates]
+
 #: Popular products kept for filling short lists.
 FALLBACK_DEPTH = 200
 
@@ -83,42 +92,124 @@ class History:
 
 class Histories:
     """Every customer's products (weights summed, last interaction and last purchase), stored as arrays
-    per customer so a query slices rather than filters; :meth:`add` folds in new interactions."""
+    per customer so a query slices rather than filters; :meth:`add` folds in new interactions.
+
+    A customer's products are ordered by last interaction, most recent first; products last seen at the
+    same moment by when the customer first interacted with them (the order of the log)."""
 
     def __init__(self, interactions: pd.DataFrame) -> None:
-        self._pairs = self._aggregate(interactions)
-        self._index()
+        _, users = _factorised(interactions["user_key"])
+        _, items = _factorised(interactions["product_id"])
+        pair_codes, pairs, width = _pairs(interactions)
+        ts = interactions["ts"].to_numpy(float)
+        weight = pd.Series(interactions["weight"].to_numpy(float)).groupby(pair_codes, sort=True).sum()
+        last_ts = np.full(len(pairs), np.nan)  # maxima ignoring NaN, as a group-by's
+        np.fmax.at(last_ts, pair_codes, ts)
+        last_bought = np.full(len(pairs), np.nan)
+        bought = (interactions["kind"] == "purchase").to_numpy()
+        np.fmax.at(last_bought, pair_codes[bought], ts[bought])
+        owner = pairs // width
+        order = np.lexsort((-last_ts, owner))  # stable: equal moments in the order of the log
+        self._users = users
+        self.index_ = {u: i for i, u in enumerate(users.tolist())}
+        self._ptr = np.r_[0, np.cumsum(np.bincount(owner, minlength=len(users)))]
+        self._products = items[pairs[order] % width]
+        self._weights = weight.to_numpy(float)[order]
+        self._last_ts = last_ts[order]
+        self._last_bought = last_bought[order]
+        self._seen = order.astype(np.int64)  # first interaction with the product: ties in last_ts
+        self._next = len(pairs)
 
     @staticmethod
-    def _aggregate(frame: pd.DataFrame) -> pd.DataFrame:
-        keys = [
-            frame["user_key"].astype(str).rename("user_key"),
-            frame["product_id"].astype(str).rename("product_id"),
-        ]
+    def _stats(frame: pd.DataFrame) -> pd.DataFrame:
         bought = frame["ts"].where(frame["kind"] == "purchase")
-        grouped = pd.DataFrame({"weight": frame["weight"], "last_ts": frame["ts"], "last_bought": bought})
-        return grouped.groupby(keys, sort=False).agg(
-            weight=("weight", "sum"), last_ts=("last_ts", "max"), last_bought=("last_bought", "max")
-        )
+        return pd.DataFrame(
+            {"weight": frame["weight"], "last_ts": frame["ts"], "last_bought": bought}
+        ).reset_index(drop=True)
 
     def add(self, interactions: pd.DataFrame) -> None:
-        new = self._aggregate(interactions)
-        both = pd.concat([self._pairs, new])
-        self._pairs = both.groupby(level=[0, 1], sort=False).agg(
-            weight=("weight", "sum"), last_ts=("last_ts", "max"), last_bought=("last_bought", "max")
+        """Fold in new interactions: the customers in them get their products merged and re-ordered."""
+        if interactions.empty:
+            return
+        keys = [
+            interactions["user_key"].astype(str).rename("user_key").reset_index(drop=True),
+            interactions["product_id"].astype(str).rename("product_id").reset_index(drop=True),
+        ]
+        new = self._stats(interactions).groupby(keys, sort=False).agg(**_PAIR_STATS).reset_index()
+        new["seen"] = self._next + np.arange(len(new), dtype=np.int64)
+        self._next += len(new)
+        touched = sorted(set(new["user_key"]))
+        both = pd.concat([self._rows_of(touched), new], ignore_index=True)
+        # Old and new rows of a pair: sums and maxima, as one group-by over both would give.
+        merged = (
+            both.groupby(["user_key", "product_id"], sort=False)
+            .agg(**_PAIR_STATS, seen=("seen", "min"))
+            .reset_index()
         )
-        self._index()
+        merged = merged.iloc[
+            np.lexsort(
+                (
+                    merged["seen"].to_numpy(),
+                    -merged["last_ts"].to_numpy(float),
+                    np.searchsorted(np.array(touched, dtype=object), merged["user_key"].to_numpy(object)),
+                )
+            )
+        ]
+        self._splice(touched, merged)
 
-    def _index(self) -> None:
-        pairs = self._pairs.reset_index().sort_values(["user_key", "last_ts"], ascending=[True, False])
-        users = pairs["user_key"].to_numpy(str)
-        starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if users.size else np.array([], int)
-        self.index_ = {u: i for i, u in enumerate(users[starts])}
-        self._ptr = np.r_[starts, len(users)]
-        self._products = pairs["product_id"].to_numpy(object)
-        self._weights = pairs["weight"].to_numpy(float)
-        self._last_ts = pairs["last_ts"].to_numpy(float)
-        self._last_bought = pairs["last_bought"].to_numpy(float)
+    def _rows_of(self, users: list[str]) -> pd.DataFrame:
+        """The stored rows of ``users`` (none for a new customer), customer by customer."""
+        known = [u for u in users if u in self.index_]
+        at = np.array([self.index_[u] for u in known], dtype=np.intp)
+        lo, hi = self._ptr[at], self._ptr[at + 1]
+        rows = np.concatenate([np.arange(0)] + [np.arange(a, b) for a, b in zip(lo, hi, strict=True)])
+        return pd.DataFrame(
+            {
+                "user_key": np.repeat(np.array(known, dtype=object), hi - lo),
+                "product_id": self._products[rows],
+                "weight": self._weights[rows],
+                "last_ts": self._last_ts[rows],
+                "last_bought": self._last_bought[rows],
+                "seen": self._seen[rows],
+            }
+        )
+
+    def _splice(self, touched: list[str], merged: pd.DataFrame) -> None:
+        """Replace the rows of the ``touched`` customers (sorted) by ``merged`` (grouped by customer in
+        that order), inserting new customers where their key sorts."""
+        columns = {
+            "_products": merged["product_id"].to_numpy(object),
+            "_weights": merged["weight"].to_numpy(float),
+            "_last_ts": merged["last_ts"].to_numpy(float),
+            "_last_bought": merged["last_bought"].to_numpy(float),
+            "_seen": merged["seen"].to_numpy(np.int64),
+        }
+        lengths = np.bincount(
+            np.searchsorted(np.array(touched, dtype=object), merged["user_key"].to_numpy(object)),
+            minlength=len(touched),
+        )
+        bounds = np.r_[0, np.cumsum(lengths)]
+        position = np.searchsorted(self._users, np.array(touched, dtype=object))  # where each sorts
+        known = np.array([u in self.index_ for u in touched], dtype=bool)
+        pieces: dict[str, list[np.ndarray]] = {name: [] for name in columns}
+        cursor = 0
+        for j in range(len(touched)):
+            start = self._ptr[position[j]]
+            for name, values in columns.items():
+                pieces[name].append(getattr(self, name)[cursor:start])
+                pieces[name].append(values[bounds[j] : bounds[j + 1]])
+            cursor = self._ptr[position[j] + 1] if known[j] else start
+        for name in columns:
+            pieces[name].append(getattr(self, name)[cursor:])
+            setattr(self, name, np.concatenate(pieces[name]))
+        sizes = np.diff(self._ptr)
+        sizes[position[known]] = lengths[known]
+        fresh = ~known
+        self._users = np.insert(self._users, position[fresh], np.array(touched, dtype=object)[fresh])
+        sizes = np.insert(sizes, position[fresh], lengths[fresh])
+        self._ptr = np.r_[0, np.cumsum(sizes)]
+        if fresh.any():
+            self.index_ = {u: i for i, u in enumerate(self._users.tolist())}
 
     def __contains__(self, user_key: object) -> bool:
         return str(user_key) in self.index_
@@ -136,19 +227,68 @@ class Histories:
         )
 
 
+#: How the interactions of one customer and product sum up.
+_PAIR_STATS = {
+    "weight": ("weight", "sum"),
+    "last_ts": ("last_ts", "max"),
+    "last_bought": ("last_bought", "max"),
+}
+
+
 def _open_carts(frame: pd.DataFrame, since: float) -> dict[str, tuple[str, list[str]]]:
     """Sessions with an add to cart and no purchase, active since ``since``: cart id -> (user, items)."""
-    if frame["session_key"].isna().all():
+    session = frame["session_key"]
+    if session.isna().all():
         return {}
-    recent = frame[frame["ts"] >= since]
-    bought = set(recent.loc[recent["kind"] == "purchase", "session_key"].dropna())
-    adds = recent[
-        (recent["kind"] == "cart") & recent["session_key"].notna() & ~recent["session_key"].isin(bought)
-    ]
+    recent = (frame["ts"] >= since).to_numpy()
+    kind = frame["kind"]
+    bought = session[recent & (kind == "purchase").to_numpy()].dropna().unique()
+    open_adds = recent & (kind == "cart").to_numpy() & session.notna().to_numpy()
+    open_adds[open_adds] = ~session[open_adds].isin(bought).to_numpy()
+    if not open_adds.any():
+        return {}
+    adds = frame.loc[open_adds, ["session_key", "user_key", "product_id"]]
+    # One group per (session, user), in the order of the log; each cart's products once, in the order
+    # they were added.
+    session_codes, session_keys = pd.factorize(adds["session_key"])
+    user_codes, user_keys = pd.factorize(adds["user_key"])
+    sessions, users = np.asarray(session_keys, dtype=object), np.asarray(user_keys, dtype=object)
+    group, pairs = pd.factorize(session_codes.astype(np.int64) * len(users) + user_codes)
+    product_codes, products = pd.factorize(adds["product_id"].astype(str))
+    first = ~pd.Series(group.astype(np.int64) * len(products) + product_codes).duplicated().to_numpy()
+    rows = np.flatnonzero(first)
+    rows = rows[np.argsort(group[rows], kind="stable")]
+    bounds = np.r_[0, np.cumsum(np.bincount(group[rows], minlength=len(pairs)))]
+    items = np.asarray(products, dtype=object)[product_codes[rows]].tolist()
     carts: dict[str, tuple[str, list[str]]] = {}
-    for (session, user), items in adds.groupby(["session_key", "user_key"], sort=False)["product_id"]:
-        carts[str(session)] = (str(user), list(dict.fromkeys(items.astype(str))))
+    for g, pair in enumerate(pairs.tolist()):
+        session, user = sessions[pair // len(users)], users[pair % len(users)]
+        carts[str(session)] = (str(user), items[bounds[g] : bounds[g + 1]])
     return carts
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_controller: ThreadpoolController | None = None
+
+
+def _one_blas_thread(
+    query: Callable[Concatenate[Recommender, P], R],
+) -> Callable[Concatenate[Recommender, P], R]:
+    """Run ``query`` with BLAS on one thread: a query's matrix-vector products are small, and a
+    threaded BLAS spends more on waking and waiting for its threads than it saves, many times more
+    on busy cores (ALS scores of 200k products: ~1.4 ms on one thread, ~24 ms on two busy ones)."""
+
+    @functools.wraps(query)
+    def limited(self: Recommender, *args: P.args, **kwargs: P.kwargs) -> R:
+        global _controller
+        if _controller is None:
+            _controller = ThreadpoolController()
+        with _controller.limit(limits=1, user_api="blas"):
+            return query(self, *args, **kwargs)
+
+    return limited
 
 
 def _stock_set(stock: Mapping[str, object] | pd.Series | None) -> set[str]:
@@ -230,10 +370,19 @@ class Recommender:
             raise BadInputError(
                 "interactions: none to learn from (no views, carts or purchases before as-of)"
             )
+        with shared_codes():  # every source codes the same user and product columns
+            return self._fit(frame, products, stock)
+
+    def _fit(
+        self,
+        frame: pd.DataFrame,
+        products: pd.DataFrame | None,
+        stock: Mapping[str, object] | pd.Series | None,
+    ) -> Recommender:
         weights = {use: dict(DEFAULT_WEIGHTS[use]) for use in USES}
-        categorised = (
-            frame.loc[frame["category"].notna(), "product_id"].nunique() / frame["product_id"].nunique()
-        )
+        item_codes, items = _factorised(frame["product_id"])
+        with_category = np.bincount(item_codes[frame["category"].notna().to_numpy()], minlength=len(items))
+        categorised = np.count_nonzero(with_category) / len(items)
         if categorised < 0.5:
             weights["winback"] = dict(WITHOUT_CATEGORIES)
         for use, given in (self.weights or {}).items():
@@ -275,10 +424,13 @@ class Recommender:
         prices = self.content_.products_
         median = prices.groupby("category")["price"].transform("median")
         relative = (prices["price"] / median).replace([np.inf, -np.inf], np.nan)
-        chosen = frame[frame["kind"].isin(("cart", "purchase"))]
-        ratio = chosen["product_id"].astype(str).map(relative)
-        per_user = ratio.groupby(chosen["user_key"].astype(str).to_numpy()).median().dropna()
-        return {str(u): float(r) for u, r in per_user.items()}
+        chosen = frame["kind"].isin(("cart", "purchase")).to_numpy()
+        item_codes, items = _factorised(frame["product_id"])
+        user_codes, users = _factorised(frame["user_key"])
+        ratio = relative.reindex(pd.Index(items)).to_numpy(float)[item_codes[chosen]]
+        per_user = pd.Series(ratio).groupby(user_codes[chosen], sort=True).median().dropna()
+        keys = users[per_user.index.to_numpy()].tolist()
+        return dict(zip(keys, per_user.to_numpy(float).tolist(), strict=True))
 
     def learn_new(self, interactions: pd.DataFrame) -> Recommender:
         """Fold in new interactions without a full retrain: item-to-item counts (exactly), the
@@ -319,6 +471,7 @@ class Recommender:
             return self.for_session(list(key), k)
         raise BadInputError(f"use {use!r}: expected one of {', '.join(USES)}")
 
+    @_one_blas_thread
     def for_user(self, user_key: str, k: int = 10, now: float | None = None) -> Candidates:
         """What a lapsing customer is likely to buy next (the ``winback`` use)."""
         k = check_k(k)
@@ -331,22 +484,24 @@ class Recommender:
         recent = history.products[:HISTORY_ITEMS]
         bought = history.products[~np.isnan(history.last_bought)][:HISTORY_ITEMS]
         w = self.weights_["winback"]
-        lists = [
-            (w["affinity"], self.affinity_.for_user(user_key, wide)),
-            (w["repeat"], self.repeat_.due(user_key, moment, wide)),
+        lists: list[tuple[float, Asked]] = [
+            (w["affinity"], lambda: self.affinity_.for_user(user_key, wide)),
+            (w["repeat"], lambda: self.repeat_.due(user_key, moment, wide)),
             (
                 w["neighbours"],
-                self.neighbours_.for_items(
+                lambda: self.neighbours_.for_items(
                     list(recent), wide, weights=list(history.weights[:HISTORY_ITEMS]), include_query=True
                 ),
             ),
-            (w["rules"], self.rules_.for_items(list(bought), wide) if bought.size else Candidates()),
+            (w["rules"], lambda: self.rules_.for_items(list(bought), wide) if bought.size else Candidates()),
         ]
-        if self.als_ is not None:
-            lists.append((w["als"], self.als_.for_user(user_key, wide, include_seen=True)))
+        als = self.als_
+        if als is not None:
+            lists.append((w["als"], lambda: als.for_user(user_key, wide, include_seen=True)))
         # An item due again says so: the customer's own rhythm is the most telling reason.
         return _blend(lists, k, skip, fallback=self._fallback(wide), prefer=1)
 
+    @_one_blas_thread
     def for_cart(
         self,
         cart: str | Sequence[str],
@@ -378,19 +533,16 @@ class Recommender:
             cheaper = self.price_sensitive(user_key) if user_key is not None else False
         wide = _depth(k, skip)
         w = self.weights_["cart"]
-        substitutes = Candidates()
-        for p in items:
-            substitutes.extend(self.content_.similar(p, wide, cheaper=cheaper))
-        substitutes.sort(key=lambda c: -c.score)
-        lists = [
-            (w["rules"], self.rules_.for_items(items, wide)),
-            (w["neighbours"], self.neighbours_.for_items(items, wide)),
-            (w["substitutes"], substitutes),
-            (w["affinity"], self.affinity_.for_items(items, wide)),
+        lists: list[tuple[float, Asked]] = [
+            (w["rules"], lambda: self.rules_.for_items(items, wide)),
+            (w["neighbours"], lambda: self.neighbours_.for_items(items, wide)),
+            (w["substitutes"], lambda: self._substitutes(items, wide, cheaper=bool(cheaper))),
+            (w["affinity"], lambda: self.affinity_.for_items(items, wide)),
         ]
         # For a price-sensitive customer the price is the point: say so whatever else proposed it.
         return _blend(lists, k, skip, fallback=self._fallback(wide), prefer=2 if cheaper else None)
 
+    @_one_blas_thread
     def similar(self, product_id: str, k: int = 10, *, cheaper: bool = False) -> Candidates:
         """Products like ``product_id`` (the ``similar`` use); only cheaper ones if ``cheaper``."""
         k = check_k(k)
@@ -403,16 +555,18 @@ class Recommender:
         wide = _depth(k, self.out_of_stock_)
         w = self.weights_["similar"]
         content = self.content_.similar(p, wide, cheaper=cheaper)
-        lists = [(w["content"], content)]
+        lists: list[tuple[float, Asked]] = [(w["content"], content)]
+        als = self.als_
         if not cheaper:  # co-chosen products are not sorted by price
-            lists.append((w["neighbours"], self.neighbours_.similar(p, wide)))
-            if self.als_ is not None:
-                lists.append((w["als"], self.als_.similar(p, wide)))
+            lists.append((w["neighbours"], lambda: self.neighbours_.similar(p, wide)))
+            if als is not None:
+                lists.append((w["als"], lambda: als.similar(p, wide)))
         out = _blend(lists, k, self.out_of_stock_ | {p})
         if not out and not out.reason:
             out.reason = content.reason or f"no product like {p} yet"
         return out
 
+    @_one_blas_thread
     def for_session(self, viewed: Sequence[str], k: int = 10) -> Candidates:
         """Session-based recommendations for a visitor known only by the products they viewed."""
         k = check_k(k)
@@ -422,13 +576,22 @@ class Recommender:
         skip = set(items) | self.out_of_stock_
         wide = _depth(k, skip)
         w = self.weights_["session"]
-        lists = [
-            (w["neighbours"], self.neighbours_.for_items(items, wide)),
-            (w["affinity"], self.affinity_.for_items(items, wide)),
+        lists: list[tuple[float, Asked]] = [
+            (w["neighbours"], lambda: self.neighbours_.for_items(items, wide)),
+            (w["affinity"], lambda: self.affinity_.for_items(items, wide)),
         ]
-        if self.als_ is not None:
-            lists.append((w["als"], self.als_.for_items(items, wide)))
+        als = self.als_
+        if als is not None:
+            lists.append((w["als"], lambda: als.for_items(items, wide)))
         return _blend(lists, k, skip, fallback=self._fallback(wide))
+
+    def _substitutes(self, items: list[str], k: int, *, cheaper: bool) -> Candidates:
+        """Content neighbours of each cart item, best first."""
+        substitutes = Candidates()
+        for p in items:
+            substitutes.extend(self.content_.similar(p, k, cheaper=cheaper))
+        substitutes.sort(key=lambda c: -c.score)
+        return substitutes
 
     def _fallback(self, k: int) -> Candidates:
         """The shop's most popular products (computed once per fit)."""
@@ -458,7 +621,7 @@ class Recommender:
 
 
 def _blend(
-    lists: list[tuple[float, Candidates]],
+    asked: list[tuple[float, Asked]],
     k: int,
     skip: set[str],
     fallback: Candidates | None = None,
@@ -466,12 +629,18 @@ def _blend(
 ) -> Candidates:
     """Sum of the lists' best-scaled scores times their weights; each product's reason from the source
     that gave it most (or from list ``prefer`` wherever it proposed the product). ``fallback`` fills the
-    list (at a tenth of the lowest weight) when it is short."""
+    list (at a tenth of the lowest weight) when it is short.
+
+    A list may be given as the call that makes it: it is made only if its weight counts, or if nothing
+    is left to propose and its reason may say why (an unweighted source costs nothing)."""
+    lists = [(weight, _answer(c) if weight > 0 else c) for weight, c in asked]
     score: dict[str, float] = {}
     best: dict[str, tuple[float, str]] = {}
-    reasons = [c.reason for _, c in lists if not c and c.reason]
-    for position, (weight, candidates) in enumerate(lists):
-        if weight <= 0 or not candidates:
+    for position, (weight, given) in enumerate(lists):
+        if weight <= 0:
+            continue
+        candidates = _answer(given)
+        if not candidates:
             continue
         top = max(c.score for c in candidates) or 1.0
         for c in candidates:
@@ -491,8 +660,13 @@ def _blend(
                 best[c.product_id] = (score[c.product_id], c.reason)
     ranked = sorted(score.items(), key=lambda item: (-item[1], item[0]))[:k]
     if not ranked:
+        reasons = [c.reason for c in (_answer(c) for _, c in lists) if not c and c.reason]
         return Candidates(reason="; ".join(dict.fromkeys(reasons)) or "nothing to propose")
     return Candidates(Candidate(p, round(s, 6), best[p][1]) for p, s in ranked)
+
+
+def _answer(asked: Asked) -> Candidates:
+    return asked if isinstance(asked, Candidates) else asked()
 
 
 def _depth(k: int, skip: set[str]) -> int:

@@ -109,6 +109,7 @@ class RepeatPurchases:
         pairs = _pair_stats(self._days)
         self.products_ = self._product_stats(pairs)
         self.replenishable_ = self.products_[self.products_["replenishable"]]
+        self._replenishable = set(self.replenishable_.index.astype(str))
         self.purchases_ = _with_interval(pairs, self.products_)
         self._users: dict[str, _UserArrays] = {}
         self._buyers: set[str] = set()
@@ -139,6 +140,7 @@ class RepeatPurchases:
         kept = self.products_[~self.products_.index.isin(touched)]
         self.products_ = pd.concat([kept, products]).sort_index()
         self.replenishable_ = self.products_[self.products_["replenishable"]]
+        self._replenishable = set(self.replenishable_.index.astype(str))
         rows = _with_interval(pairs, self.products_)
         others = self.purchases_[~self.purchases_["product_id"].isin(touched)]
         self.purchases_ = _sorted_purchases(pd.concat([others, rows], ignore_index=True))
@@ -150,8 +152,7 @@ class RepeatPurchases:
 
     def is_replenishable(self, product_id: str) -> bool:
         """Whether ``product_id`` is bought again often enough to be worth reminding of."""
-        p = str(product_id)
-        return p in self.products_.index and bool(self.products_.at[p, "replenishable"])
+        return str(product_id) in self._replenishable
 
     def due(self, user_key: str, now: float, k: int = 10, exclude: Iterable[str] = ()) -> Candidates:
         """The ``k`` replenishable products ``user_key`` bought, the most due at ``now`` (epoch

@@ -30,8 +30,11 @@ be updated exactly for the users who changed. The cosine is the same as implicit
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from itertools import pairwise
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -70,14 +73,106 @@ def _ids(values: Iterable[object]) -> list[str]:
     return [str(v) for v in values]
 
 
+#: What :func:`shared_codes` keeps: (kind, ids of the arrays) -> (the arrays, the result).
+_SHARED: ContextVar[dict[tuple[object, ...], tuple[tuple[object, ...], object]] | None] = ContextVar(
+    "_SHARED", default=None
+)
+
+T = TypeVar("T")
+
+
+@contextmanager
+def shared_codes() -> Iterator[None]:
+    """Within this block, :func:`_factorised` and :func:`_pairs` code each column of a frame once.
+
+    ``Recommender.fit`` fits every source on the same frame, which nothing changes meanwhile; each source
+    codes its user and product columns, and on 10M rows each coding takes about a second."""
+    token = _SHARED.set({})
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+
+
+def _once(kind: str, arrays: tuple[object, ...], compute: Callable[[], T]) -> T:
+    """``compute()``, or within :func:`shared_codes` what it gave for these very arrays."""
+    shared = _SHARED.get()
+    if shared is None:
+        return compute()
+    key = (kind, *map(id, arrays))
+    if key in shared and all(a is b for a, b in zip(shared[key][0], arrays, strict=True)):
+        return shared[key][1]  # type: ignore[return-value]
+    out = compute()
+    shared[key] = (arrays, out)  # the arrays are kept, so their ids are not reused meanwhile
+    return out
+
+
+def _factorised(values: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Codes of ``values`` (as strings) into their sorted distinct values, and those values.
+
+    The same as ``sorted(set(_ids(values)))`` and a lookup per row, without a Python loop over the rows
+    (on 10M rows that loop alone takes tens of seconds)."""
+
+    def compute() -> tuple[np.ndarray, np.ndarray]:
+        codes, uniques = pd.factorize(values.astype(str), sort=True)
+        return codes.astype(np.intp, copy=False), np.asarray(uniques, dtype=object)
+
+    return _once("codes", (values.array,), compute)
+
+
+def _pairs(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, int]:
+    """Each row's (customer, product) pair as a code, in the order pairs first appear; each pair's key
+    ``user code * width + product code`` (codes of :func:`_factorised`); and the width."""
+
+    def compute() -> tuple[np.ndarray, np.ndarray, int]:
+        user_codes, _ = _factorised(frame["user_key"])
+        item_codes, items = _factorised(frame["product_id"])
+        width = max(len(items), 1)
+        codes, keys = pd.factorize(user_codes.astype(np.int64) * width + item_codes)
+        return codes, keys, width
+
+    return _once("pairs", (frame["user_key"].array, frame["product_id"].array), compute)
+
+
+def _strongest(frame: pd.DataFrame, shape: tuple[int, int]) -> sp.csr_matrix:
+    """The users x items csr matrix of each pair's largest weight (NaN weights ignored)."""
+    codes, keys, width = _pairs(frame)
+    largest = np.full(len(keys), np.nan)
+    np.fmax.at(largest, codes, frame["weight"].to_numpy(float))
+    order = np.argsort(keys)
+    keys = keys[order]
+    indptr = np.r_[0, np.cumsum(np.bincount(keys // width, minlength=shape[0]))].astype(np.int64)
+    matrix = sp.csr_matrix((largest[order], keys % width, indptr), shape=shape)
+    matrix.has_canonical_format = True  # sorted by (row, column), one entry each
+    return matrix
+
+
 def _top(scores: np.ndarray, k: int, eligible: np.ndarray) -> np.ndarray:
-    """Indices of the ``k`` highest positive eligible scores, best first (ties: lower index first)."""
+    """Indices of the ``k`` highest positive eligible scores, best first (ties: lower index first;
+    which of equal scores at the ``k``-th place make it is as one ``np.argpartition`` picks)."""
     candidates = np.flatnonzero(eligible & (scores > 0))
     if candidates.size > k:
-        part = np.argpartition(-scores[candidates], k - 1)[:k]
-        candidates = candidates[part]
+        values = scores[candidates]
+        chosen = values >= _kth_highest(values, k)
+        if np.count_nonzero(chosen) == k:
+            candidates = candidates[chosen]
+        else:  # equal scores straddle the k-th place: pick among them as one argpartition does
+            candidates = candidates[np.argpartition(-values, k - 1)[:k]]
     order = np.lexsort((candidates, -scores[candidates]))
     return candidates[order]
+
+
+def _kth_highest(values: np.ndarray, k: int) -> float:
+    """The ``k``-th highest of ``values`` (``k < values.size``), exactly.
+
+    The ``k``-th highest of an evenly strided sample is at most the ``k``-th highest of all, so the
+    partition needs only the few values at or above it: on 100k+ scores several times quicker than
+    one partition of all of them."""
+    sample = values[:: max(1, int(np.sqrt(values.size / k)))]
+    if sample.size > k:
+        floor = np.partition(sample, sample.size - k)[sample.size - k]
+        values = values[values >= floor]
+    return float(np.partition(values, values.size - k)[values.size - k])
 
 
 def _fraction(x: float) -> str:
@@ -113,12 +208,12 @@ class ItemNeighbours:
         frame = check_interactions(interactions)
         if not self.shrink >= 0:
             raise BadInputError(f"shrink {self.shrink!r}: expected a number >= 0")
-        self.users_ = np.array(sorted(set(_ids(frame["user_key"]))), dtype=object)
-        self.items_ = np.array(sorted(set(_ids(frame["product_id"]))), dtype=object)
+        _, self.users_ = _factorised(frame["user_key"])
+        _, self.items_ = _factorised(frame["product_id"])
         self._index()
-        self.user_items_ = self._matrix(frame)
+        self.user_items_ = _strongest(frame, (len(self.users_), len(self.items_)))
         self.cooccurrence_ = (self.user_items_.T @ self.user_items_).tocsr()
-        self._norms = np.sqrt(np.maximum(self.cooccurrence_.diagonal(), 0.0))
+        self._similarity()
         return self
 
     def learn_new(self, interactions: pd.DataFrame) -> ItemNeighbours:
@@ -149,7 +244,7 @@ class ItemNeighbours:
         counts = counts + (after.T @ after) - (before.T @ before)
         counts.eliminate_zeros()
         self.user_items_, self.cooccurrence_ = new, counts.tocsr()
-        self._norms = np.sqrt(np.maximum(self.cooccurrence_.diagonal(), 0.0))
+        self._similarity()
         return self
 
     partial_fit = learn_new
@@ -165,12 +260,34 @@ class ItemNeighbours:
         shape = (len(self.users_), len(self.items_))
         return sp.csr_matrix((strongest["weight"].to_numpy(float), (rows, cols)), shape=shape)
 
-    def _similarity_rows(self, rows: np.ndarray) -> sp.csr_matrix:
-        norms = self._norms
-        block = self.cooccurrence_[rows].tocoo()
-        denominator = norms[rows][block.row] * norms[block.col] + self.shrink
-        data = np.divide(block.data, denominator, out=np.zeros_like(block.data), where=denominator > 0)
-        return sp.csr_matrix((data, (block.row, block.col)), shape=block.shape)
+    def _similarity(self, block: int = 1 << 22) -> None:
+        """The cosines of every co-occurring pair, computed once per fit so that a query only sums rows:
+        ``count / (norm_i * norm_j + shrink)``, with the co-occurrence counts' sparsity (sorted rows)."""
+        counts = self.cooccurrence_
+        if not counts.has_sorted_indices:
+            counts.sort_indices()
+        norms = np.sqrt(np.maximum(counts.diagonal(), 0.0))
+        data = np.zeros(counts.nnz)
+        # By blocks of rows of about ``block`` entries: small temporaries on large catalogues.
+        starts = np.arange(0, counts.nnz, block)
+        cuts = np.unique(np.searchsorted(counts.indptr, starts, side="right") - 1).tolist()
+        for first, last in pairwise([*cuts, counts.shape[0]] if cuts else []):
+            lo, hi = counts.indptr[first], counts.indptr[last]
+            rows = np.repeat(np.arange(first, last), np.diff(counts.indptr[first : last + 1]))
+            denominator = norms[rows] * norms[counts.indices[lo:hi]] + self.shrink
+            np.divide(counts.data[lo:hi], denominator, out=data[lo:hi], where=denominator > 0)
+        self._norms = norms
+        self._cosines = sp.csr_matrix((data, counts.indices, counts.indptr), shape=counts.shape)
+
+    def __getstate__(self) -> dict[str, object]:
+        state = self.__dict__.copy()
+        state.pop("_cosines", None)  # as large as the counts, and quick to recompute
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        if "cooccurrence_" in state:
+            self._similarity()
 
     def similar(self, product_id: str, k: int = 10) -> Candidates:
         """The ``k`` products closest to ``product_id``."""
@@ -204,10 +321,10 @@ class ItemNeighbours:
         known = [p for p in query if p in self.item_index_]
         if not known:
             return Candidates(reason=_unknown(query))
-        rows = np.array([self.item_index_[p] for p in known])
-        factor = sp.diags(np.array([given[p] for p in known], dtype=float))
-        sims = sp.csr_matrix(factor @ self._similarity_rows(rows))
-        scores = np.asarray(sims.sum(axis=0)).ravel()
+        rows = np.array([self.item_index_[p] for p in known], dtype=np.intp)
+        factors = np.array([given[p] for p in known], dtype=float)
+        block = self._cosines[rows]
+        scores = block.T @ factors  # each column's cosines times the factors, summed in query order
         eligible = np.ones(len(self.items_), dtype=bool)
         if not include_query:
             eligible[rows] = False
@@ -217,7 +334,16 @@ class ItemNeighbours:
         top = _top(scores, k, eligible)
         if not top.size:
             return Candidates(reason=f"no other product shares customers with {', '.join(query[:3])}")
-        strongest = np.asarray(sims[:, top].toarray().argmax(axis=0)).ravel()
+        # The query item that gave each most: its cosine looked up in each (sorted) row.
+        dense = np.zeros((len(rows), top.size))
+        for i in range(len(rows)):
+            lo, hi = block.indptr[i], block.indptr[i + 1]
+            columns = block.indices[lo:hi]
+            at = np.minimum(np.searchsorted(columns, top), max(hi - lo - 1, 0))
+            if hi > lo:
+                found = columns[at] == top
+                dense[i, found] = factors[i] * block.data[lo:hi][at[found]]
+        strongest = dense.argmax(axis=0)
         return Candidates(
             Candidate(str(self.items_[j]), round(float(scores[j]), 6), self._reason(j, rows[s]))
             for j, s in zip(top, strongest, strict=True)
@@ -280,19 +406,28 @@ class BasketRules:
             raise BadInputError("min_support and min_confidence: expected shares from 0 to 1")
         if self.min_count < 1:
             raise BadInputError(f"min_count {self.min_count!r}: expected an integer >= 1")
-        rows = frame[frame["kind"].isin(self.kinds)]
-        basket = pd.Series(rows["user_key"].astype(str) + "@" + (rows["ts"] // 86_400).astype(str))
-        for column in ("session_key", "order_id"):  # an order beats a session beats a day
+        chosen = frame["kind"].isin(self.kinds).to_numpy()
+        rows = frame[chosen]
+        basket = np.empty(len(rows), dtype=object)
+        missing = np.ones(len(rows), dtype=bool)
+        for column in ("order_id", "session_key"):  # an order beats a session beats a day
             if column in rows.columns:
-                basket = rows[column].astype("object").where(rows[column].notna(), basket)
-        pairs = pd.DataFrame({"basket": basket.astype(str), "item": rows["product_id"].astype(str)})
-        pairs = pairs.drop_duplicates()
-        baskets, basket_index = np.unique(pairs["basket"], return_inverse=True)
-        items, item_index = np.unique(pairs["item"], return_inverse=True)
-        self.n_baskets_ = len(baskets)
-        self.items_ = items.astype(object)
+                given = missing & rows[column].notna().to_numpy()
+                basket[given] = rows[column][given].astype(str).to_numpy(object)
+                missing &= ~given
+        if missing.any():
+            day = rows["user_key"][missing].astype(str) + "@" + (rows["ts"][missing] // 86_400).astype(str)
+            basket[missing] = day.to_numpy(object)
+        basket_index = pd.factorize(basket)[0]
+        all_items, every_item = _factorised(frame["product_id"])
+        used, item_index = np.unique(all_items[chosen], return_inverse=True)
+        items = every_item[used]
+        pairs = np.unique(basket_index.astype(np.int64) * max(len(items), 1) + item_index)
+        self.n_baskets_ = int(basket_index.max()) + 1 if basket_index.size else 0
+        self.items_ = items
         matrix = sp.csr_matrix(
-            (np.ones(len(pairs)), (basket_index, item_index)), shape=(len(baskets), len(items))
+            (np.ones(len(pairs)), (pairs // max(len(items), 1), pairs % max(len(items), 1))),
+            shape=(self.n_baskets_, len(items)),
         )
         counts = (matrix.T @ matrix).tocoo()
         item_counts = np.asarray(matrix.sum(axis=0)).ravel()
@@ -302,26 +437,27 @@ class BasketRules:
         confidence = n / item_counts[a]
         lift = confidence / (item_counts[b] / max(self.n_baskets_, 1))
         keep = (n >= self.min_count) & (support >= self.min_support) & (confidence >= self.min_confidence)
-        rules = pd.DataFrame(
+        a, b, n, support, confidence, lift = (x[keep] for x in (a, b, n, support, confidence, lift))
+        # By antecedent, best confidence, then lift, then consequent (codes sort as the ids do).
+        order = np.lexsort((b, -lift, -confidence, a))
+        a, b = a[order], b[order]
+        self.rules_ = pd.DataFrame(
             {
-                "antecedent": items[a[keep]],
-                "consequent": items[b[keep]],
-                "count": n[keep].astype(int),
-                "support": support[keep],
-                "confidence": confidence[keep],
-                "lift": lift[keep],
+                "antecedent": items[a],
+                "consequent": items[b],
+                "count": n[order].astype(int),
+                "support": support[order],
+                "confidence": confidence[order],
+                "lift": lift[order],
             }
         )
-        self.rules_ = rules.sort_values(
-            ["antecedent", "confidence", "lift", "consequent"], ascending=[True, False, False, True]
-        ).reset_index(drop=True)
+        starts = np.flatnonzero(np.r_[True, a[1:] != a[:-1]]) if a.size else np.array([], np.intp)
+        ends = np.r_[starts[1:], a.size] if a.size else starts
+        consequents = self.rules_["consequent"].to_numpy(str)
+        confidence, lift = confidence[order], lift[order]
         self._by_antecedent = {
-            str(a): (
-                g["consequent"].to_numpy(str),
-                g["confidence"].to_numpy(float),
-                g["lift"].to_numpy(float),
-            )
-            for a, g in self.rules_.groupby("antecedent", sort=False)
+            str(items[a[i]]): (consequents[i:j], confidence[i:j], lift[i:j])
+            for i, j in zip(starts.tolist(), ends.tolist(), strict=True)
         }
         return self
 
@@ -358,14 +494,40 @@ def _catalogue(frame: pd.DataFrame) -> pd.DataFrame:
     """The last known category and price of each product (from interactions or a product table)."""
     if "product_id" not in frame.columns or "category" not in frame.columns:
         raise BadInputError("products: missing columns; expected 'product_id', 'category' and 'price'")
-    ordered = frame.sort_values("ts", kind="stable") if "ts" in frame.columns else frame
-    columns = ["product_id", "category", "price"] if "price" in frame.columns else ["product_id", "category"]
-    last = ordered[columns].copy()
-    last["product_id"] = last["product_id"].astype(str)
-    last = last.groupby("product_id", sort=True).last()  # last non-null per column
-    if "price" not in last.columns:
-        last["price"] = np.nan
-    return last
+    codes, ids = _factorised(frame["product_id"])
+    # The last non-null value of each column per product, in time order (the table's order without ts).
+    order = (
+        np.argsort(frame["ts"].to_numpy(float), kind="stable")
+        if "ts" in frame.columns
+        else np.arange(len(frame))
+    )
+    rank = np.empty(len(frame), dtype=np.int64)
+    rank[order] = np.arange(len(frame))
+    columns = {}
+    for column in ("category", "price"):
+        if column not in frame.columns:
+            continue
+        values = frame[column].reset_index(drop=True)
+        valid = values.notna().to_numpy()
+        last = np.full(len(ids), -1, dtype=np.int64)
+        np.maximum.at(last, codes[valid], rank[valid])
+        rows = np.where(last >= 0, order[np.maximum(last, 0)], -1)
+        columns[column] = values.reindex(rows).set_axis(ids)  # row -1: no value (NaN)
+    out = pd.DataFrame(columns)
+    out.index.name = "product_id"
+    if "price" not in out.columns:
+        out["price"] = np.nan
+    return out
+
+
+def _first_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the ``k`` highest ``scores``, best first (equal scores: lower position first)."""
+    if scores.size > k:
+        kth = np.partition(-scores, k - 1)[k - 1]
+        candidates = np.flatnonzero(-scores <= kth)  # the top k and every tie of the k-th
+    else:
+        candidates = np.arange(scores.size)
+    return candidates[np.lexsort((candidates, -scores[candidates]))][:k]
 
 
 class ContentNeighbours:
@@ -395,35 +557,52 @@ class ContentNeighbours:
         if not self.price_tolerance > 0:
             raise BadInputError(f"price_tolerance {self.price_tolerance!r}: expected a number > 0")
         self.products_ = _catalogue(products)
-        known = self.products_[self.products_["category"].notna()]
-        self._by_category = {str(c): g for c, g in known.groupby("category", sort=False)}
+        # Plain arrays, per product and per category (products sorted by id): a query touches no pandas.
+        self._ids = self.products_.index.to_numpy(object)
+        self._prices = self.products_["price"].to_numpy(float)
+        self._categories = self.products_["category"].to_numpy(object)
+        self._row = {p: i for i, p in enumerate(self._ids.tolist())}
+        known = np.flatnonzero(self.products_["category"].notna().to_numpy())
+        codes, names = pd.factorize(self.products_["category"].iloc[known])
+        grouped = known[np.argsort(codes, kind="stable")]
+        bounds = np.r_[0, np.cumsum(np.bincount(codes, minlength=len(names)))]
+        self._by_category: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for g, name in enumerate(names):
+            rows = grouped[bounds[g] : bounds[g + 1]]
+            self._by_category[str(name)] = (self._ids[rows], self._prices[rows])
         return self
 
     def similar(self, product_id: str, k: int = 10, *, cheaper: bool = False) -> Candidates:
         """The ``k`` products most like ``product_id``; only cheaper ones if ``cheaper``."""
         k = check_k(k)
         p = str(product_id)
-        if p not in self.products_.index:
+        row = self._row.get(p)
+        if row is None:
             return Candidates(reason=f"unknown product {p}: not in the catalogue")
-        row = self.products_.loc[p].to_dict()
-        category, price = row["category"], float(row["price"])
+        category, price = self._categories[row], float(self._prices[row])
         if category is None or (isinstance(category, float) and np.isnan(category)):
             return Candidates(reason=f"product {p} has no category: no content to compare")
-        peers = self._by_category[str(category)].drop(index=p)
-        prices = peers["price"].to_numpy(float)
+        ids, all_prices = self._by_category[str(category)]
         if cheaper:
             if np.isnan(price):
                 return Candidates(reason=f"product {p} has no price: cannot find cheaper ones")
-            peers, prices = peers[prices < price], prices[prices < price]
+            keep = all_prices < price
+        else:
+            keep = np.ones(ids.size, dtype=bool)
+        itself = np.searchsorted(ids, p)
+        if itself < ids.size and ids[itself] == p:
+            keep[itself] = False
+        peers = np.flatnonzero(keep)
+        prices = all_prices[peers]
         with np.errstate(divide="ignore", invalid="ignore"):
             distance = np.abs(np.log(prices / price)) / np.log1p(self.price_tolerance)
         scores = np.where(np.isnan(distance), 0.5, np.exp(-distance))
-        order = np.lexsort((peers.index.to_numpy(str), -scores))[:k]
+        order = _first_k(scores, k)  # peers are sorted by id: equal scores go to the smaller id
         if not order.size:
             return Candidates(reason=f"no other product in {category!s}" + (" is cheaper" if cheaper else ""))
         return Candidates(
             Candidate(
-                str(peers.index[j]), round(float(scores[j]), 6), _price_reason(p, price, prices[j], category)
+                str(ids[peers[j]]), round(float(scores[j]), 6), _price_reason(p, price, prices[j], category)
             )
             for j in order
         )
@@ -481,8 +660,10 @@ class Popularity:
         decayed = frame["weight"].to_numpy(float) * np.power(
             0.5, np.maximum(age_days, 0) / self.half_life_days
         )
-        scores = pd.Series(decayed, index=frame["product_id"].astype(str)).groupby(level=0).sum()
-        self.scores_ = scores.iloc[np.lexsort((scores.index.to_numpy(str), -scores.to_numpy()))]
+        codes, ids = _factorised(frame["product_id"])
+        summed = pd.Series(decayed).groupby(codes, sort=True).sum().to_numpy()
+        order = np.lexsort((np.arange(ids.size), -summed))  # ids are sorted: equal scores by id
+        self.scores_ = pd.Series(summed[order], index=pd.Index(ids[order], name="product_id"))
         if "category" in frame.columns:
             self.categories_ = _catalogue(frame)["category"]
         else:
