@@ -647,6 +647,291 @@ def clv_fit(
     )
 
 
+# -- decide ------------------------------------------------------------------------------------------
+
+SIMULATED_POLICIES = ("static-10h", "static-1h-24h-72h", "coupon-everyone", "uplift", "oracle")
+
+
+@app.command(
+    epilog="Examples:\n\n  winback plan --consent consent.csv --out plan.csv\n\n"
+    "  winback plan --policy coupon-everyone --budget 500 --consent consent.parquet --out plan.parquet\n\n"
+    "  winback plan --policy random --consent consent.csv --holdout 0.1 --out plan.csv --json\n\n"
+    "Consent file (CSV or Parquet): user_id, and email / sms / push (true or false), optionally "
+    "utc_offset_minutes (e.g. 120 for UTC+2).",
+)
+def plan(
+    out_path: Annotated[Path, typer.Option("--out", help="Plan to write: .parquet or .csv, one row each.")],
+    policy: Annotated[
+        str,
+        typer.Option(
+            "--policy",
+            help="static-10h, static-1h-24h-72h, coupon-everyone (or another flow of the catalogue), "
+            "random (randomised, exact propensities) or uplift.",
+        ),
+    ] = "static-10h",
+    budget: Annotated[
+        float | None,
+        typer.Option(
+            help="Discount this plan may give (coupon face value); 0: no coupons (default: no limit)."
+        ),
+    ] = None,
+    catalogue_path: Annotated[
+        Path | None, typer.Option("--catalogue", help="Action catalogue (TOML); default: the packaged one.")
+    ] = None,
+    consent_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--consent",
+            help="CSV/Parquet: user_id, email, sms, push, optional utc_offset_minutes; "
+            "without it: no messages.",
+        ),
+    ] = None,
+    holdout: Annotated[
+        float, typer.Option(help="Share of customers held out as control (never messaged).")
+    ] = 0.10,
+    at_risk: Annotated[
+        float,
+        typer.Option(
+            "--at-risk", help="Share of customers most at stake (churn severity) to plan for; 0: none."
+        ),
+    ] = 0.10,
+    as_of: AsOfOption = None,
+    top: Annotated[int, typer.Option(min=0, help="Rows to show on the terminal.")] = 5,
+    engine: EngineOption = "duckdb",
+    home: HomeOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Decide for every abandoned cart (and the customers most at risk): action, channel, send time,
+    coupon, recommended products, propensity and reasons; holdout customers are listed as control.
+
+    Every decision passes the guardrails (consent, frequency caps, quiet hours, the largest coupon, the
+    budget) and is logged in HOME/decisions.duckdb; planning the same moment again adds nothing. Needs
+    a trained abandonment model (`winback train abandonment`); at-risk customers need churn, '+recs'
+    messages the recommender.
+    """
+    from winback.models.report import write_table
+
+    write_table(None, out_path)  # refuse bad options before the work (and before the heavier imports)
+    if budget is not None and not budget >= 0:
+        raise BadInputError(f"--budget {budget:g}: expected an amount of 0 or more (0: no coupons)")
+    from winback.decide.catalogue import load_catalogue
+    from winback.decide.holdout import in_holdout
+
+    in_holdout([], holdout)
+    catalogue = load_catalogue(catalogue_path)
+    from winback.decide.plan import load_consent, make_policy, run_plan
+
+    make_policy(policy, catalogue)  # an unknown policy, or uplift without a model, before the work
+    consent = load_consent(consent_path) if consent_path else None
+    settings = _settings(home)
+    with _feature_tables(settings, engine) as tables, reporter(wanted(json_output)) as progress:
+        result = run_plan(
+            settings, tables, policy=policy, catalogue=catalogue, budget=budget, consent=consent,
+            as_of=_as_of(as_of), holdout_share=holdout, at_risk_share=at_risk, on_stage=progress.stage,
+        )  # fmt: skip
+    table = result.plan.table
+    write_table(table, out_path)
+    summary = result.summary() | {"out": str(out_path)}
+    if json_output:
+        shown = table.head(top).assign(send_at=table["send_at"].head(top).map(lambda v: _iso(v) or None))
+        _print_json(summary | {"top": shown.astype(object).where(shown.notna(), None).to_dict("records")})
+        return
+    print(
+        f"plan as of {summary['as_of']}, policy {result.policy} (version {result.version}): "
+        f"{result.carts:,} abandoned carts, {result.customers:,} at-risk customers"
+    )
+    for action, count in summary["actions"].items():
+        print(f"  {action:<28} {count:>7,}")
+    print(
+        f"  holdout (control, nothing): {summary['holdout']:,}; coupons: {summary['coupons']:,} "
+        f"(face value {summary['discount_reserved']:,.2f}"
+        + (f" of a {budget:,.2f} budget)" if budget is not None else ", no budget)")
+    )
+    if top and len(table):
+        from rich.table import Table
+
+        grid = Table(title="first decisions", show_lines=False)
+        for column in ("cart", "customer", "action", "send at", "recommended", "why"):
+            grid.add_column(column, overflow="fold")
+        for _, row in table.head(top).iterrows():
+            grid.add_row(
+                str(row["cart_id"] or "-"), str(row["user_id"]), str(row["action"]),
+                _iso(row["send_at"])[:16] or "-", str(row["recommended"] or "-"), str(row["reasons"]),
+            )  # fmt: skip
+        out.print(grid)
+    for note in summary["notes"]:
+        print(f"note: {note}")
+    print(f"{summary['logged']:,} new decisions logged -> {summary['log']}")
+    print(f"{len(table):,} rows -> {out_path}")
+
+
+def _iso(value: Any) -> str:
+    import pandas as pd
+
+    return "" if value is None or pd.isna(value) else pd.Timestamp(value).isoformat()
+
+
+def _seeds(values: list[str]) -> list[int]:
+    seeds: list[int] = []
+    for value in values:
+        for part in value.split(","):
+            if part.strip():
+                try:
+                    seeds.append(int(part))
+                except ValueError:
+                    raise BadInputError(f"--seeds {value!r}: expected integers, e.g. --seeds 0,1,2") from None
+    return seeds
+
+
+policies_app = typer.Typer(help="Compare policies: off the decision log, or against the simulator.")
+app.add_typer(policies_app, name="policies")
+
+
+@policies_app.command(
+    "evaluate",
+    epilog="Examples:\n\n  winback policies evaluate\n\n  winback policies evaluate --estimator dr --json\n\n"
+    "  winback policies evaluate --simulate\n\n"
+    "  winback policies evaluate --simulate --customers 5000 --days 120 --seeds 0,1 --json",
+)
+def policies_evaluate(
+    simulate_truth: Annotated[
+        bool, typer.Option("--simulate", help="Score against simulated shops' truth instead of the log.")
+    ] = False,
+    customers: Annotated[int, typer.Option(min=1, help="--simulate: customers per shop.")] = 20_000,
+    days: Annotated[int, typer.Option(min=1, help="--simulate: days per shop.")] = 180,
+    seeds: Annotated[
+        list[str] | None, typer.Option("--seeds", help="--simulate: one shop per seed, e.g. 0,1,2.")
+    ] = None,
+    policy_names: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--policy",
+            help="--simulate: policies to score (repeatable); default: static-10h, static-1h-24h-72h, "
+            "coupon-everyone, uplift, oracle.",
+        ),
+    ] = None,
+    estimators: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--estimator",
+            help="From the log: ips, snips, dr, direct (repeatable); default: ips, snips, dr.",
+        ),
+    ] = None,
+    catalogue_path: Annotated[
+        Path | None, typer.Option("--catalogue", help="Action catalogue (TOML); default: the packaged one.")
+    ] = None,
+    n_boot: Annotated[int, typer.Option(min=1, help="Bootstrap resamples of the intervals.")] = 500,
+    home: HomeOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Incremental profit per cart of each policy, with 95% intervals.
+
+    From the decision log (HOME/decisions.duckdb): the static flows and doing nothing off-policy (IPS,
+    SNIPS, DR) and the logged policy itself, from the decisions whose outcomes are recorded. With
+    --simulate: the truth on simulated shops, learned policies trained on an earlier randomised period
+    and scored on later carts, with the off-policy estimate beside it (ope_estimate).
+    """
+    import math
+
+    from winback.decide.catalogue import load_catalogue
+
+    catalogue = load_catalogue(catalogue_path)
+    settings = _settings(home)
+    if simulate_truth:
+        from winback.decide.evaluate import POLICIES, simulate_policies
+
+        chosen = [_choice(p, POLICIES, "--policy") for p in (policy_names or SIMULATED_POLICIES)]
+        seed_list = _seeds(seeds) if seeds else [0, 1, 2]
+        if not seed_list:
+            raise BadInputError("--seeds: expected at least one seed")
+        with reporter(wanted(json_output)) as progress:
+            progress.stage("", f"simulating {len(seed_list)} shops")
+            table = simulate_policies(
+                chosen, customers, days, seed_list, catalogue=catalogue, threads=settings.threads or 1,
+                n_boot=n_boot, progress=lambda line: progress.stage("", line),
+            )  # fmt: skip
+        rows = [
+            {
+                "name": r["name"],
+                "profit_per_cart": r["profit_per_cart"],
+                "ci_low": r["ci_low"],
+                "ci_high": r["ci_high"],
+                "ope_estimate": None if math.isnan(r["ope_estimate"]) else r["ope_estimate"],
+                "margin_per_cart": r["margin_per_cart"],
+                "coupon_share": r["coupon_share"],
+                "seeds": int(r["seeds"]),
+                "n_test": int(r["n_test"]),
+            }
+            for r in table.to_dict("records")
+        ]
+        if json_output:
+            _print_json(rows)
+            return
+        print(
+            f"true incremental profit per abandoned cart, {len(seed_list)} simulated shops of {customers:,} "
+            f"customers x {days} days (seeds {', '.join(map(str, seed_list))}), {rows[0]['n_test']:,} "
+            "test carts each"
+        )
+        _render_policies(rows, "ope_estimate", "off-policy")
+        print(
+            "   static-1h-24h-72h is scored by its first step (the 1 h reminder): the simulator applies "
+            "one action per cart"
+        )
+        print(
+            "   the uplift policy learns only from the event log and a randomised decision log of an "
+            "earlier period"
+        )
+        return
+    from winback.decide.log import DecisionLog
+    from winback.decide.plan import evaluate_log
+
+    with DecisionLog(settings, read_only=True) as log:
+        decisions = log.read()
+        path = log.path
+    found, notes = evaluate_log(
+        decisions, catalogue, estimators=estimators or ("ips", "snips", "dr"), n_boot=n_boot
+    )
+    if json_output:
+        _print_json(found)
+        return
+    n = found[0]["n"]
+    print(
+        f"off-policy estimates from {path}: {n:,} decisions with outcomes; profit per decision over "
+        "doing nothing"
+    )
+    _render_policies(
+        [r | {"shown": r["estimator"]} for r in found], "margin_per_decision", "margin / decision"
+    )
+    for row in found:
+        for warning in dict.fromkeys(w for e in row["estimates"].values() for w in e["warnings"]):
+            print(f"warning ({row['name']}): {warning}")
+    for note in notes:
+        print(f"note: {note}")
+
+
+def _render_policies(rows: list[dict[str, Any]], extra: str, extra_title: str) -> None:
+    from rich.table import Table
+
+    grid = Table()
+    grid.add_column("policy")
+    if any("shown" in r for r in rows):
+        grid.add_column("estimator")
+    for title in ("profit / cart", "95% interval", extra_title):
+        grid.add_column(title, justify="right")
+    for r in rows:
+        interval = f"{r['ci_low']:+.3f} .. {r['ci_high']:+.3f}"
+        side = "-" if r.get(extra) is None else f"{r[extra]:+.3f}"
+        cells = [
+            r["name"],
+            *([r["shown"]] if "shown" in r else []),
+            f"{r['profit_per_cart']:+.3f}",
+            interval,
+            side,
+        ]
+        grid.add_row(*cells)
+    out.print(grid)
+
+
 def main() -> None:
     """Entry point: usage errors exit 2 (click's own), bad input 2, other failures 1."""
     try:
