@@ -202,9 +202,9 @@ def test_policies_evaluate_from_the_log(home: Path, consent: Path, tmp_path: Pat
     rows = {r["name"]: r for r in json.loads(result.stdout)}
     assert set(rows) == {"nothing", "static-10h", "static-1h-24h-72h", "coupon-everyone", "logged"}
     catalogue = load_catalogue()
-    cost = decisions["action"].map(lambda a: catalogue.channel_cost(None if a == "nothing" else "email"))
-    cost = np.where(decisions["action"].str.contains("/sms/"), catalogue.channel_cost("sms"), cost)
-    cost = np.where(decisions["action"].str.contains("/push/"), catalogue.channel_cost("push"), cost)
+    channel = decisions["action"].str.extract(r"/(email|sms|push)/", expand=False)
+    prices = {c: catalogue.channel_cost(c) for c in ("email", "sms", "push")}
+    cost = channel.map(prices).fillna(0.0).astype(float)
     mean_reward = float((decisions["margin"] - cost).mean())
     assert rows["logged"]["margin_per_decision"] == pytest.approx(mean_reward)
     for row in rows.values():
