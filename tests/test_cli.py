@@ -37,6 +37,9 @@ def run(
         ["score"],
         ["clv", "fit"],
         ["warnings"],
+        ["recommend"],
+        ["plan"],
+        ["policies", "evaluate"],
     ],
 )
 def test_every_command_has_help_with_an_example(command: list[str]) -> None:
