@@ -44,8 +44,8 @@ def _row(user: str, product: str, kind: str, ts: float, session: str) -> dict[st
 
 @pytest.fixture(scope="module")
 def shop() -> pd.DataFrame:
-    """Phone buyers also buy a case and a charger; readers browse books in five visits and buy two; the dogs of u0, u1 and u2 eat kibble
-    bought every 10 days; u9 left a phone in the cart two days ago."""
+    """Phone buyers also buy a case and a charger; readers browse books in five visits and buy two; the
+    dogs of u0, u1 and u2 eat kibble bought every 10 days; u9 left a phone in the cart two days ago."""
     rows = []
     for i in range(8):
         user, day = f"u{i}", 10.0 + i
