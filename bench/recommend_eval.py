@@ -36,7 +36,7 @@ from winback.recommend.factors import ALSFactors
 from winback.recommend.interactions import TimeSplit, interactions, time_split
 from winback.recommend.ranker import Recommender
 from winback.recommend.sources import BasketRules, ItemNeighbours, Popularity
-from winback.recommend.tasks import ranking_metrics
+from winback.recommend.tasks import evaluate_lists
 from winback.sim import simulate
 from winback.sim.catalogue import Catalogue
 from winback.sim.config import ShopConfig
@@ -68,8 +68,6 @@ def evaluate(
     )
     history = {u: (list(g["product_id"]), list(g["weight"])) for u, g in _history(train).groupby("user_key")}
     catalogue = np.array(sorted(set(train["product_id"])), dtype=object)
-    counts = train["product_id"].value_counts()
-    head = set(counts.index[: max(1, int(np.ceil(0.2 * len(counts))))])  # top 20% of products by interactions
 
     fitted: dict[str, float] = {}
     start = time.perf_counter()
@@ -113,32 +111,15 @@ def evaluate(
     }
     if oracle is not None:
         recommenders["(oracle: the simulator's true tastes)"] = lambda u, items: oracle[u]
-    rows = []
+    lists: dict[str, dict[str, list[str]]] = {}
+    ms_per_user: dict[str, float] = {}
     for name, recommend in recommenders.items():
-        recalls, ndcgs, shown = [], [], []
         start = time.perf_counter()
-        for user, bought in truth.items():
-            recs = recommend(user, recent.get(user, []))
-            r, n = ranking_metrics(recs, bought, k)
-            recalls.append(r)
-            ndcgs.append(n)
-            shown += recs
-        elapsed = time.perf_counter() - start
-        rows.append(
-            {
-                "source": name,
-                "users": len(truth),
-                f"recall@{k}": float(np.mean(recalls)) if recalls else float("nan"),
-                f"ndcg@{k}": float(np.mean(ndcgs)) if ndcgs else float("nan"),
-                "coverage": len(set(shown)) / max(len(catalogue), 1),
-                "long tail": float(np.mean([p not in head for p in shown])) if shown else float("nan"),
-                "fit s": fitted.get(name, 0.0),
-                "ms/user": 1000 * elapsed / max(len(truth), 1),
-            }
-        )
-    table = pd.DataFrame(rows).set_index("source")
-    base = table.at["popularity (shop)", f"recall@{k}"]
-    table["x popularity"] = table[f"recall@{k}"] / base if base > 0 else float("nan")
+        lists[name] = {user: recommend(user, recent.get(user, [])) for user in truth}
+        ms_per_user[name] = 1000 * (time.perf_counter() - start) / max(len(truth), 1)
+    table = evaluate_lists(split, lists, k, baseline="popularity (shop)")
+    table["fit s"] = [fitted.get(name, 0.0) for name in table.index]
+    table["ms/user"] = [ms_per_user[name] for name in table.index]
     return table
 
 

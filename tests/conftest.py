@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -41,3 +42,19 @@ def sim_shop(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, Simula
     with EventStore(settings) as store:
         store.append(result.events, source="simulated")
     return settings, result
+
+
+@pytest.fixture(scope="session")
+def shop_copy(
+    sim_shop: tuple[Settings, SimulationResult], tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[str], Path]:
+    """Make a writable winback home holding a copy of :func:`sim_shop`'s store (for tests that train,
+    score or plan, which write models and logs into their home)."""
+
+    def make(label: str) -> Path:
+        home = tmp_path_factory.mktemp(label) / "home"
+        home.mkdir()
+        shutil.copy(sim_shop[0].store_path, home / "events.duckdb")
+        return home
+
+    return make

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +27,9 @@ AS_OF = "2024-05-29T14:00"  # daytime in UTC, so quiet hours leave most messages
 
 
 @pytest.fixture(scope="module")
-def trained_home(
-    sim_shop: tuple[Settings, SimulationResult], tmp_path_factory: pytest.TempPathFactory
-) -> Path:
+def trained_home(shop_copy: Callable[[str], Path]) -> Path:
     """The shared shop's store with the abandonment, churn and recommend models."""
-    home = tmp_path_factory.mktemp("cli-decide") / "home"
-    home.mkdir()
-    shutil.copy(sim_shop[0].store_path, home / "events.duckdb")
+    home = shop_copy("cli-decide")
     settings = load_settings(home=home)
     with open_source(settings, "duckdb") as source:
         tables = FeatureTables(source, settings)

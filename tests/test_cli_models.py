@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from tests.test_cli import run
-
-from winback.config import Settings
-from winback.sim import SimulationResult
 
 #: Fader, Hardie & Lee (2005) and Fader & Hardie (2013) on the CDNOW sample, 39-week calibration.
 PUBLISHED = {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426, "p": 6.25, "q": 3.74, "gamma": 15.44}
@@ -42,11 +40,8 @@ def test_clv_fit_reproduces_the_published_cdnow_estimates(tmp_path: Path, data_d
 
 
 @pytest.fixture(scope="module")
-def shop_home(sim_shop: tuple[Settings, SimulationResult], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    home = tmp_path_factory.mktemp("cli-models") / "home"
-    home.mkdir()
-    shutil.copy(sim_shop[0].store_path, home / "events.duckdb")
-    return home
+def shop_home(shop_copy: Callable[[str], Path]) -> Path:
+    return shop_copy("cli-models")
 
 
 def test_train_evaluate_score_and_warnings(shop_home: Path, tmp_path: Path) -> None:

@@ -4,7 +4,7 @@ and a product, the batch file, cold start, JSON and exit codes."""
 from __future__ import annotations
 
 import json
-import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -16,12 +16,8 @@ from winback.sim import SimulationResult
 
 
 @pytest.fixture(scope="module")
-def trained_home(
-    sim_shop: tuple[Settings, SimulationResult], tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    home = tmp_path_factory.mktemp("cli-recommend") / "home"
-    home.mkdir()
-    shutil.copy(sim_shop[0].store_path, home / "events.duckdb")
+def trained_home(shop_copy: Callable[[str], Path]) -> Path:
+    home = shop_copy("cli-recommend")
     trained = run("train", "recommend", "--json", home=home)
     assert trained.returncode == 0, trained.stderr
     card = json.loads(trained.stdout)

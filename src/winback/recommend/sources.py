@@ -147,7 +147,7 @@ def _strongest(frame: pd.DataFrame, shape: tuple[int, int]) -> sp.csr_matrix:
     return matrix
 
 
-def _top(scores: np.ndarray, k: int, eligible: np.ndarray) -> np.ndarray:
+def top_indices(scores: np.ndarray, k: int, eligible: np.ndarray) -> np.ndarray:
     """Indices of the ``k`` highest positive eligible scores, best first (ties: lower index first;
     which of equal scores at the ``k``-th place make it is as one ``np.argpartition`` picks)."""
     candidates = np.flatnonzero(eligible & (scores > 0))
@@ -331,7 +331,7 @@ class ItemNeighbours:
         for p in exclude:
             if str(p) in self.item_index_:
                 eligible[self.item_index_[str(p)]] = False
-        top = _top(scores, k, eligible)
+        top = top_indices(scores, k, eligible)
         if not top.size:
             return Candidates(reason=f"no other product shares customers with {', '.join(query[:3])}")
         # The query item that gave each most: its cosine looked up in each (sorted) row.

@@ -40,9 +40,11 @@ def ranking_metrics(recommended: list[str], truth: set[str], k: int = K) -> tupl
     return sum(hits) / len(truth), dcg / ideal
 
 
-def evaluate_lists(split: TimeSplit, lists: dict[str, dict[str, list[str]]], k: int = K) -> pd.DataFrame:
+def evaluate_lists(
+    split: TimeSplit, lists: dict[str, dict[str, list[str]]], k: int = K, baseline: str = "popularity"
+) -> pd.DataFrame:
     """Recall@k, NDCG@k, catalogue coverage and long-tail share of each recommender's lists (one list
-    per test customer), with the ratio of recall to the ``popularity`` row if there is one."""
+    per test customer), with the ratio of recall to the ``baseline`` row if there is one."""
     truth = split.truth()
     counts = split.train["product_id"].value_counts()
     head = set(counts.index[: max(1, int(np.ceil(0.2 * len(counts))))])  # top 20% by interactions
@@ -61,7 +63,7 @@ def evaluate_lists(split: TimeSplit, lists: dict[str, dict[str, list[str]]], k: 
             }
         )
     table = pd.DataFrame(rows).set_index("recommender")
-    base = float(table[f"recall@{k}"].get("popularity", 0.0))
+    base = float(table[f"recall@{k}"].get(baseline, 0.0))
     if base > 0:
         table["x_popularity"] = table[f"recall@{k}"] / base
     return table
