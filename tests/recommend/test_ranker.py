@@ -145,6 +145,8 @@ def test_learn_new_updates_histories_carts_and_neighbours(shop: pd.DataFrame) ->
     incremental = Recommender(factors=0).fit(old).learn_new(new)
     full = Recommender(factors=0).fit(shop)
     assert incremental.carts_ == full.carts_
+    assert incremental.cart_seen_ == full.cart_seen_
+    assert incremental.carts_of_ == full.carts_of_
     for product in ("phone", "phone-pro", "kibble"):
         assert incremental.similar(product, k=5) == full.similar(product, k=5)
     for user in ("u0", "u9"):
@@ -156,6 +158,27 @@ def test_learn_new_updates_histories_carts_and_neighbours(shop: pd.DataFrame) ->
     bought = with_weights(pd.DataFrame([_row("u9", "phone-pro", "purchase", NOW, "c9")]))
     incremental.learn_new(bought)
     assert "c9" not in incremental.carts_
+    assert incremental.carts_of_["u9"] == []
+    assert not incremental.left_in_carts("u9", NOW)
+
+
+def test_winback_brings_back_what_was_left_in_the_cart(model: Recommender) -> None:
+    left = model.left_in_carts("u9", NOW)
+    assert [c.product_id for c in left] == ["phone-pro"]
+    assert left[0].reason == "left in your cart 2 days ago"
+    assert left[0].score == pytest.approx(0.5 ** (2 / 3), rel=1e-3)  # halves every 3 days
+    recs = model.for_user("u9", k=5, now=NOW)
+    assert recs[0].product_id == "phone-pro"
+    assert recs[0].reason == "left in your cart 2 days ago"
+    # A month and more later the cart is no longer open: nothing comes back from it.
+    assert not model.left_in_carts("u9", NOW + 31 * DAY)
+
+
+def test_an_item_bought_after_it_was_left_does_not_come_back(shop: pd.DataFrame) -> None:
+    later = with_weights(pd.DataFrame([_row("u9", "phone-pro", "purchase", NOW - DAY, "other-visit")]))
+    model = Recommender(factors=0).fit(pd.concat([shop, later], ignore_index=True))
+    assert "c9" in model.carts_  # the session itself was never checked out
+    assert not model.left_in_carts("u9", NOW)
 
 
 def test_recommend_all_and_pickle(model: Recommender) -> None:

@@ -54,7 +54,7 @@ USES = ("winback", "cart", "similar", "session")
 
 #: Weight of each source's (best-scaled) list, per use.
 DEFAULT_WEIGHTS: dict[str, dict[str, float]] = {
-    "winback": {"affinity": 1.0, "repeat": 1.0, "neighbours": 0.1, "als": 0.0, "rules": 0.1},
+    "winback": {"left": 3.0, "affinity": 1.0, "repeat": 1.0, "neighbours": 0.1, "als": 0.0, "rules": 0.1},
     "cart": {"rules": 1.0, "neighbours": 0.8, "substitutes": 0.6, "affinity": 0.3},
     "similar": {"neighbours": 1.0, "als": 0.5, "content": 0.4},
     "session": {"neighbours": 1.0, "affinity": 0.3, "als": 0.3},
@@ -63,6 +63,7 @@ DEFAULT_WEIGHTS: dict[str, dict[str, float]] = {
 #: The ``winback`` weights where most products have no category: category affinity is then little more
 #: than popularity, and the customer's own history and its neighbours carry the signal.
 WITHOUT_CATEGORIES: dict[str, float] = {
+    "left": 3.0,
     "affinity": 0.3,
     "repeat": 1.0,
     "neighbours": 1.0,
@@ -235,19 +236,22 @@ _PAIR_STATS = {
 }
 
 
-def _open_carts(frame: pd.DataFrame, since: float) -> dict[str, tuple[str, list[str]]]:
-    """Sessions with an add to cart and no purchase, active since ``since``: cart id -> (user, items)."""
+def _open_carts(
+    frame: pd.DataFrame, since: float
+) -> tuple[dict[str, tuple[str, list[str]]], dict[str, float]]:
+    """Sessions with an add to cart and no purchase, active since ``since``: cart id -> (user, items),
+    and cart id -> time of its last add."""
     session = frame["session_key"]
     if session.isna().all():
-        return {}
+        return {}, {}
     recent = (frame["ts"] >= since).to_numpy()
     kind = frame["kind"]
     bought = session[recent & (kind == "purchase").to_numpy()].dropna().unique()
     open_adds = recent & (kind == "cart").to_numpy() & session.notna().to_numpy()
     open_adds[open_adds] = ~session[open_adds].isin(bought).to_numpy()
     if not open_adds.any():
-        return {}
-    adds = frame.loc[open_adds, ["session_key", "user_key", "product_id"]]
+        return {}, {}
+    adds = frame.loc[open_adds, ["session_key", "user_key", "product_id", "ts"]]
     # One group per (session, user), in the order of the log; each cart's products once, in the order
     # they were added.
     session_codes, session_keys = pd.factorize(adds["session_key"])
@@ -260,11 +264,14 @@ def _open_carts(frame: pd.DataFrame, since: float) -> dict[str, tuple[str, list[
     rows = rows[np.argsort(group[rows], kind="stable")]
     bounds = np.r_[0, np.cumsum(np.bincount(group[rows], minlength=len(pairs)))]
     items = np.asarray(products, dtype=object)[product_codes[rows]].tolist()
+    last_add = adds["ts"].groupby(group).max().to_numpy(float)
     carts: dict[str, tuple[str, list[str]]] = {}
+    seen: dict[str, float] = {}
     for g, pair in enumerate(pairs.tolist()):
-        session, user = sessions[pair // len(users)], users[pair % len(users)]
-        carts[str(session)] = (str(user), items[bounds[g] : bounds[g + 1]])
-    return carts
+        session, user = str(sessions[pair // len(users)]), str(users[pair % len(users)])
+        carts[session] = (user, items[bounds[g] : bounds[g + 1]])
+        seen[session] = float(last_add[g])
+    return carts, seen
 
 
 P = ParamSpec("P")
@@ -323,7 +330,11 @@ class Recommender:
     recent_days
         A product the customer bought this recently is not proposed again, unless replenishable.
     cart_days
-        Carts (sessions with an add and no purchase) active this recently can be asked about by id.
+        Carts (sessions with an add and no purchase) active this recently can be asked about by id, and
+        their items not bought since come back in the customer's ``winback`` list.
+    left_half_life_days
+        Recency half-life of those left items' scores: a cart left yesterday counts more than one of
+        last month.
     half_life_days
         Recency half-life of the popularity fallback.
     factors, als_iterations
@@ -342,6 +353,7 @@ class Recommender:
         weights: Mapping[str, Mapping[str, float]] | None = None,
         recent_days: float = 30.0,
         cart_days: float = 30.0,
+        left_half_life_days: float = 3.0,
         half_life_days: float = 14.0,
         factors: int = 32,
         als_iterations: int = 8,
@@ -351,6 +363,7 @@ class Recommender:
         self.weights = weights
         self.recent_days = recent_days
         self.cart_days = cart_days
+        self.left_half_life_days = left_half_life_days
         self.half_life_days = half_life_days
         self.factors = factors
         self.als_iterations = als_iterations
@@ -414,7 +427,10 @@ class Recommender:
             else None
         )
         self.histories_ = Histories(frame)
-        self.carts_ = _open_carts(frame, self.now_ - self.cart_days * 86_400)
+        self.carts_, self.cart_seen_ = _open_carts(frame, self.now_ - self.cart_days * 86_400)
+        self.carts_of_: dict[str, list[str]] = {}
+        for session, (user, _) in self.carts_.items():
+            self.carts_of_.setdefault(user, []).append(session)
         self.out_of_stock_ = _stock_set(stock)
         if products is not None and "in_stock" in products.columns:
             self.out_of_stock_ |= _stock_set(
@@ -450,13 +466,18 @@ class Recommender:
         self.repeat_.learn_new(frame)
         self.histories_.add(frame)
         self.now_ = max(self.now_, float(frame["ts"].max()))
-        carts = _open_carts(frame, self.now_ - self.cart_days * 86_400)
+        carts, seen = _open_carts(frame, self.now_ - self.cart_days * 86_400)
         bought = set(frame.loc[frame["kind"] == "purchase", "session_key"].dropna().astype(str))
-        for session in bought:
-            self.carts_.pop(session, None)
+        for session in bought & self.carts_.keys():
+            user, _ = self.carts_.pop(session)
+            self.cart_seen_.pop(session, None)
+            self.carts_of_[user].remove(session)
         for session, (user, items) in carts.items():
+            if session not in self.carts_:
+                self.carts_of_.setdefault(user, []).append(session)
             known = self.carts_.get(session, (user, []))[1]
             self.carts_[session] = (user, list(dict.fromkeys([*known, *items])))
+            self.cart_seen_[session] = max(self.cart_seen_.get(session, -np.inf), seen[session])
         return self
 
     partial_fit = learn_new
@@ -488,7 +509,12 @@ class Recommender:
         recent = history.products[:HISTORY_ITEMS]
         bought = history.products[~np.isnan(history.last_bought)][:HISTORY_ITEMS]
         w = self.weights_["winback"]
+        left = self.left_in_carts(user_key, moment, history)
+        # Left items keep their recency across customers: the list is scaled by its best score in the
+        # blend, so its weight carries that score back (a cart left yesterday outweighs one of last month).
+        left_weight = w["left"] * (left[0].score if left else 0.0)
         lists: list[tuple[float, Asked]] = [
+            (left_weight, left),
             (w["affinity"], lambda: self.affinity_.for_user(user_key, wide)),
             (w["repeat"], lambda: self.repeat_.due(user_key, moment, wide)),
             (
@@ -502,8 +528,36 @@ class Recommender:
         als = self.als_
         if als is not None:
             lists.append((w["als"], lambda: als.for_user(user_key, wide, include_seen=True)))
-        # An item due again says so: the customer's own rhythm is the most telling reason.
-        return _blend(lists, k, skip, fallback=self._fallback(wide), prefer=1)
+        # An item left in a cart or due again says so: the customer's own choices are the most telling
+        # reasons.
+        return _blend(lists, k, skip, fallback=self._fallback(wide), prefer=(0, 2))
+
+    def left_in_carts(self, user_key: str, now: float, history: History | None = None) -> Candidates:
+        """Products of the customer's open carts not bought since, most recent first; scored by
+        recency (halving every ``left_half_life_days``), for carts active within ``cart_days``."""
+        history = history if history is not None else self.histories_.of(user_key)
+        last_bought = (
+            dict(zip(history.products.tolist(), history.last_bought.tolist(), strict=True))
+            if history is not None
+            else {}
+        )
+        age: dict[str, float] = {}
+        for session in self.carts_of_.get(user_key, ()):
+            at = self.cart_seen_[session]
+            days = (now - at) / 86_400
+            if not 0 <= days <= self.cart_days:
+                continue
+            for product in self.carts_[session][1]:
+                if last_bought.get(product, -np.inf) >= at:  # bought since (NaN compares False)
+                    continue
+                age[product] = min(days, age.get(product, np.inf))
+        ranked = sorted(age.items(), key=lambda item: (item[1], item[0]))
+        return Candidates(
+            Candidate(
+                p, round(0.5 ** (days / self.left_half_life_days), 6), f"left in your cart {_ago(days)}"
+            )
+            for p, days in ranked
+        )
 
     @_one_blas_thread
     def for_cart(
@@ -544,7 +598,7 @@ class Recommender:
             (w["affinity"], lambda: self.affinity_.for_items(items, wide)),
         ]
         # For a price-sensitive customer the price is the point: say so whatever else proposed it.
-        return _blend(lists, k, skip, fallback=self._fallback(wide), prefer=2 if cheaper else None)
+        return _blend(lists, k, skip, fallback=self._fallback(wide), prefer=(2,) if cheaper else ())
 
     @_one_blas_thread
     def similar(self, product_id: str, k: int = 10, *, cheaper: bool = False) -> Candidates:
@@ -629,7 +683,7 @@ def _blend(
     k: int,
     skip: set[str],
     fallback: Candidates | None = None,
-    prefer: int | None = None,
+    prefer: Sequence[int] = (),
 ) -> Candidates:
     """Sum of the lists' best-scaled scores times their weights; each product's reason from the source
     that gave it most (or from list ``prefer`` wherever it proposed the product). ``fallback`` fills the
@@ -652,7 +706,7 @@ def _blend(
                 continue
             s = weight * c.score / top
             score[c.product_id] = score.get(c.product_id, 0.0) + s
-            rank = float("inf") if position == prefer else s
+            rank = float("inf") if position in prefer else s
             if rank > best.get(c.product_id, (-1.0, ""))[0]:
                 best[c.product_id] = (rank, c.reason)
     if len(score) < k and fallback:
@@ -667,6 +721,12 @@ def _blend(
         reasons = [c.reason for c in (_answer(c) for _, c in lists) if not c and c.reason]
         return Candidates(reason="; ".join(dict.fromkeys(reasons)) or "nothing to propose")
     return Candidates(Candidate(p, round(s, 6), best[p][1]) for p, s in ranked)
+
+
+def _ago(days: float) -> str:
+    """``today``, ``yesterday`` or ``N days ago``, to the nearest day."""
+    whole = round(days)
+    return "today" if whole == 0 else "yesterday" if whole == 1 else f"{whole} days ago"
 
 
 def _answer(asked: Asked) -> Candidates:
