@@ -268,9 +268,9 @@ def _open_carts(
     carts: dict[str, tuple[str, list[str]]] = {}
     seen: dict[str, float] = {}
     for g, pair in enumerate(pairs.tolist()):
-        session, user = str(sessions[pair // len(users)]), str(users[pair % len(users)])
-        carts[session] = (user, items[bounds[g] : bounds[g + 1]])
-        seen[session] = float(last_add[g])
+        cart_id, user = str(sessions[pair // len(users)]), str(users[pair % len(users)])
+        carts[cart_id] = (user, items[bounds[g] : bounds[g + 1]])
+        seen[cart_id] = float(last_add[g])
     return carts, seen
 
 
