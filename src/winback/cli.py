@@ -20,7 +20,7 @@ from winback.events.ingest import ingest_files
 from winback.events.normalize import TIMESTAMP_FORMATS
 from winback.events.stats import event_stats, render_stats
 from winback.events.store import EventStore
-from winback.models.registry import MODEL_NAMES
+from winback.models.registry import EVENT_MODELS, MODEL_NAMES
 from winback.progress import reporter, wanted
 
 app = typer.Typer(
@@ -339,7 +339,13 @@ def _choice(value: str, allowed: tuple[str, ...], what: str) -> str:
     "  winback train churn --horizon 30d --engine spark --json",
 )
 def train(
-    model: Annotated[str, typer.Argument(help="abandonment, churn, clv, segments, recommend or all.")],
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="abandonment, churn, clv, segments, recommend, policy (from the decision log) or all "
+            "(those from the event log)."
+        ),
+    ],
     as_of: AsOfOption = None,
     horizon: HorizonOption = None,
     engine: EngineOption = "duckdb",
@@ -352,7 +358,7 @@ def train(
     """
     from winback.models import tasks
 
-    names = MODEL_NAMES if model == "all" else (_choice(model, (*MODEL_NAMES, "all"), "model"),)
+    names = EVENT_MODELS if model == "all" else (_choice(model, (*MODEL_NAMES, "all"), "model"),)
     settings = _settings(home)
     days = _horizon(horizon, settings)
     cards: list[dict[str, Any]] = []
@@ -719,11 +725,11 @@ def plan(
 
     in_holdout([], holdout)
     catalogue = load_catalogue(catalogue_path)
-    from winback.decide.plan import load_consent, make_policy, run_plan
+    from winback.decide.plan import load_chooser, load_consent, run_plan
 
-    make_policy(policy, catalogue)  # an unknown policy, or uplift without a model, before the work
-    consent = load_consent(consent_path) if consent_path else None
     settings = _settings(home)
+    load_chooser(settings, policy, catalogue)  # an unknown policy, or uplift without a model, before the work
+    consent = load_consent(consent_path) if consent_path else None
     with _feature_tables(settings, engine) as tables, reporter(wanted(json_output)) as progress:
         result = run_plan(
             settings, tables, policy=policy, catalogue=catalogue, budget=budget, consent=consent,
@@ -763,6 +769,44 @@ def plan(
         print(f"note: {note}")
     print(f"{summary['logged']:,} new decisions logged -> {summary['log']}")
     print(f"{len(table):,} rows -> {out_path}")
+
+
+@app.command(
+    epilog="Examples:\n\n  winback outcomes\n\n  winback outcomes --window-days 3 --json",
+)
+def outcomes(
+    window_days: Annotated[
+        float, typer.Option("--window-days", help="Days after a decision in which an order counts.")
+    ] = 7.0,
+    catalogue_path: Annotated[
+        Path | None, typer.Option("--catalogue", help="Action catalogue (TOML); default: the packaged one.")
+    ] = None,
+    engine: EngineOption = "duckdb",
+    home: HomeOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Record what each logged decision led to, once its attribution window has closed: the customer's
+    first order within --window-days (recovered, revenue, the coupon's discount if the order used one,
+    margin). Holdout decisions get theirs too: they are the comparison. Decisions still in their window
+    wait for a later run; those already recorded are left as they are.
+    """
+    from winback.decide.catalogue import load_catalogue
+    from winback.decide.log import DecisionLog
+    from winback.decide.outcomes import record_outcomes
+
+    catalogue = load_catalogue(catalogue_path)
+    settings = _settings(home)
+    with _feature_tables(settings, engine) as tables, DecisionLog(settings) as log:
+        report = record_outcomes(log, tables.source.events, catalogue, window_days=window_days)
+        path = log.path
+    if json_output:
+        _print_json(report.__dict__ | {"log": str(path)})
+        return
+    print(
+        f"{report.recorded:,} decisions given their outcome ({report.recovered:,} followed by an order "
+        f"within {window_days:g} days; revenue {report.revenue:,.2f}, discount {report.discount:,.2f}); "
+        f"{report.waiting:,} still inside their window -> {path}"
+    )
 
 
 def _iso(value: Any) -> str:

@@ -222,7 +222,7 @@ def _predict(settings: Settings, console: Console, horizon: int) -> dict[str, An
     from winback.features.engine import open_source
     from winback.features.tables import FeatureTables
     from winback.models import tasks
-    from winback.models.registry import MODEL_NAMES
+    from winback.models.registry import EVENT_MODELS
     from winback.models.report import render_scores, write_table
 
     scores_dir = settings.home / "demo" / "scores"
@@ -241,7 +241,7 @@ def _predict(settings: Settings, console: Console, horizon: int) -> dict[str, An
         tables = FeatureTables(source, settings)
         trained = {
             name: attempt(f"{name} model", lambda name=name: tasks.train(name, tables, None, horizon))
-            for name in MODEL_NAMES
+            for name in EVENT_MODELS
         }
         # every card carries the time-split evaluation made within its training window
         abandonment = trained["abandonment"].metrics.get("time_split") if trained["abandonment"] else None

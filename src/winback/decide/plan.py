@@ -90,14 +90,12 @@ RANDOMISED_ACTIONS: tuple[str, ...] = (
     "coupon10+recs/email/72h", "reminder+recs/sms/24h", "coupon10+recs/sms/24h", "reminder+recs/push/24h",
     "coupon10+recs/push/24h",
 )  # fmt: skip
-#: Why ``--policy uplift`` cannot run yet, and how to get there.
+#: What ``--policy uplift`` needs when no policy is trained.
 UPLIFT_MISSING = (
-    "--policy uplift: no trained uplift policy. It learns what each action adds from a decision log with "
-    "exact propensities and recorded outcomes, and this winback cannot train one from a shop's own log "
-    "yet (there is no `winback train policy`). To collect that log, plan with `--policy random` (it "
-    "randomises over a small set of actions and logs each one's exact propensity) and record the "
-    "outcomes with DecisionLog.record_outcomes once the recovery window has closed; to see what an "
-    "uplift policy earns against the truth, run `winback policies evaluate --simulate`"
+    "--policy uplift needs a trained uplift policy: plan with `--policy random` for a while (it "
+    "randomises over a small set of actions and logs each one's exact propensity), record what happened "
+    "with `winback outcomes` once the attribution window has closed, then `winback train policy`; to see "
+    "what an uplift policy earns against the truth, run `winback policies evaluate --simulate`"
 )
 #: Days during which an at-risk customer already planned for is not planned for again.
 CUSTOMER_COOLDOWN_DAYS = 30
@@ -241,9 +239,24 @@ def make_policy(name: str, catalogue: Catalogue, *, seed: int = 0) -> Policy:
                 f"({', '.join(RANDOMISED_ACTIONS)})"
             )
         return RandomPolicy(pool, seed=seed, name="random", version=f"1-seed{seed}")
-    if name == "uplift":
+    if name == "uplift":  # needs the saved model: see run_plan and winback.decide.learn.load_policy
         raise BadInputError(UPLIFT_MISSING)
     raise BadInputError(f"--policy {name!r}: expected one of {', '.join(policy_names(catalogue))}")
+
+
+def load_chooser(settings: Settings, name: str, catalogue: Catalogue, *, seed: int = 0) -> Policy:
+    """:func:`make_policy`, or for ``uplift`` the policy trained on the shop's decision log
+    (``winback train policy``), with :data:`UPLIFT_MISSING` if there is none."""
+    if name != "uplift":
+        return make_policy(name, catalogue, seed=seed)
+    from winback.decide.learn import load_policy
+
+    try:
+        return load_policy(settings, catalogue)
+    except BadInputError as error:
+        if "train one first" not in str(error):
+            raise
+        raise BadInputError(UPLIFT_MISSING) from None
 
 
 # --------------------------------------------------------------------------- planning
@@ -333,6 +346,7 @@ def plan_decisions(
     recommend: Recommend | None = None,
     candidates: Sequence[Action] | None = None,
     context_columns: Sequence[str] = (),
+    feature_columns: Sequence[str] = (),
 ) -> Plan:
     """Decide for each row of ``subjects`` (in order) and say why.
 
@@ -364,6 +378,8 @@ def plan_decisions(
         The actions offered to the policy; :func:`policy_candidates` by default.
     context_columns
         Further columns of ``subjects`` recorded in each decision's logged context.
+    feature_columns
+        Columns of ``subjects`` a model-based policy reads (``DecisionContext.features``).
     """
     if budget is not None and not budget >= 0:
         raise BadInputError(f"--budget {budget}: expected an amount of 0 or more (0: no coupons)")
@@ -393,6 +409,7 @@ def plan_decisions(
             consent=known.consent if known else frozenset(),
             utc_offset_minutes=known.utc_offset_minutes if known else 0,
             last_message_at=dict(scheduled.get(user, {})),
+            features={c: float(record[c]) for c in feature_columns if record.get(c) is not None},
         )
         if holdout:
             decision = Decision(
@@ -536,6 +553,23 @@ def _customer_value(customers: pd.DataFrame, history: pd.DataFrame) -> pd.Series
     return per_order.fillna(past).fillna(0.0).clip(lower=0.0)
 
 
+def _with_policy_features(
+    subjects: pd.DataFrame, consent: Mapping[str, CustomerConsent], events: Any
+) -> tuple[pd.DataFrame, list[str]]:
+    """``subjects`` (carts) with the uplift policy's features added, and the names of those it reads
+    from the subjects (the value comes from the decision context itself)."""
+    from winback.decide.learn import cart_features
+
+    carts = subjects[["user_id", "abandoned_at", "value", "n_items"]].copy()
+    for channel in CHANNELS:
+        carts[f"consent_{channel}"] = [
+            float(channel in consent[u].consent) if u in consent else 0.0 for u in carts["user_id"]
+        ]
+    features = cart_features(carts, events)
+    added = features.drop(columns=["value", "n_items"])
+    return subjects.join(added), ["n_items", *added.columns]
+
+
 def run_plan(
     settings: Settings,
     tables: Any,
@@ -571,7 +605,7 @@ def run_plan(
     now = as_of or tables.span().last + timedelta(seconds=1)
     tables.check_as_of(now)
     now = pd.Timestamp(now)
-    chooser = make_policy(policy, catalogue, seed=int(now.timestamp()) % 2**31)
+    chooser = load_chooser(settings, policy, catalogue, seed=int(now.timestamp()) % 2**31)
     notes: list[str] = []
     stage("abandonment", "scoring carts")
     carts = tasks.score_abandonment(tables, now)
@@ -601,6 +635,12 @@ def run_plan(
                 "not planned again"
             )
         carts = carts[~again]
+        if policy == "uplift" and len(customers):
+            notes.append(
+                f"{len(customers):,} at-risk customers not planned: the uplift policy is learnt from cart "
+                "decisions (plan them with a flow, e.g. --policy static-10h)"
+            )
+            customers = customers.iloc[0:0]
         if len(customers):
             since = now - pd.Timedelta(days=CUSTOMER_COOLDOWN_DAYS)
             recent = earlier[earlier["cart_id"].isna() & (earlier["decided_at"] >= since)]
@@ -616,6 +656,7 @@ def run_plan(
                 pd.DataFrame(
                     {"cart_id": carts["cart_id"].astype(str), "user_id": carts["user_id"].astype(str),
                      "abandoned_at": carts["last_event_at"], "value": carts["cart_value"].astype(float),
+                     "n_items": carts["items_in_cart"].astype(float),
                      "abandon_probability": carts["abandon_probability"].astype(float)}
                 ),
                 pd.DataFrame(
@@ -650,11 +691,18 @@ def run_plan(
             )
         elif not any(c.utc_offset_minutes for c in consent.values()):
             notes.append("no time zones in the consent file: quiet hours are checked in UTC")
+        features: list[str] = []
+        if policy == "uplift" and len(subjects):
+            stage("uplift", "customer histories")
+            subjects, features = _with_policy_features(
+                subjects, consent or {}, tables.source.events.to_pyarrow()
+            )
         stage(chooser.name, "deciding")
         plan = plan_decisions(
             subjects, now, chooser, catalogue, budget=budget, consent=consent, holdout_share=holdout_share,
             last_messages=_last_messages(earlier), recommend=recommend,
-            context_columns=("abandon_probability", "churn_probability", "severity"),
+            context_columns=("n_items", "abandon_probability", "churn_probability", "severity"),
+            feature_columns=features,
         )  # fmt: skip
         stage(str(log.path), "logging")
         added = log.append(plan.decisions)

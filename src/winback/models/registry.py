@@ -21,7 +21,10 @@ from winback.config import Settings
 from winback.errors import BadInputError
 from winback.files import written_atomically
 
-MODEL_NAMES = ("abandonment", "churn", "clv", "segments", "recommend")
+#: The models learnt from the event log alone (``winback train all``).
+EVENT_MODELS = ("abandonment", "churn", "clv", "segments", "recommend")
+#: Every model; ``policy`` is learnt from the decision log with outcomes (``winback outcomes``).
+MODEL_NAMES = (*EVENT_MODELS, "policy")
 _LIBRARIES = ("winback", "lightgbm", "scikit-learn", "scipy", "numpy", "pandas", "ibis-framework", "implicit")
 
 

@@ -660,6 +660,10 @@ def train(name: str, tables: FeatureTables, as_of: pd.Timestamp | None, horizon_
         return train_segments(tables, as_of)
     if name == "recommend":
         return train_recommend(tables, as_of)
+    if name == "policy":
+        from winback.decide.learn import train_policy
+
+        return train_policy(tables.settings, tables.source.events.to_pyarrow(), as_of)
     raise BadInputError(f"model {name!r}: expected one of {', '.join(MODEL_NAMES)}")
 
 
