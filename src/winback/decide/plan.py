@@ -561,6 +561,7 @@ def _with_policy_features(
     from winback.decide.learn import cart_features
 
     carts = subjects[["user_id", "abandoned_at", "value", "n_items"]].copy()
+    carts["abandoned_at"] = pd.to_datetime(carts["abandoned_at"], utc=True)  # object after the concat
     for channel in CHANNELS:
         carts[f"consent_{channel}"] = [
             float(channel in consent[u].consent) if u in consent else 0.0 for u in carts["user_id"]
