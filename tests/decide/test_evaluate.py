@@ -137,15 +137,43 @@ def test_policies_against_the_truth_on_a_small_shop() -> None:
     table = evaluate_seed(0, 3000, 90, logged_actions=SMALL_LOG, n_boot=20)
     value = table.set_index("name")["profit_per_cart"]
     assert list(table["name"]) == list(POLICIES)
-    assert (value["oracle"] >= value.drop("oracle") - 1e-12).all()
+    single = value.drop(["oracle", "oracle-flow", "fitted-q", "static-1h-24h-72h"])
+    assert (value["oracle"] >= single - 1e-12).all()  # the best single action beats single actions
+    assert (value["oracle-flow"] >= value.drop("oracle-flow") - 1e-12).all()
     assert value["oracle"] >= value["oracle-logged"] >= value["uplift"]
     assert value["uplift"] > value["static-10h"]
-    assert value["static-1h-24h-72h"] < 0 < value["static-10h"]  # a reminder an hour after is too early
+    assert value["fitted-q"] > 0
+    assert value["bandit"] > 0
     coupons = table.set_index("name").loc["coupon-everyone"]
     assert coupons["coupon_low"] < 0 < coupons["coupon_high"]  # coupons lose on the price-insensitive
-    assert math.isnan(table.set_index("name").loc["oracle", "ope_estimate"])
-    ope = table.set_index("name")["ope_margin"].drop("oracle")
-    assert ope.notna().all()
+    by_name = table.set_index("name")
+    for name in ("oracle", "oracle-flow", "fitted-q", "bandit", "static-1h-24h-72h"):
+        assert math.isnan(by_name.loc[name, "ope_estimate"])  # not in the one-action log
+    assert (
+        by_name["ope_margin"]
+        .drop(["oracle", "oracle-flow", "fitted-q", "bandit", "static-1h-24h-72h"])
+        .notna()
+        .all()
+    )
+    assert (
+        by_name.loc["static-1h-24h-72h", "messages_per_cart"]
+        > 2 * by_name.loc["static-10h", "messages_per_cart"]
+    )
+
+
+def test_the_three_step_flow_is_scored_whole() -> None:
+    """static-1h-24h-72h: its whole flow, above its 1 h step alone and still below the 24 h reminder."""
+    from winback.sim.flows import expected_flow_outcomes
+
+    shop = logged_shop(1, 1500, 60, logged_actions=SMALL_LOG)
+    carts = shop.carts[shop.test]
+    config = shop.shop.config
+    flow = ["reminder/email/1h", "reminder/email/24h", "coupon10/email/72h"]
+    whole = expected_flow_outcomes(carts, flow, config)["incremental_margin"].mean()
+    first = expected_flow_outcomes(carts, flow[:1], config)["incremental_margin"].mean()
+    assert first < 0 < whole
+    table = evaluate_seed(1, 1500, 60, policies=("static-1h-24h-72h",), logged_actions=SMALL_LOG, n_boot=20)
+    assert table["profit_per_cart"].iloc[0] == pytest.approx(whole)
 
 
 def test_simulate_policies_averages_seeds_with_a_t_interval() -> None:
@@ -166,7 +194,7 @@ def test_bad_input_is_refused() -> None:
         logged_shop(0, 200, 60, train_days=5)
     with pytest.raises(BadInputError, match="must include 'nothing'"):
         logged_shop(0, 200, 60, logged_actions=("reminder/email/24h",))
-    with pytest.raises(BadInputError, match="policy 'bandit'"):
-        evaluate_seed(0, 200, 60, policies=("bandit",))
+    with pytest.raises(BadInputError, match="policy 'fitted-r'"):
+        evaluate_seed(0, 200, 60, policies=("fitted-r",))
     with pytest.raises(BadInputError, match="seeds"):
         simulate_policies(seeds=())

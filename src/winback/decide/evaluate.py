@@ -25,9 +25,20 @@ model): ``ope_margin`` is the estimated margin per cart and ``ope_estimate`` the
 profit per cart (the policy's estimate less that of doing nothing, the log's randomised holdout). A
 policy that takes actions outside the log (the oracle) has none.
 
-Honest limits: the simulator applies one action per cart, so a multi-step flow is scored by its first
-step only (``static-1h-24h-72h`` is its 1 h reminder; its 24 h reminder and 72 h coupon are not
-modelled). The truth is the per-cart expectation: long-run costs of messaging (unsubscribes, fatigue,
+Multi-step flows are scored whole by :func:`winback.sim.flows.expected_flow` (``static-1h-24h-72h``: its
+1 h and 24 h reminders and its 72 h coupon, each step cancelled once the cart has recovered; a one-step
+flow's value is exactly the single-action model's). ``fitted-q`` (:mod:`winback.decide.fitted_q`) learns
+from the training carts' randomised multi-step log (flows drawn with known propensities and realised
+with :func:`winback.sim.flows.realise_flow` on those carts: the shop's own record of what it sent and
+what happened) and plans a whole flow per test cart. ``bandit``
+(:class:`~winback.decide.bandit.ThompsonBandit`, cold start) learns online over the test carts in time
+order from their realised outcomes, 7 days after each decision (:func:`~winback.decide.bandit.run_online`).
+``oracle-flow`` sees the truth: per cart the best of every catalogue action and every e-mail flow of up to
+three steps at 6, 24 and 72 h among reminders and 5/10/15% coupons with recommendations.
+The log has one action per cart, so multi-step flows, fitted-q and the bandit (whose arms are not all
+logged) have no off-policy estimate.
+
+Honest limits: the truth is the per-cart expectation: long-run costs of messaging (unsubscribes, fatigue,
 coupon harvesting learnt) are outside it, though they shape the shop the carts come from. Policies are
 guarded by consent only (the simulator has no quiet hours or frequency caps).
 
@@ -37,6 +48,7 @@ Run ``python -m winback.decide.evaluate --help`` for the table from the command 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import sys
@@ -52,13 +64,14 @@ import pyarrow.compute as pc
 from scipy import stats
 
 from winback.decide.actions import CHANNELS, NOTHING, Action
+from winback.decide.bandit import ThompsonBandit, run_online
 from winback.decide.catalogue import Catalogue, load_catalogue
+from winback.decide.fitted_q import FittedQPolicy, log_trajectories
 from winback.decide.ope import evaluate as off_policy
 from winback.decide.ope import one_hot
 from winback.decide.policy import (
     Policy,
     RandomPolicy,
-    StaticPolicy,
     UpliftPolicy,
     consent_mask,
     redemption_shares,
@@ -66,6 +79,7 @@ from winback.decide.policy import (
 from winback.decide.uplift import Learner, UpliftModel
 from winback.errors import BadInputError
 from winback.sim import ShopConfig, SimulationResult, expected_outcomes, simulate
+from winback.sim.flows import expected_flow_outcomes
 
 __all__ = [
     "BASELINES",
@@ -76,6 +90,7 @@ __all__ = [
     "LoggedShop",
     "consent_mask",
     "evaluate_seed",
+    "fit_fitted_q",
     "fit_uplift",
     "goals",
     "history_features",
@@ -103,7 +118,7 @@ LOGGED_ACTIONS: tuple[str, ...] = (
     "reminder+recs/push/24h",
     "coupon10+recs/push/24h",
 )
-#: The baselines shops run today, by policy name: the catalogue flow each one is (its first step).
+#: The baselines shops run today, by policy name: the catalogue flow each one is (scored whole).
 BASELINES: dict[str, str] = {
     "static-10h": "static-10h",
     "static-1h-24h-72h": "static-1h-24h-72h",
@@ -115,7 +130,15 @@ BASELINES: dict[str, str] = {
 #: policy earned 1.95 (20,000 customers x 180 days) and 1.92 (60,000) per cart, with these 2.55 and 2.61.
 UPLIFT_PARAMS: dict[str, Any] = {"n_estimators": 40, "num_leaves": 3, "min_child_samples": 1000}
 #: Every policy :func:`simulate_policies` knows by name.
-POLICIES: tuple[str, ...] = (*BASELINES, "uplift", "random", "oracle-logged", "oracle")
+POLICIES: tuple[str, ...] = (
+    *BASELINES, "uplift", "bandit", "fitted-q", "random", "oracle-logged", "oracle", "oracle-flow",
+)  # fmt: skip
+#: The e-mail steps the flow oracle combines (at most three, in order of delay).
+ORACLE_FLOW_STEPS: tuple[str, ...] = tuple(
+    f"{offer}/email/{h}h"
+    for h in (6, 24, 72)
+    for offer in ("reminder+recs", "coupon5+recs", "coupon10+recs", "coupon15+recs")
+)
 #: Days after abandonment by which a cart's outcome is in the log (the recovery window).
 RECOVERY_DAYS = 7
 _DAY_US = 86_400 * 1_000_000
@@ -136,7 +159,7 @@ _HISTORY = (
 #: Per-seed columns simulate_policies averages over seeds.
 _AVERAGED = (
     "ope_estimate", "ope_error", "margin_per_cart", "ope_margin", "ope_margin_error", "coupon_share",
-    "coupon_low", "coupon_high",
+    "messages_per_cart", "coupon_low", "coupon_high",
 )  # fmt: skip
 #: The uplift policy's features: observable cart columns and point-in-time customer history.
 FEATURES: tuple[str, ...] = (
@@ -442,6 +465,61 @@ def _oracle(carts: pd.DataFrame, actions: Sequence[Action], config: ShopConfig) 
     return list(choice)
 
 
+def _oracle_flow(carts: pd.DataFrame, actions: Sequence[Action], config: ShopConfig) -> list[tuple[str, ...]]:
+    """Per cart, the best by true expected incremental margin of every allowed single action and every
+    e-mail flow of up to three :data:`ORACLE_FLOW_STEPS` (nothing if none > 0)."""
+    mask = consent_mask(carts, actions)
+    best = np.zeros(len(carts))
+    choice: list[tuple[str, ...]] = [()] * len(carts)
+
+    def consider(flow: tuple[str, ...], value: np.ndarray, ok: np.ndarray) -> None:
+        better = np.flatnonzero(ok & (value > best))
+        best[better] = value[better]
+        for i in better.tolist():
+            choice[i] = flow
+
+    for j, action in enumerate(actions):
+        if action.is_message:
+            value = expected_outcomes(carts, action, config)["incremental_margin"].to_numpy()
+            consider((action.name,), value, mask[:, j])
+    email = carts["consent_email"].to_numpy(dtype=bool)
+    steps = [Action.parse(a) for a in ORACLE_FLOW_STEPS]
+    for size in (2, 3):
+        for combo in itertools.combinations(steps, size):
+            if len({a.delay_hours for a in combo}) < size:
+                continue
+            flow = tuple(a.name for a in combo)
+            value = expected_flow_outcomes(carts, list(flow), config)["incremental_margin"].to_numpy()
+            consider(flow, value, email)
+    return choice
+
+
+def fit_fitted_q(
+    shop: LoggedShop,
+    *,
+    features: Sequence[str] = FEATURES,
+    threads: int = 1,
+    seed: int = 0,
+) -> FittedQPolicy:
+    """The fitted-q policy trained on the shop's training carts: a randomised multi-step log of them
+    (:func:`~winback.decide.fitted_q.log_trajectories`, realised on each cart's own random numbers) and
+    their observable ``features``."""
+    carts = shop.carts[shop.train].reset_index(drop=True)
+    states = shop.features.loc[shop.train, list(features)].reset_index(drop=True)
+    trajectories = log_trajectories(carts, shop.shop.config, seed=seed)
+    return FittedQPolicy(list(features), seed=seed, threads=threads).fit(trajectories, states)
+
+
+def _coupon_share(carts: pd.DataFrame, flows: Sequence[tuple[str, ...]]) -> float:
+    """Share of carts whose flow has a coupon step on a channel the customer consented to."""
+    consent = {c: carts[f"consent_{c}"].to_numpy(dtype=bool) for c in CHANNELS}
+    offered = [
+        any(a.coupon > 0 and a.channel is not None and consent[a.channel][i] for a in map(Action.parse, f))
+        for i, f in enumerate(flows)
+    ]
+    return float(np.mean(offered)) if offered else 0.0
+
+
 def _without_coupon(name: str) -> str:
     action = Action.parse(name)
     if not action.coupon:
@@ -475,7 +553,8 @@ def evaluate_seed(
     pandas.DataFrame
         One row per policy: ``seed``, ``name``, ``profit_per_cart`` (true expected incremental margin per
         test cart), ``margin_per_cart`` (true expected margin), ``sd`` (of the per-cart incremental
-        margin), ``ope_estimate`` and ``ope_margin`` (NaN where not applicable), ``coupon_share``,
+        margin), ``ope_estimate`` and ``ope_margin`` (NaN where not applicable), ``coupon_share`` (of
+        carts whose flow has a coupon), ``messages_per_cart`` (expected messages sent),
         ``coupon_low`` / ``coupon_high`` (what its coupons add per cart over the same message without
         the coupon, on the less / more price-sensitive half of the carts: the simulator says the first
         is a loss), ``n_train``, ``n_test``.
@@ -523,10 +602,13 @@ def evaluate_seed(
     for policy in policies:
         name = policy if isinstance(policy, str) else policy.name
         target: pd.DataFrame | None = None
+        flows: list[tuple[str, ...]] | None = None
         if name == "oracle":
             chosen = _oracle(carts, candidates, config)
         elif name == "oracle-logged":
             chosen = _oracle(carts, logged, config)
+        elif name == "oracle-flow":
+            flows = _oracle_flow(carts, candidates, config)
         elif name == "random":  # the logging policy itself
             chosen = carts["action"].tolist()
             target = pd.DataFrame(
@@ -534,25 +616,44 @@ def evaluate_seed(
                 columns=names,
                 index=log.index,
             )
+        elif name == "fitted-q":
+            fitted_q = fit_fitted_q(run, features=features, threads=threads, seed=seed)
+            flows = [tuple(a.name for a in f) for f in fitted_q.plan(X)]
+            say(f"seed {seed}: fitted-q learnt from {fitted_q.n_transitions_:,} decision points")
+        elif name == "bandit":
+            online = run_online(ThompsonBandit(seed=seed), carts, config)
+            chosen = online.log.set_index("cart_id")["action"].reindex(carts["cart_id"]).tolist()
+        elif name in BASELINES and isinstance(policy, str):
+            if BASELINES[name] not in catalogue.flows:
+                raise BadInputError(f"flow {BASELINES[name]!r}: not in the catalogue (flows: "
+                                    f"{', '.join(sorted(catalogue.flows)) or 'none'})")  # fmt: skip
+            steps = catalogue.flows[BASELINES[name]].steps
+            if len(steps) > 1:
+                flows = [tuple(a.name for a in steps)] * len(carts)
+            else:  # one action, as the log can evaluate it: nothing where the channel is not consented
+                first = steps[0] if steps else NOTHING
+                ok = consent_mask(carts, [first])[:, 0]
+                chosen = [first.name if o else NOTHING.name for o in ok.tolist()]
         else:
-            chooser: Policy = (
-                policy if not isinstance(policy, str)
-                else uplift if name == "uplift"
-                else StaticPolicy.from_flow(catalogue, BASELINES[name])
-            )  # fmt: skip
+            chooser: Policy = policy if not isinstance(policy, str) else uplift
             chosen = [d.action.name for d in chooser.decide_batch(X, allowed, consent_mask(carts, allowed))]
-        if target is None and set(chosen) <= set(names):
-            target = one_hot(chosen, names, index=log.index)
-        truth = expected_outcomes(carts, pd.Series(chosen, index=carts.index), config)
+        if flows is None:
+            flows = [(a,) if a != NOTHING.name else () for a in chosen]
+            if target is None and set(chosen) <= set(names):
+                target = one_hot(chosen, names, index=log.index)
+        truth = expected_flow_outcomes(carts, pd.Series(flows, index=carts.index), config)
         incremental = truth["incremental_margin"].to_numpy()
-        plain = expected_outcomes(carts, pd.Series(map(_without_coupon, chosen), index=carts.index), config)
+        plain = expected_flow_outcomes(
+            carts, pd.Series([tuple(map(_without_coupon, f)) for f in flows], index=carts.index), config
+        )
         coupon_gain = incremental - plain["incremental_margin"].to_numpy()
         estimate = ope(target) if target is not None else math.nan
         rows.append(
             {"seed": seed, "name": name, "profit_per_cart": float(incremental.mean()),
              "margin_per_cart": float(truth["margin"].mean()), "sd": float(incremental.std(ddof=1)),
              "ope_estimate": estimate - holdout, "ope_margin": estimate,
-             "coupon_share": float(np.mean([Action.parse(a).coupon > 0 for a in chosen])),
+             "coupon_share": _coupon_share(carts, flows),
+             "messages_per_cart": float(truth["p_send"].mean()),
              "coupon_low": float(coupon_gain[low_sensitivity].mean()),
              "coupon_high": float(coupon_gain[~low_sensitivity].mean()),
              "n_train": int(run.train.sum()), "n_test": int(run.test.sum())}
@@ -588,9 +689,11 @@ def simulate_policies(
     Parameters
     ----------
     policies
-        Names among :data:`POLICIES` (``static-10h``, ``static-1h-24h-72h`` (its first step only),
-        ``coupon-everyone``, ``uplift``, ``random``: the logging policy itself, ``oracle-logged``,
-        ``oracle``), or :class:`~winback.decide.policy.Policy` objects (ready to decide on the
+        Names among :data:`POLICIES` (``static-10h``, ``static-1h-24h-72h`` (its whole 3-step flow),
+        ``coupon-everyone``, ``uplift``, ``bandit`` (learning online over the test carts),
+        ``fitted-q`` (multi-step flows), ``random``: the logging policy itself, ``oracle-logged``,
+        ``oracle`` (the best single action), ``oracle-flow`` (the best of single actions and e-mail
+        flows)), or :class:`~winback.decide.policy.Policy` objects (ready to decide on the
         :data:`FEATURES` of the test carts).
     customers, days
         Size of each shop.
@@ -626,7 +729,8 @@ def simulate_policies(
         the same, mean over seeds; NaN where not applicable) and ``ope_error`` (mean over seeds of
         ``|ope_estimate - truth| / |truth|``); ``margin_per_cart``, ``ope_margin`` and
         ``ope_margin_error`` (the same for the margin per cart, the policy's value as the log measures
-        it); ``coupon_share``, ``coupon_low``, ``coupon_high`` (see :func:`evaluate_seed`); ``seeds`` and
+        it); ``coupon_share``, ``messages_per_cart``, ``coupon_low``, ``coupon_high`` (see
+        :func:`evaluate_seed`); ``seeds`` and
         ``n_test`` (test carts per seed).
     """
     if not seeds:
