@@ -776,8 +776,12 @@ def plan(
 )
 def outcomes(
     window_days: Annotated[
-        float, typer.Option("--window-days", help="Days after a decision in which an order counts.")
-    ] = 7.0,
+        float | None,
+        typer.Option(
+            "--window-days",
+            help="Days after a decision in which an order counts (default: WINBACK_RECOVERY_WINDOW_DAYS, 7).",
+        ),
+    ] = None,
     catalogue_path: Annotated[
         Path | None, typer.Option("--catalogue", help="Action catalogue (TOML); default: the packaged one.")
     ] = None,
@@ -796,15 +800,16 @@ def outcomes(
 
     catalogue = load_catalogue(catalogue_path)
     settings = _settings(home)
+    days = float(settings.recovery_window_days) if window_days is None else window_days
     with _feature_tables(settings, engine) as tables, DecisionLog(settings) as log:
-        report = record_outcomes(log, tables.source.events, catalogue, window_days=window_days)
+        report = record_outcomes(log, tables.source.events, catalogue, window_days=days)
         path = log.path
     if json_output:
         _print_json(report.__dict__ | {"log": str(path)})
         return
     print(
         f"{report.recorded:,} decisions given their outcome ({report.recovered:,} followed by an order "
-        f"within {window_days:g} days; revenue {report.revenue:,.2f}, discount {report.discount:,.2f}); "
+        f"within {days:g} days; revenue {report.revenue:,.2f}, discount {report.discount:,.2f}); "
         f"{report.waiting:,} still inside their window -> {path}"
     )
 

@@ -1,10 +1,11 @@
 """What each logged decision led to, read from the event log once its attribution window has closed.
 
-A decision's outcome is the customer's first order after the decision, within ``window_days`` (7 by
-default, the same window the simulator's recoveries fall in): ``recovered``, ``revenue`` (the order's
-line items, price x quantity), ``discount`` and ``margin`` (the catalogue's margin on the revenue, less
-the discount; the channel cost is charged when the log is evaluated). Every decision gets one, whatever
-its action, holdout included: doing nothing is the comparison every other action is measured against.
+A decision's outcome is the customer's first order after the decision, within ``window_days`` (the
+settings' ``recovery_window_days``, 7 by default: the window the simulator's recoveries fall in):
+``recovered``, ``revenue`` (the order's line items, price x quantity), ``discount`` and ``margin`` (the
+catalogue's margin on the revenue, less the discount; the channel cost is charged when the log is
+evaluated). Every decision gets one, whatever its action, holdout included: doing nothing is the
+comparison every other action is measured against.
 
 The discount is the decision's own coupon on that order, counted only when the order used a coupon (a
 ``coupon``, ``discount`` or ``discount_codes`` property, as the simulator and the Segment, GA4 and Shopify
@@ -27,7 +28,8 @@ from winback.decide.catalogue import Catalogue
 from winback.decide.log import DecisionLog
 from winback.errors import BadInputError
 
-#: Days after a decision in which the customer's first order counts as its outcome.
+#: Days after a decision in which the customer's first order counts as its outcome (the default of the
+#: settings' ``recovery_window_days``).
 WINDOW_DAYS = 7.0
 
 #: Order properties that say a coupon was used.
