@@ -197,6 +197,35 @@ def test_bootstrap_interval_matches_the_analytic_standard_error() -> None:
     assert ips.level == 0.95
 
 
+def test_a_baseline_gives_the_difference_with_a_paired_interval() -> None:
+    """Against a baseline every estimator is the target's less the baseline's, and the interval is that of
+    the per-decision differences (both policies resampled together), not of either value."""
+    rng = np.random.default_rng(11)
+    n = 20_000
+    action = rng.integers(0, 3, n)
+    reward = rng.gamma(2.0, 5.0, n) * (rng.random(n) < 0.2 + 0.05 * action)
+    log = pd.DataFrame({"action": np.array(ACTIONS)[action], "propensity": 1 / 3, "reward": reward})
+    target = one_hot([ACTIONS[2]] * n, ACTIONS, index=log.index)
+    hold = one_hot([ACTIONS[0]] * n, ACTIONS, index=log.index)
+    model = pd.DataFrame(np.tile([1.5, 2.0, 2.5], (n, 1)), columns=ACTIONS, index=log.index)
+    every = ("ips", "snips", "dr", "direct")
+    both = evaluate(log, target, reward_model=model, estimators=every, baseline=hold, n_boot=1000, seed=2)
+    alone = evaluate(log, target, reward_model=model, estimators=every, n_boot=10)
+    held = evaluate(log, hold, reward_model=model, estimators=every, n_boot=10)
+    for name in every:
+        assert both[name].value == pytest.approx(alone[name].value - held[name].value)
+    assert both["direct"].value == pytest.approx(1.0)
+    # IPS of a difference: mean of 3 (1[a = 2] - 1[a = 0]) r, whose standard error the interval shows.
+    terms = 3 * ((action == 2).astype(float) - (action == 0)) * reward
+    half_width = 1.959964 * terms.std(ddof=1) / math.sqrt(n)
+    ips = both["ips"]
+    assert ips.ci_high - ips.ci_low == pytest.approx(2 * half_width, rel=0.1)
+    assert ips.effective_sample_size == pytest.approx(min(alone["ips"].effective_sample_size,
+                                                          held["ips"].effective_sample_size))  # fmt: skip
+    with pytest.raises(BadInputError, match="baseline: expected the same action columns"):
+        evaluate(log, target, baseline=hold[ACTIONS[:2]], estimators=("ips",))
+
+
 def test_bootstrap_is_reproducible_and_levels_nest() -> None:
     log, context = simulate_log(500, np.random.default_rng(2))
     target = one_hot(np.array(ACTIONS)[BEST[context]], ACTIONS, index=log.index)

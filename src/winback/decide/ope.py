@@ -138,8 +138,15 @@ def evaluate(
     seed: int = 0,
     clip: float | None = None,
     min_propensity: float = 0.01,
+    baseline: pd.DataFrame | None = None,
 ) -> dict[str, Estimate]:
     """Estimate the mean reward per decision the ``target`` policy would have earned on ``log``.
+
+    With a ``baseline`` policy, estimate instead how much more than the baseline the target would have
+    earned per decision (its incremental value, e.g. over doing nothing): each estimator of the target
+    less the same estimator of the baseline, computed on the same bootstrap resamples, so the interval is
+    that of the difference (it is wider than the one of either value: the two are estimated from
+    different decisions of the log).
 
     Parameters
     ----------
@@ -164,11 +171,24 @@ def evaluate(
         If given, importance weights above it are capped: less variance, some bias.
     min_propensity
         Propensities below it are reported in each weighted estimate's warnings.
+    baseline
+        Another policy's probabilities, a table like ``target`` (the same action columns); if given,
+        every estimate is of ``value(target) - value(baseline)``, and ``effective_sample_size`` is the
+        smaller of the two policies'.
 
     Returns
     -------
     dict
         One :class:`Estimate` per requested estimator, keyed by its name.
+
+    Examples
+    --------
+    >>> log = pd.DataFrame({"action": ["nothing", "reminder/email/24h"] * 2,
+    ...                     "propensity": [0.5] * 4, "reward": [0.0, 1.0, 1.0, 3.0]})
+    >>> names = ["nothing", "reminder/email/24h"]
+    >>> remind, hold = one_hot([names[1]] * 4, names), one_hot([names[0]] * 4, names)
+    >>> round(evaluate(log, remind, baseline=hold, estimators=("ips",), n_boot=50)["ips"].value, 6)
+    1.5
     """
     wanted = _validated_estimators(estimators)
     if not 0 < level < 1:
@@ -184,6 +204,9 @@ def evaluate(
             f"{NO_PROPENSITIES}; only 'direct' (with a reward model) can run, not {_listing(weighted)}"
         )
     names, pi = _validated_policy_table(target, "target", log.index)
+    policies = [pi]
+    if baseline is not None:
+        policies.append(_validated_baseline(baseline, names, log.index))
     codes = pd.Index(names).get_indexer(pd.Index(actions))
     if (codes < 0).any():
         missing = pd.Series(actions[codes < 0]).value_counts()
@@ -204,44 +227,47 @@ def evaluate(
 
     n = len(reward)
     rows = np.arange(n)
-    # Per-decision terms whose sums give every estimator: sum(w r), sum(w), sum(dr), sum(direct).
+    # Per-decision terms whose sums give every estimator: sum(w r), sum(w), sum(dr), sum(direct); one set
+    # per policy (the target's, then the baseline's), so both are resampled together.
     columns: dict[str, NDArray[np.float64]] = {}
-    shared_warnings: list[str] = []
-    weights = np.ones(n)
-    if weighted:
-        propensity = log["propensity"].to_numpy(dtype=float)
-        weights = pi[rows, codes] / propensity
-        shared_warnings = _propensity_warnings(log, min_propensity)
-        if clip is not None:
-            capped = int((weights > clip).sum())
-            if capped:
-                shared_warnings.append(
-                    f"clip: {capped:,} of {n:,} importance weights capped at {clip:g} (largest "
-                    f"{weights.max():,.4g}); the estimate is biased towards the logging policy's value"
-                )
-            weights = np.minimum(weights, clip)
-        columns["wr"] = weights * reward
-        columns["w"] = weights
-    if q is not None:
-        direct = (pi * q).sum(axis=1)
-        columns["direct"] = direct
-        if "dr" in wanted:
-            columns["dr"] = direct + weights * (reward - q[rows, codes])
+    shared_warnings = _propensity_warnings(log, min_propensity) if weighted else []
+    ess = float(n)
+    for k, probabilities in enumerate(policies):
+        weights = np.ones(n)
+        if weighted:
+            propensity = log["propensity"].to_numpy(dtype=float)
+            weights = probabilities[rows, codes] / propensity
+            if clip is not None:
+                capped = int((weights > clip).sum())
+                if capped:
+                    shared_warnings.append(
+                        f"{'baseline ' if k else ''}clip: {capped:,} of {n:,} importance weights capped at "
+                        f"{clip:g} (largest {weights.max():,.4g}); the estimate is biased towards the "
+                        "logging policy's value"
+                    )
+                weights = np.minimum(weights, clip)
+            columns[f"wr{k}"] = weights * reward
+            columns[f"w{k}"] = weights
+            ess = min(ess, _effective_sample_size(weights))
+            overlap = _overlap_warnings(_effective_sample_size(weights), n)
+            shared_warnings.extend(w.replace("target", "baseline") if k else w for w in overlap)
+        if q is not None:
+            direct = (probabilities * q).sum(axis=1)
+            columns[f"direct{k}"] = direct
+            if "dr" in wanted:
+                columns[f"dr{k}"] = direct + weights * (reward - q[rows, codes])
     terms = np.column_stack(list(columns.values()))
     where = {name: j for j, name in enumerate(columns)}
     full = terms.sum(axis=0)
     with np.errstate(divide="ignore", invalid="ignore"):
         boot = _bootstrap_sums(terms, n_boot, np.random.default_rng(seed))
 
-    ess = _effective_sample_size(weights)
-    if weighted:
-        shared_warnings.extend(_overlap_warnings(ess, n))
     tail = 100 * (1 - level) / 2
     results: dict[str, Estimate] = {}
     for name in wanted:
         with np.errstate(divide="ignore", invalid="ignore"):
-            value = float(_from_sums(name, full[None, :], where, n)[0])
-            replicates = _from_sums(name, boot, where, n)
+            value = float(_contrast(name, full[None, :], where, n, len(policies))[0])
+            replicates = _contrast(name, boot, where, n, len(policies))
         notes = list(shared_warnings) if name in WEIGHTED else []
         finite = np.isfinite(replicates)
         if not finite.all():
@@ -352,6 +378,18 @@ def _validated_policy_table(
     return names, values
 
 
+def _validated_baseline(table: pd.DataFrame, names: list[str], index: pd.Index) -> NDArray[np.float64]:
+    """The baseline policy's probabilities in the target's column order, or BadInputError."""
+    have, values = _validated_policy_table(table, "baseline", index)
+    if sorted(have) != sorted(names):
+        raise BadInputError(
+            "baseline: expected the same action columns as target; "
+            f"only in target: {_listing(sorted(set(names) - set(have))) or 'none'}, "
+            f"only in baseline: {_listing(sorted(set(have) - set(names))) or 'none'}"
+        )
+    return values[:, pd.Index(have).get_indexer(pd.Index(names))]
+
+
 def _validated_reward_model(table: pd.DataFrame, names: list[str], index: pd.Index) -> NDArray[np.float64]:
     """Predicted rewards in the target's column order, or BadInputError."""
     values = _aligned_numbers(table, "reward_model", index)
@@ -429,13 +467,24 @@ def _listing(items: Iterable[str]) -> str:
 # -- estimation --------------------------------------------------------------------------------------
 
 
-def _from_sums(name: str, sums: NDArray[np.float64], where: dict[str, int], n: int) -> NDArray[np.float64]:
-    """Each estimator from column sums of the per-decision terms (rows: full sample or resamples)."""
+def _from_sums(
+    name: str, sums: NDArray[np.float64], where: dict[str, int], n: int, k: int = 0
+) -> NDArray[np.float64]:
+    """Each estimator of policy ``k`` from column sums of the per-decision terms (rows: full sample or
+    resamples)."""
     if name == "ips":
-        return sums[:, where["wr"]] / n
+        return sums[:, where[f"wr{k}"]] / n
     if name == "snips":
-        return sums[:, where["wr"]] / sums[:, where["w"]]
-    return sums[:, where[name]] / n
+        return sums[:, where[f"wr{k}"]] / sums[:, where[f"w{k}"]]
+    return sums[:, where[f"{name}{k}"]] / n
+
+
+def _contrast(
+    name: str, sums: NDArray[np.float64], where: dict[str, int], n: int, policies: int
+) -> NDArray[np.float64]:
+    """The target's estimate, less the baseline's when there are two policies."""
+    value = _from_sums(name, sums, where, n)
+    return value - _from_sums(name, sums, where, n, 1) if policies > 1 else value
 
 
 def _bootstrap_sums(terms: NDArray[np.float64], n_boot: int, rng: np.random.Generator) -> NDArray[np.float64]:
