@@ -166,7 +166,8 @@ def test_demo_compares_the_static_flows_with_the_uplift_policy(tmp_path: Path) -
     for row in policies.values():
         assert row["ci_low"] <= row["profit_per_cart"] <= row["ci_high"]
     assert policies["oracle"]["profit_per_cart"] >= max(r["profit_per_cart"] for r in policies.values())
-    assert policies["static-1h-24h-72h"]["profit_per_cart"] < 0  # a reminder within the hour loses
+    # Its whole 3-step flow is scored; its 1 h reminder's reactance keeps it below the learnt policy.
+    assert policies["static-1h-24h-72h"]["profit_per_cart"] < policies["uplift"]["profit_per_cart"]
     assert policies["uplift"]["profit_per_cart"] > policies["static-10h"]["profit_per_cart"]
 
 

@@ -776,8 +776,10 @@ def goals(table: pd.DataFrame) -> dict[str, float]:
     >= 0.8); ``coupon_everyone_low`` (what coupon-everyone's coupons add per cart on the less
     price-sensitive half, over the same message without them: negative where the simulator says
     coupons lose money) and ``coupon_everyone`` (its whole profit per cart, against doing nothing);
-    ``ope_within_10pct`` and ``ope_margin_within_10pct``: how many policies' off-policy estimates (of
-    the incremental profit, of the margin per cart) are on average within 10% of the truth (goal: 3).
+    ``fitted_q_vs_uplift``, ``fitted_q_vs_oracle``, ``fitted_q_vs_oracle_flow``: the sequential policy
+    against the one-action ones and the oracles; ``ope_within_10pct`` and
+    ``ope_margin_within_10pct``: how many policies' off-policy estimates (of the incremental profit, of
+    the margin per cart) are on average within 10% of the truth (goal: 3).
     """
     by_name = table.set_index("name")
     value = by_name["profit_per_cart"]
@@ -790,6 +792,10 @@ def goals(table: pd.DataFrame) -> dict[str, float]:
         for oracle in ("oracle", "oracle-logged"):
             if oracle in value.index:
                 out[f"uplift_vs_{oracle.replace('-', '_')}"] = float(value["uplift"] / value[oracle])
+    if "fitted-q" in value.index:
+        for other in ("uplift", "oracle", "oracle-flow"):
+            if other in value.index:
+                out[f"fitted_q_vs_{other.replace('-', '_')}"] = float(value["fitted-q"] / value[other])
     if "coupon-everyone" in value.index:
         out["coupon_everyone"] = float(value["coupon-everyone"])
         out["coupon_everyone_low"] = float(by_name["coupon_low"]["coupon-everyone"])
