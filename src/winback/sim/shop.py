@@ -13,6 +13,19 @@ numpy operations over thousands of rows. Each step:
    (:func:`~winback.sim.response.realise`), emits message events, updates the customers, and schedules
    return visits.
 
+Each cart's outcome is its own realisation of the per-cart model, so the exact expectation on the cart's
+recorded facts (:func:`~winback.sim.response.expected_outcomes` on :attr:`SimulationResult.carts`) is
+the truth of the outcome the log shows. What one cart does to another reaches it only through those
+facts, taken at its abandonment: consent and messages in the last 7 days (refreshed turn by turn for a
+user's carts of one day), harvest level and ``p_natural``. A recovered cart's return visit always
+happens (unless it falls after the end of the run), at the realised time or just after the customer's
+other sessions (``recovered_at`` is where it started), and it buys only that cart's items; a new cart
+never holds an item of the customer's carts of the last 8 days (:func:`~winback.sim.sessions.browse`
+swaps it), so no other purchase recovers or pre-empts a cart, and a customer who comes back is kept
+alive until the visit ends. The decision log's rewards (``recovered``, ``discount``, ``sent``) are
+therefore draws whose mean is the expectation: on a 20,000-customer shop the per-arm gaps between the
+two are within sampling error (see ``tests/decide/test_logged_truth.py``).
+
 Times are whole seconds from the start date's UTC midnight until the event table is built.
 """
 
