@@ -981,6 +981,76 @@ def _render_policies(rows: list[dict[str, Any]], extra: str, extra_title: str) -
     out.print(grid)
 
 
+@app.command(
+    epilog="Examples:\n\n  winback serve\n\n"
+    "  WINBACK_DATABASE_URL=postgresql+psycopg://db/winback winback serve --port 8080"
+)
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="Server processes (uvicorn workers).")] = 1,
+    home: HomeOption = None,
+) -> None:
+    """Run the service: the HTTP API (OpenAPI at /docs), its state in WINBACK_DATABASE_URL (default:
+    SQLite in the home), migrated on start. Refuses the default secret outside development."""
+    import uvicorn
+
+    from winback.serve.main import check_secrets, create_app
+
+    settings = _settings(home)
+    check_secrets(settings)
+    if workers == 1:
+        uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+        return
+    create_app(settings)  # migrate once, before the workers start
+    import os
+
+    os.environ["WINBACK_HOME"] = str(settings.home)
+    uvicorn.run(
+        "winback.serve.main:app_from_environment", factory=True, host=host, port=port, workers=workers
+    )
+
+
+keys_app = typer.Typer(help="API keys of the service: create (shown once) and revoke.")
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create", epilog="Examples:\n\n  winback keys create --scope write --label shopify")
+def keys_create(
+    scope: Annotated[str, typer.Option(help="read, write (also read) or admin (everything).")],
+    label: Annotated[str, typer.Option(help="What the key is for.")] = "",
+    home: HomeOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Create an API key and print it once: only its hash is stored."""
+    from winback.serve.db import state_engine
+    from winback.serve.keys import check_scope, create_key
+
+    check_scope(scope)
+    with state_engine(_settings(home)) as engine:
+        token, key = create_key(engine, scope, label)
+    if json_output:
+        _print_json({"key": token, "key_id": key.key_id, "scope": key.scope, "label": key.label})
+        return
+    print(token)
+    err.print(f"key {key.key_id} ({key.scope}): store it now, it is not shown again", highlight=False)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id (the part after wbk_).")],
+    home: HomeOption = None,
+) -> None:
+    """Revoke an API key: requests with it are refused from now on."""
+    from winback.serve.db import state_engine
+    from winback.serve.keys import revoke
+
+    with state_engine(_settings(home)) as engine:
+        if not revoke(engine, key_id):
+            raise BadInputError(f"key {key_id}: no such active key")
+    print(f"key {key_id} revoked")
+
+
 def main() -> None:
     """Entry point: usage errors exit 2 (click's own), bad input 2, other failures 1."""
     try:

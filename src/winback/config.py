@@ -10,15 +10,18 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+#: The secret a development service runs with; `winback serve` refuses it in production.
+DEVELOPMENT_SECRET = "development-only-secret-change-me"
 
 
 def _config_file() -> Path:
@@ -65,6 +68,24 @@ class Settings(BaseSettings):
     spark_shuffle_partitions: int = Field(8, gt=0, description="spark.sql.shuffle.partitions.")
     spark_driver_memory: str = Field("4g", description="spark.driver.memory for a local Spark session.")
 
+    # The service (`winback serve`, `winback worker`): operational state, secrets, limits.
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the service's state, e.g. postgresql+psycopg://host/db (default: "
+        "SQLite in the home, state.db).",
+    )
+    environment: Literal["development", "production"] = Field(
+        "development", description="Outside development the service refuses the default secret key."
+    )
+    secret_key: SecretStr = Field(
+        SecretStr(DEVELOPMENT_SECRET),
+        description="Signs tracking and unsubscribe links; set it (only from the environment) in production.",
+    )
+    max_body_bytes: int = Field(
+        8 * 1024 * 1024, gt=0, description="Largest request body the service accepts (413 beyond)."
+    )
+    max_batch_events: int = Field(10_000, gt=0, description="Most events one POST /v1/events may carry.")
+
     @field_validator("home")
     @classmethod
     def _expand(cls, home: Path) -> Path:
@@ -77,6 +98,11 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.home / "models"
+
+    @property
+    def state_url(self) -> str:
+        """The service's database: ``database_url``, else SQLite in the home."""
+        return self.database_url or f"sqlite:///{(self.home / 'state.db').resolve()}"
 
     @classmethod
     def settings_customise_sources(

@@ -1,0 +1,1 @@
+"""The winback service: HTTP ingest and the operational state of the real-time loop (issue 6)."""

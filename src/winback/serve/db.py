@@ -1,0 +1,135 @@
+"""The service's operational state, through SQLAlchemy: SQLite in the winback home by default,
+PostgreSQL when ``WINBACK_DATABASE_URL`` points to it.
+
+The tables are declared here once (SQLAlchemy Core); their DDL lives in Alembic migrations
+(``serve/migrations``), which :func:`upgrade` applies, so a deployed database moves forward with the code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from winback.config import Settings
+from winback.errors import BadInputError
+
+metadata = sa.MetaData()
+
+#: Events as the service received them: the canonical model (winback.events.schema), one row per
+#: event_id, so a retried or duplicated delivery is stored once.
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("event_id", sa.String(200), primary_key=True),
+    sa.Column("event_type", sa.String(40), nullable=False),
+    sa.Column("timestamp", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("user_id", sa.String(200)),
+    sa.Column("anonymous_id", sa.String(200)),
+    sa.Column("session_id", sa.String(200)),
+    sa.Column("product_id", sa.String(200)),
+    sa.Column("category", sa.String(500)),
+    sa.Column("price", sa.Float),
+    sa.Column("quantity", sa.Integer),
+    sa.Column("order_id", sa.String(200)),
+    sa.Column("value", sa.Float),
+    sa.Column("currency", sa.String(3)),
+    sa.Column("properties", sa.Text),
+    sa.Column("source", sa.String(40), nullable=False),
+    sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_events_user_time", "user_id", "timestamp"),
+    sa.Index("ix_events_received", "received_at"),
+)
+
+#: API keys: only a hash of each secret is kept; the key itself is shown once, when created.
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("key_id", sa.String(32), primary_key=True),
+    sa.Column("secret_hash", sa.String(64), nullable=False),
+    sa.Column("scope", sa.String(10), nullable=False),
+    sa.Column("label", sa.String(200), nullable=False, server_default=""),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("revoked_at", sa.DateTime(timezone=True)),
+)
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url``; SQLite gets a busy timeout and write-ahead logging so that the service,
+    workers and CLI can share the file."""
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError:
+        raise BadInputError(
+            f"database_url {url!r}: expected a SQLAlchemy URL such as sqlite:///state.db or "
+            "postgresql+psycopg://user@host:5432/db"
+        ) from None
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database:
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"timeout": 30})
+
+        @sa.event.listens_for(engine, "connect")
+        def _pragmas(dbapi_connection, _record):  # type: ignore[no-untyped-def]
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.close()
+
+        return engine
+    if parsed.get_backend_name() != "postgresql":
+        raise BadInputError(
+            f"database_url: {parsed.get_backend_name()} is not supported; expected sqlite or postgresql"
+        )
+    return sa.create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=10)
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Apply the migrations up to ``revision`` (idempotent)."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, revision)
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The database's migration revision (None before the first)."""
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def head_revision() -> str:
+    """The newest migration this winback ships."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    head = ScriptDirectory.from_config(config).get_current_head()
+    if head is None:
+        raise RuntimeError("no migrations found")
+    return head
+
+
+@contextmanager
+def state_engine(settings: Settings, *, migrate: bool = True) -> Iterator[Engine]:
+    """The engine of the settings' database, migrated to the newest revision; disposed on exit."""
+    engine = make_engine(settings.state_url)
+    try:
+        if migrate:
+            upgrade(engine)
+        yield engine
+    finally:
+        engine.dispose()
