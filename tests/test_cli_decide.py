@@ -234,6 +234,8 @@ def test_policies_evaluate_against_the_simulator(tmp_path: Path) -> None:
         "static-1h-24h-72h",
         "coupon-everyone",
         "uplift",
+        "bandit",
+        "fitted-q",
         "oracle",
     ]
     for row in rows:
@@ -242,7 +244,8 @@ def test_policies_evaluate_against_the_simulator(tmp_path: Path) -> None:
     by_name = {r["name"]: r for r in rows}
     assert by_name["oracle"]["ope_estimate"] is None  # it takes actions the log never tried
     assert all(isinstance(by_name[n]["ope_estimate"], float) for n in ("static-10h", "uplift"))
-    assert by_name["oracle"]["profit_per_cart"] >= max(r["profit_per_cart"] for r in rows)
+    one_step = [r for r in rows if r["name"] not in ("static-1h-24h-72h", "fitted-q")]  # flows can beat it
+    assert by_name["oracle"]["profit_per_cart"] >= max(r["profit_per_cart"] for r in one_step)
 
 
 @pytest.mark.parametrize("command", [["plan"], ["policies", "evaluate"]])

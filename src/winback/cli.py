@@ -655,7 +655,9 @@ def clv_fit(
 
 # -- decide ------------------------------------------------------------------------------------------
 
-SIMULATED_POLICIES = ("static-10h", "static-1h-24h-72h", "coupon-everyone", "uplift", "oracle")
+SIMULATED_POLICIES = (
+    "static-10h", "static-1h-24h-72h", "coupon-everyone", "uplift", "bandit", "fitted-q", "oracle",
+)  # fmt: skip
 
 
 @app.command(
@@ -923,12 +925,12 @@ def policies_evaluate(
         )
         _render_policies(rows, "ope_estimate", "off-policy")
         print(
-            "   static-1h-24h-72h is scored by its first step (the 1 h reminder): the simulator applies "
-            "one action per cart"
+            "   static-1h-24h-72h is scored as its whole 3-step flow; fitted-q plans multi-step flows, the "
+            "bandit learns online over the test carts"
         )
         print(
-            "   the uplift policy learns only from the event log and a randomised decision log of an "
-            "earlier period"
+            "   the learned policies see only the event log and a randomised decision log of an earlier "
+            "period, never the simulator's truth"
         )
         return
     from winback.decide.log import DecisionLog

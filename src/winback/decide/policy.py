@@ -6,8 +6,8 @@ the decision log, :mod:`winback.decide.ope`), its name and version, the expected
 it has one, and its reasons. ``decide_batch(carts, allowed, mask)`` does the same for a table of carts at
 once (``mask[i, j]``: whether cart ``i`` may take ``allowed[j]``).
 
-- :class:`StaticPolicy`: one fixed action, the baselines shops run today (a flow's first step: the
-  simulator and the decision log apply one action per cart, see :meth:`StaticPolicy.from_flow`).
+- :class:`StaticPolicy`: one fixed action, the baselines shops run today (a flow's first step: `plan`
+  and the decision log apply one action per cart, see :meth:`StaticPolicy.from_flow`).
 - :class:`RandomPolicy`: uniform over the allowed actions (or a subset); the randomising logging
   policy whose exact propensities make off-policy evaluation and uplift training possible.
 - :class:`UpliftPolicy`: the action with the highest expected incremental profit from fitted
@@ -158,10 +158,10 @@ class StaticPolicy:
     def from_flow(cls, catalogue: Catalogue, flow: str, version: str = "1") -> StaticPolicy:
         """The catalogue's flow ``flow`` as a policy of its **first step only**.
 
-        The simulator and the decision log apply one action per cart, so a multi-step flow such as
-        ``static-1h-24h-72h`` (reminders at 1 h and 24 h, a 10% coupon at 72 h) is represented by its
-        first step (the 1 h reminder); its later touches are not modelled. A flow of no steps sends
-        nothing.
+        ``winback plan`` and the decision log apply one action per cart, so there a multi-step flow such
+        as ``static-1h-24h-72h`` (reminders at 1 h and 24 h, a 10% coupon at 72 h) is represented by its
+        first step (the 1 h reminder); against the simulator's truth the whole flow is scored
+        (:mod:`winback.sim.flows`). A flow of no steps sends nothing.
         """
         try:
             steps = catalogue.flows[flow].steps
