@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean java
+.PHONY: demo test lint bench clean java services
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11+ or run make PYTHON=python3" >&2; exit 1; }
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/winback demo
 
-test: $(STAMP) java
+test: $(STAMP) java services
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
@@ -26,6 +26,10 @@ test: $(STAMP) java
 java:
 	@command -v java >/dev/null 2>&1 || { echo "installing a Java runtime for Spark (apt-get)"; \
 		apt-get update -qq && apt-get install -y -qq default-jre-headless >/dev/null; }
+
+# The service tests talk to a real PostgreSQL and Redis: started privately when none answers on loopback.
+services:
+	@bash scripts/test-services.sh
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

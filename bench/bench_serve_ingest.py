@@ -1,0 +1,179 @@
+"""Service ingest benchmark: batched ``POST /v1/events`` through a real ``winback serve`` on loopback.
+
+Usage: ``.venv/bin/python bench/bench_serve_ingest.py [--events 200000] [--batch 1000] [--clients 2]
+[--database sqlite|postgresql|both]``
+
+For each database the service is started as its own process (uvicorn, one worker) on a fresh database;
+``--clients`` threads post pre-encoded JSON batches of simulated-shop-like events (``--batch`` per request)
+as fast as the service answers. The baseline, run in the same command on the same database, is the
+storage alone: :func:`winback.serve.ingest.store_events` on already validated events, in-process, no
+HTTP or JSON. The ratio is service rate / storage rate (how much of the database's own speed the HTTP
+path keeps). Target (issue 6): 30,000 events/s or more, with SQLite and with PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx2 as httpx
+import orjson
+import sqlalchemy as sa
+
+from winback.events.model import Event
+from winback.serve.db import make_engine, upgrade
+from winback.serve.ingest import count_events, store_events
+
+ADMIN_URL = os.environ.get(
+    "WINBACK_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+TYPES = ("view", "view", "view", "view", "add_to_cart", "checkout_start", "purchase")
+
+
+def make_events(n: int, prefix: str) -> list[dict[str, object]]:
+    out: list[dict[str, object]] = []
+    for i in range(n):
+        kind = TYPES[i % len(TYPES)]
+        event: dict[str, object] = {
+            "event_id": f"{prefix}{i}", "event_type": kind,
+            "timestamp": f"2024-05-{1 + i % 28:02d}T{i % 24:02d}:{i % 60:02d}:00Z",
+            "user_id": f"u{i % 50_000}", "session_id": f"s{i // 5}", "product_id": f"p{i % 3_000}",
+            "category": "apparel.shoes", "price": round(5 + (i % 997) * 0.37, 2), "quantity": 1,
+        }  # fmt: skip
+        if kind == "purchase":
+            event["order_id"] = f"o{i}"
+        out.append(event)
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def fresh_database(kind: str, home: Path) -> tuple[str, object]:
+    """A new empty database URL and what drops it afterwards."""
+    if kind == "sqlite":
+        return f"sqlite:///{home / 'state.db'}", lambda: None
+    admin = sa.create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"winback_bench_{secrets.token_hex(4)}"
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+
+    def drop() -> None:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+    return sa.engine.make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False), drop
+
+
+def storage_rate(url: str, events: list[dict[str, object]], batch: int) -> float:
+    engine = make_engine(url)
+    upgrade(engine)
+    validated = [Event.model_validate(e) for e in events]
+    start = time.perf_counter()
+    for i in range(0, len(validated), batch):
+        store_events(engine, validated[i : i + batch])
+    took = time.perf_counter() - start
+    engine.dispose()
+    return len(events) / took
+
+
+def service_rate(url: str, home: Path, events: list[dict[str, object]], batch: int, clients: int) -> float:
+    env = {**os.environ, "WINBACK_HOME": str(home), "WINBACK_DATABASE_URL": url}
+    made = subprocess.run(
+        [sys.executable, "-m", "winback.cli", "keys", "create", "--scope", "write", "--json"],
+        env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    key = json.loads(made.stdout)["key"]
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "winback.cli", "serve", "--port", str(port)], env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        bodies = [orjson.dumps(events[i : i + batch]) for i in range(0, len(events), batch)]
+        headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+        failures: list[str] = []
+
+        def post(mine: list[bytes]) -> None:
+            with httpx.Client(base_url=base, headers=headers, timeout=60) as client:
+                for body in mine:
+                    reply = client.post("/v1/events", content=body)
+                    if reply.status_code != 200:
+                        failures.append(f"{reply.status_code} {reply.text[:200]}")
+
+        threads = [threading.Thread(target=post, args=(bodies[c::clients],)) for c in range(clients)]
+        start = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        took = time.perf_counter() - start
+        if failures:
+            raise SystemExit(f"{len(failures)} requests failed, first: {failures[0]}")
+        engine = make_engine(url)
+        stored = count_events(engine)
+        engine.dispose()
+        if stored != len(events):
+            raise SystemExit(f"stored {stored:,} of {len(events):,} events")
+        return len(events) / took
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--batch", type=int, default=1_000)
+    parser.add_argument("--clients", type=int, default=2)
+    parser.add_argument("--database", choices=("sqlite", "postgresql", "both"), default="both")
+    args = parser.parse_args()
+    kinds = ("sqlite", "postgresql") if args.database == "both" else (args.database,)
+    print(f"{args.events:,} events in batches of {args.batch:,}, {args.clients} client threads, loopback")
+    for kind in kinds:
+        with tempfile.TemporaryDirectory() as tmp:
+            home = Path(tmp)
+            url, drop = fresh_database(kind, home / "a")
+            (home / "a").mkdir()
+            try:
+                service = service_rate(
+                    url, home / "a", make_events(args.events, "h"), args.batch, args.clients
+                )
+            finally:
+                drop()  # type: ignore[operator]
+            (home / "b").mkdir()
+            url, drop = fresh_database(kind, home / "b")
+            try:
+                storage = storage_rate(url, make_events(args.events, "s"), args.batch)
+            finally:
+                drop()  # type: ignore[operator]
+        print(
+            f"{kind:<11} POST /v1/events {service:>9,.0f} events/s   storage alone {storage:>9,.0f} events/s"
+            f"   ratio {service / storage:.2f}   target 30,000: {'met' if service >= 30_000 else 'NOT met'}"
+        )
+
+
+if __name__ == "__main__":
+    main()
