@@ -133,3 +133,72 @@ def state_engine(settings: Settings, *, migrate: bool = True) -> Iterator[Engine
         yield engine
     finally:
         engine.dispose()
+
+
+# -- the outbox (winback.act): scheduled messages, their one delivery, coupon codes ------------------------
+
+#: Statuses of an outbox message. ``scheduled`` waits for ``next_attempt_at``; ``claimed`` is held by a
+#: worker until ``lease_until`` (claimable again after it, if the worker died); ``sent`` has its one
+#: delivery; ``failed`` was refused for good by the provider; ``dead`` ran out of retries; ``cancelled``
+#: was stopped by the send-time re-check (a purchase, an unsubscribe, a frequency cap) or by hand.
+OUTBOX_STATUSES = ("scheduled", "claimed", "sent", "failed", "dead", "cancelled")
+
+#: Messages to send: one row per scheduled message, its state and its lease.
+outbox = sa.Table(
+    "outbox",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("idempotency_key", sa.String(64), nullable=False, unique=True),
+    sa.Column("decision_id", sa.String(200)),
+    sa.Column("user_id", sa.String(200), nullable=False),
+    sa.Column("cart_id", sa.String(200)),
+    sa.Column("channel", sa.String(10), nullable=False),
+    sa.Column("recipient", sa.String(320), nullable=False),
+    sa.Column("template", sa.String(100), nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("utc_offset_minutes", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("send_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("status", sa.String(12), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("claimed_by", sa.String(100)),
+    sa.Column("lease_until", sa.DateTime(timezone=True)),
+    sa.Column("last_error", sa.Text),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_outbox_due", "status", "next_attempt_at"),
+    sa.Index("ix_outbox_lease", "status", "lease_until"),
+    sa.Index("ix_outbox_user", "user_id", "channel"),
+)
+
+#: The one delivery of a sent message: what the provider answered.
+deliveries = sa.Table(
+    "deliveries",
+    metadata,
+    sa.Column("message_id", sa.Integer, sa.ForeignKey("outbox.id"), primary_key=True),
+    sa.Column("idempotency_key", sa.String(64), nullable=False),
+    sa.Column("user_id", sa.String(200), nullable=False),
+    sa.Column("channel", sa.String(10), nullable=False),
+    sa.Column("provider_message_id", sa.String(300)),
+    sa.Column("result", sa.String(200), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("worker", sa.String(100)),
+    sa.Column("sent_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_deliveries_user", "user_id", "channel", "sent_at"),
+)
+
+#: Coupon codes: unique, one customer and one message each, with an expiry.
+coupons = sa.Table(
+    "coupons",
+    metadata,
+    sa.Column("code", sa.String(40), primary_key=True),
+    sa.Column("user_id", sa.String(200), nullable=False),
+    sa.Column("message_id", sa.Integer, sa.ForeignKey("outbox.id"), unique=True),
+    sa.Column("percent", sa.Float, nullable=False),
+    sa.Column("status", sa.String(10), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("sent_at", sa.DateTime(timezone=True)),
+    sa.Column("redeemed_at", sa.DateTime(timezone=True)),
+    sa.Index("ix_coupons_user", "user_id"),
+)
