@@ -85,6 +85,19 @@ class Settings(BaseSettings):
         8 * 1024 * 1024, gt=0, description="Largest request body the service accepts (413 beyond)."
     )
     max_batch_events: int = Field(10_000, gt=0, description="Most events one POST /v1/events may carry.")
+    shopify_webhook_secret: SecretStr | None = Field(
+        None, description="Verifies X-Shopify-Hmac-Sha256 on /v1/webhooks/shopify (the app's webhook secret)."
+    )
+    # The Redis Stream of events (`winback consume`).
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis that carries the event stream.")
+    redis_stream: str = Field("winback:events", description="Stream `winback consume` reads events from.")
+    redis_group: str = Field("winback", description="Consumer group of `winback consume`.")
+    redis_dead_letter: str = Field(
+        "winback:events:dead", description="Stream invalid entries go to, with the reason (then acked)."
+    )
+    redis_claim_idle_ms: int = Field(
+        60_000, gt=0, description="Entries pending this long (a dead consumer's) are claimed by another."
+    )
 
     @field_validator("home")
     @classmethod

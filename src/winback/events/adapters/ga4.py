@@ -26,9 +26,10 @@ session is the ``ga_session_id`` event parameter prefixed with ``user_pseudo_id`
 ids are only unique per user. ``event_timestamp`` is in microseconds (BigQuery writes 64-bit integers as
 JSON strings): it is converted to ISO 8601 UTC text with full precision. The currency is the
 ``currency`` event parameter (else ``ecommerce.currency``); the order id ``ecommerce.transaction_id``
-(else the ``transaction_id`` parameter). GA4 has no event id, so the store derives one from the content;
-the items of one purchase differ by product and price, so they stay distinct, and reloads stay
-idempotent.
+(else the ``transaction_id`` parameter). GA4 has no event id of its own: an ``event_id`` event parameter
+(what tag setups send for de-duplication) is the event id (``event_id:N`` for the row of item N);
+without one the store derives one from the content; the items of one purchase differ by product and
+price, so they stay distinct, and reloads stay idempotent.
 """
 
 from __future__ import annotations
@@ -114,6 +115,7 @@ class Ga4Mapper:
     name = "ga4"
     summary = "Google Analytics 4 BigQuery export rows (event_name, event_params, items...)"
     sources: Mapping[str, str] = {
+        "event_id": "/event_params (event_id)",
         "event_type": "/event_name",
         "timestamp": "/event_timestamp",
         "user_id": "/user_id",
@@ -183,8 +185,10 @@ class Ga4Mapper:
             }
         )
 
+        event_id = _clean(params.get("event_id"))
         if not items:
             row = base | {
+                "event_id": event_id,
                 "value": _first(ecommerce.get("purchase_revenue"), params.get("value")),
                 "properties": event_properties,
                 "_item": "/items/0",
@@ -201,6 +205,7 @@ class Ga4Mapper:
             rows.append(
                 base
                 | {
+                    "event_id": None if event_id is None else f"{event_id}:{index}",
                     "product_id": _clean(item.get("item_id")),
                     "category": _clean(item.get("item_category")),
                     "price": item.get("price"),
