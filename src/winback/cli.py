@@ -1053,6 +1053,67 @@ def keys_revoke(
     print(f"key {key_id} revoked")
 
 
+@app.command(
+    epilog="Examples:\n\n  winback consume\n\n"
+    "  WINBACK_REDIS_URL=redis://cache:6379/0 winback consume --batch 20000 --consumer node-1\n\n"
+    "  winback consume --once --json"
+)
+def consume(
+    batch: Annotated[
+        int, typer.Option("--batch", min=1, help="Entries per XREADGROUP (one transaction).")
+    ] = 10_000,
+    block_ms: Annotated[
+        int, typer.Option("--block-ms", min=0, help="How long one read waits for new entries.")
+    ] = 1_000,
+    once: Annotated[bool, typer.Option("--once", help="Exit when the stream has nothing new.")] = False,
+    consumer: Annotated[
+        str | None,
+        typer.Option(
+            help="This consumer's name in the group [default: host-pid]; keep it stable "
+            "across restarts to re-read its own pending entries at once."
+        ),
+    ] = None,
+    claim_idle_ms: Annotated[
+        int | None,
+        typer.Option(min=1, help="Claim others' entries pending this long [WINBACK_REDIS_CLAIM_IDLE_MS]."),
+    ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="Serve Prometheus metrics on this port.")
+    ] = None,
+    home: HomeOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Store the events of the Redis Stream WINBACK_REDIS_STREAM (consumer group WINBACK_REDIS_GROUP,
+    at least once, acknowledged after storing; invalid entries to WINBACK_REDIS_DEAD_LETTER)."""
+    import logging
+    import signal
+
+    from winback.serve.consume import StreamConsumer
+    from winback.serve.db import state_engine
+
+    settings = _settings(home)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stopping: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, _frame: stopping.append(signum))
+    with state_engine(settings) as engine:
+        worker = StreamConsumer(settings, engine, consumer=consumer, claim_idle_ms=claim_idle_ms)
+        if metrics_port is not None:
+            from prometheus_client import start_http_server
+
+            start_http_server(metrics_port, addr="127.0.0.1", registry=worker.metrics.registry)
+        try:
+            stats = worker.run(batch, block_ms, once=once, stop=lambda: bool(stopping))
+        except KeyboardInterrupt:
+            stats = worker.stats
+    if json_output:
+        _print_json(stats.as_dict())
+    else:
+        print(
+            f"{stats.entries:,} entries, {stats.events:,} events: {stats.stored:,} stored, "
+            f"{stats.duplicates:,} duplicates, {stats.dead:,} dead-lettered ({stats.claimed:,} claimed)"
+        )
+
+
 def main() -> None:
     """Entry point: usage errors exit 2 (click's own), bad input 2, other failures 1."""
     try:
