@@ -99,6 +99,31 @@ class Settings(BaseSettings):
         60_000, gt=0, description="Entries pending this long (a dead consumer's) are claimed by another."
     )
 
+    # The outbox and its channels (`winback worker`, winback.act).
+    smtp_host: str = Field("localhost", description="SMTP server the e-mail channel sends through.")
+    smtp_port: int = Field(25, gt=0, lt=65536, description="Its port (587 with smtp_starttls).")
+    smtp_user: str | None = Field(None, description="SMTP login (none: no authentication).")
+    smtp_password: SecretStr | None = Field(None, description="SMTP password (only from the environment).")
+    smtp_from: str = Field("winback@localhost", description="From address of the e-mails.")
+    smtp_starttls: bool = Field(False, description="Upgrade the SMTP connection with STARTTLS.")
+    sms_webhook_url: str | None = Field(None, description="URL the SMS provider's webhook is posted to.")
+    push_webhook_url: str | None = Field(None, description="URL the push provider's webhook is posted to.")
+    webhook_secret: SecretStr | None = Field(
+        None, description="Signs webhook bodies (HMAC-SHA256, header X-Winback-Signature)."
+    )
+    webhook_timeout_seconds: float = Field(10.0, gt=0, description="A webhook call slower than this fails.")
+    outbox_lease_seconds: float = Field(
+        60.0, gt=0, description="How long a worker holds a claimed message before others may take it."
+    )
+    outbox_max_attempts: int = Field(6, gt=0, description="Sends tried before a message is dead.")
+    outbox_retry_seconds: float = Field(
+        30.0, gt=0, description="First retry delay after a provider error; doubled each attempt."
+    )
+    coupon_valid_days: float = Field(7.0, gt=0, description="How long a coupon code stays valid.")
+    templates_dir: Path | None = Field(
+        None, description="Directory of message templates overriding the packaged ones."
+    )
+
     @field_validator("home")
     @classmethod
     def _expand(cls, home: Path) -> Path:
