@@ -109,7 +109,7 @@ def test_a_consumer_that_stops_before_xack_leaves_entries_that_another_claims(
     _add(client_redis, stream, [_event(i) for i in range(300)])
     dying = StreamConsumer(settings, engine, client_redis, consumer="dying")
     dying.ensure_group()
-    delivered = dying.read(200, None)  # read: delivered to it, pending in the group
+    delivered = dying.read_new(200, None)  # read: delivered to it, pending in the group
     half = [Event.model_validate_json(fields[b"event"]) for _, fields in delivered[:120]]
     store_events(engine, half, "redis")  # stored 120 of them, then died before XACK
     assert pending_count(client_redis, stream, settings.redis_group) == 200
@@ -128,7 +128,7 @@ def test_a_consumer_restarted_under_its_name_reads_its_own_pending_entries_first
     _add(client_redis, stream, [_event(i) for i in range(50)])
     first = StreamConsumer(settings, engine, client_redis, consumer="node-1")
     first.ensure_group()
-    assert len(first.read(30, None)) == 30  # then killed
+    assert len(first.read_new(30, None)) == 30  # then killed
     again = StreamConsumer(settings, engine, client_redis, consumer="node-1")  # long idle time: no claims
     stats = again.run(20, once=True)
     assert (stats.claimed, stats.stored, stats.entries) == (0, 50, 50)

@@ -25,11 +25,13 @@ its own :class:`Metrics` registry, served on ``--metrics-port`` when given (noth
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -182,25 +184,23 @@ class StreamConsumer:
         self.stats.claimed += len(entries)
         return entries
 
-    def read(self, count: int, block_ms: int | None) -> list[Entry]:
-        """The next entries: this consumer's own pending ones first, then new ones (waiting up to
-        ``block_ms`` for them; None: do not wait)."""
-        if self._own_pending:
-            reply = self.client.xreadgroup(self.group, self.consumer, {self.stream: "0"}, count=count)
-            entries: list[Entry] = reply[0][1] if reply else []
-            if entries:
-                return entries
-            self._own_pending = False
+    def read_own(self, count: int) -> list[Entry]:
+        """Entries delivered to this consumer's name and not acknowledged (after a restart or an error)."""
+        reply = self.client.xreadgroup(self.group, self.consumer, {self.stream: "0"}, count=count)
+        return reply[0][1] if reply else []
+
+    def read_new(self, count: int, block_ms: int | None) -> list[Entry]:
+        """New entries, waiting up to ``block_ms`` for them (None: not at all)."""
         reply = self.client.xreadgroup(
             self.group, self.consumer, {self.stream: ">"}, count=count, block=block_ms
         )
         return reply[0][1] if reply else []
 
-    def handle(self, entries: list[Entry]) -> None:
-        """Store ``entries``' events in one transaction, then dead-letter the bad ones and acknowledge all."""
-        if not entries:
-            return
-        events, dead = parse_entries(entries)
+    def commit(
+        self, entries: list[Entry], events: list[Event], dead: list[tuple[bytes, dict[bytes, bytes], str]]
+    ) -> None:
+        """Store ``events`` in one transaction, then dead-letter ``dead`` and acknowledge all ``entries``
+        in one MULTI."""
         stored = store_events(self.engine, events, "redis") if events else None
         pipe = self.client.pipeline(transaction=True)
         for entry_id, fields, reason in dead:
@@ -228,18 +228,10 @@ class StreamConsumer:
         for entry_id, _, reason in dead:
             log.warning("dead-lettered %s: %s", entry_id.decode(), reason[:200])
 
-    def step(self, count: int, block_ms: int | None) -> int:
-        """One batch: claimed entries if any are idle past the time, else own pending or new ones.
-        How many entries were handled."""
-        entries = self.claim(count)
-        if not entries:
-            entries = self.read(count, block_ms)
-        try:
-            self.handle(entries)
-        except Exception:
-            self._own_pending = True  # left pending: read again after the back-off
-            raise
-        return len(entries)
+    def handle(self, entries: list[Entry]) -> None:
+        """Validate and :meth:`commit` ``entries`` (synchronously)."""
+        if entries:
+            self.commit(entries, *parse_entries(entries))
 
     def run(
         self,
@@ -249,32 +241,85 @@ class StreamConsumer:
         once: bool = False,
         stop: Callable[[], bool] = lambda: False,
     ) -> ConsumeStats:
-        """Consume until ``stop()`` is true (checked between batches) or, with ``once``, until a read
-        finds nothing new. A storage error is logged and retried with back-off (the batch stays
-        pending), except with ``once``, where it is raised."""
+        """Consume until ``stop()`` is true (checked between batches) or, with ``once``, until nothing is
+        left to claim or read.
+
+        New entries are pipelined: while one batch is being stored (and then acknowledged) in a
+        background thread, the next is read and validated; at most one batch is in flight, and a batch
+        is acknowledged only once stored. Claims (every half idle time, at most every 5 s) and this
+        consumer's own pending entries are handled with nothing in flight, so no entry is handled twice
+        by the same consumer. A storage or Redis error is logged and retried with back-off (the batches
+        stay pending and are read again), except with ``once``, where it is raised. The garbage collector
+        is paused while a batch is read and validated (its objects are freed by reference counting).
+        """
         self.ensure_group()
         backoff = 0.5
-        while not stop():
-            try:
-                handled = self.step(count, None if once else block_ms)
-            except (redis.ConnectionError, redis.TimeoutError) as error:
-                if once:
-                    raise WinbackError(f"Redis at {self.url}: {error}") from None
-                log.error("Redis: %s; retrying in %.1f s", error, backoff)
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 30)
-                continue
-            except Exception as error:
-                if once:
-                    raise
-                self.stats.errors.append(str(error)[:500])
-                log.error("storing a batch failed (left pending): %s; retrying in %.1f s", error, backoff)
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 30)
-                continue
-            backoff = 0.5
-            if once and handled == 0:
-                break
+        claim_every = min(self.claim_idle_ms / 2000, 5.0)
+        next_claim = 0.0
+        batches = 0
+        dry = False  # the last claim (and own pending read) found nothing
+        inflight: list[Future[None]] = []
+
+        def settle() -> None:
+            while inflight:
+                inflight.pop().result()
+
+        with ThreadPoolExecutor(1, thread_name_prefix="winback-store") as storer:
+            while not stop():
+                collecting = gc.isenabled()
+                gc.disable()
+                try:
+                    entries: list[Entry] = []
+                    synchronous = False
+                    if self._own_pending or time.monotonic() >= next_claim:
+                        settle()
+                        entries = self.claim(count)
+                        if not entries:
+                            next_claim = time.monotonic() + claim_every
+                            if self._own_pending:
+                                entries = self.read_own(count)
+                                self._own_pending = bool(entries)
+                        synchronous = bool(entries)
+                        dry = not entries
+                    if not entries:
+                        entries = self.read_new(count, None if once else block_ms)
+                        dry = dry and not entries
+                    if not entries:
+                        settle()
+                        if once:
+                            if dry:
+                                break
+                            next_claim = 0.0  # a last claim before stopping
+                        continue
+                    events, dead = parse_entries(entries)
+                    settle()
+                    if synchronous:
+                        self.commit(entries, events, dead)
+                    else:
+                        inflight.append(storer.submit(self.commit, entries, events, dead))
+                    backoff = 0.5
+                except Exception as error:
+                    self._own_pending = True  # what was read is pending: read it again
+                    problem: Exception = error
+                    try:
+                        settle()
+                    except Exception as failed:  # the batch in flight failed (first)
+                        problem = failed
+                    if once:
+                        if isinstance(problem, redis.ConnectionError | redis.TimeoutError):
+                            raise WinbackError(f"Redis at {self.url}: {problem}") from None
+                        raise problem  # noqa: B904 (the error itself, not a new one)
+                    self.stats.errors.append(str(problem)[:500])
+                    log.error("a batch failed (left pending): %s; retrying in %.1f s", problem, backoff)
+                    time.sleep(backoff)
+                    backoff = min(backoff * 2, 30)
+                finally:
+                    if collecting:
+                        gc.enable()
+                batches += 1
+                if batches % 20 == 0:
+                    gc.collect(1)
+            settle()
         return self.stats
 
 
