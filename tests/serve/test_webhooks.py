@@ -253,3 +253,8 @@ def test_shopify_without_a_secret_needs_an_api_key_and_ignores_other_topics(
     wrapped = client.post("/v1/webhooks/shopify", json=line, headers=auth)
     assert wrapped.json()["stored"] == len(line["payload"]["line_items"])
     assert _post_shopify(client, line, **auth).json()["stored"] == 0  # the same webhook id
+    # one event delivered to two subscriptions: two webhook ids, one X-Shopify-Event-Id
+    event = {"X-Shopify-Event-Id": "98880550-7158-44d4-b7cd-2c97c8a091b5"}
+    other = {**line, "webhook_id": "another-subscription"}
+    assert _post_shopify(client, line, **auth, **event).json()["stored"] == len(line["payload"]["line_items"])
+    assert _post_shopify(client, other, **auth, **event).json()["stored"] == 0

@@ -3,8 +3,9 @@
 Each takes the payloads its source sends and maps them to canonical events with the file adapters' own
 per-record mappers (:mod:`winback.events.adapters.payloads`), validates them with :class:`Event` and
 stores them with :func:`store_events`: a whole request or nothing, each ``event_id`` once. Event ids come
-from the source (Segment's ``messageId``, Shopify's ``X-Shopify-Webhook-Id``, GA4's ``event_id`` event
-parameter; ``:N`` appended for line item N), so a source that retries a delivery stores nothing twice.
+from the source (Segment's ``messageId``, Shopify's ``X-Shopify-Event-Id`` or ``X-Shopify-Webhook-Id``,
+GA4's ``event_id`` event parameter; ``:N`` appended for line item N), so a source that retries a
+delivery stores nothing twice.
 Calls the adapters drop on purpose (a Segment ``identify``, a Shopify ``orders/paid``, a GA4
 ``page_view``) are answered 200 and counted as ``ignored``, so the source does not retry them.
 
@@ -128,9 +129,10 @@ def _authenticate_shopify(request: Request, state: AppState, body: bytes) -> Non
 
 @router.post("/shopify", response_model=WebhookResult, responses=RESPONSES)
 async def shopify(request: Request, state: State) -> WebhookResult:
-    """One Shopify webhook: the payload as body, the topic in ``X-Shopify-Topic``, the delivery's id in
-    ``X-Shopify-Webhook-Id`` (the same on Shopify's retries). ``checkouts/create``, ``checkouts/update``
-    and ``orders/create`` give events; other topics are ignored. Without the topic header the body may
+    """One Shopify webhook: the payload as body, the topic in ``X-Shopify-Topic``, the event's id in
+    ``X-Shopify-Event-Id`` (else ``X-Shopify-Webhook-Id``; both the same on Shopify's retries).
+    ``checkouts/create``, ``checkouts/update`` and ``orders/create`` give events; other topics are
+    ignored. Without the topic header the body may
     be a ``{"topic", "webhook_id", "payload"}`` wrapper (the file format), or the topic is inferred
     from the payload's shape."""
     body = await request.body()
@@ -143,7 +145,10 @@ async def shopify(request: Request, state: State) -> WebhookResult:
     topic = request.headers.get("x-shopify-topic")
     record: dict[str, Any] = data
     if topic is not None:
-        record = {"topic": topic, "webhook_id": request.headers.get("x-shopify-webhook-id"), "payload": data}
+        # X-Shopify-Event-Id is the same on retries and across subscriptions; older deliveries have only
+        # X-Shopify-Webhook-Id (the same on retries)
+        delivery = request.headers.get("x-shopify-event-id") or request.headers.get("x-shopify-webhook-id")
+        record = {"topic": topic, "webhook_id": delivery, "payload": data}
     return await _ingest(state, "shopify", SHOPIFY.mapper, [record])
 
 
