@@ -1114,6 +1114,64 @@ def consume(
         )
 
 
+@app.command(
+    epilog="Examples:\n\n  winback worker\n\n"
+    "  WINBACK_DATABASE_URL=postgresql+psycopg://db/winback winback worker --concurrency 4\n\n"
+    "  winback worker --once --json"
+)
+def worker(
+    once: Annotated[bool, typer.Option("--once", help="Exit when no message is due.")] = False,
+    concurrency: Annotated[int, typer.Option(min=1, help="Worker threads (each its own connections).")] = 1,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Messages claimed at a time.")] = 50,
+    record_every: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Deliveries recorded per transaction (at most this many resent after a crash)."
+        ),
+    ] = 20,
+    lease_seconds: Annotated[
+        float | None, typer.Option(min=0.01, help="Lease of a claim [WINBACK_OUTBOX_LEASE_SECONDS].")
+    ] = None,
+    poll_interval: Annotated[
+        float, typer.Option(min=0.001, help="Longest sleep between looks at the outbox (seconds).")
+    ] = 1.0,
+    catalogue_path: Annotated[
+        Path | None,
+        typer.Option("--catalogue", help="Action catalogue (caps, quiet hours); default: the packaged one."),
+    ] = None,
+    home: HomeOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Send the outbox's due messages: claim, re-check (purchase, unsubscribe, caps, quiet hours), render,
+    send by SMTP or webhook, record; retries with backoff, dead after the last attempt. Several workers
+    may run against PostgreSQL. SIGTERM or Ctrl-C stops after the message being sent."""
+    import signal
+    import threading
+
+    from winback.act.worker import run_workers
+    from winback.decide.catalogue import load_catalogue
+    from winback.serve.db import state_engine
+
+    settings = _settings(home)
+    catalogue = load_catalogue(catalogue_path)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda _signum, _frame: stop.set())
+    with state_engine(settings) as engine:
+        err.print(f"winback worker: {concurrency} thread(s) on {engine.dialect.name}, ready", highlight=False)
+        stats = run_workers(
+            engine, settings, concurrency=concurrency, once=once, stop=stop, poll_interval=poll_interval,
+            catalogue=catalogue, batch_size=batch, record_every=record_every, lease_seconds=lease_seconds,
+        )  # fmt: skip
+    if json_output:
+        _print_json(stats.as_dict())
+    else:
+        print(
+            f"{stats.sent:,} sent, {stats.cancelled:,} cancelled, {stats.deferred:,} deferred, "
+            f"{stats.retried:,} to retry, {stats.failed:,} failed, {stats.dead:,} dead"
+        )
+
+
 def main() -> None:
     """Entry point: usage errors exit 2 (click's own), bad input 2, other failures 1."""
     try:
