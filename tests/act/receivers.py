@@ -83,7 +83,8 @@ class SMTPServer:
 class WebhookReceiver:
     """A local HTTP receiver of signed webhooks: checks each signature, keeps each Idempotency-Key once
     (answering a repeat with the first answer, as an idempotent API does) and counts repeats. ``fail``
-    holds statuses to answer the next calls with; ``delay`` makes the next calls that slow."""
+    holds statuses to answer the next calls with, ``fail_to`` the same per recipient; ``delay_to`` makes
+    a recipient's next calls that slow."""
 
     def __init__(self, secret: str) -> None:
         self.secret = secret.encode()
@@ -93,7 +94,8 @@ class WebhookReceiver:
         self.paths: dict[str, str] = {}
         self.bad_signatures = 0
         self.fail: list[int] = []
-        self.delay: list[float] = []
+        self.fail_to: dict[str, list[int]] = {}  # per recipient ("to"): statuses for its next calls
+        self.delay_to: dict[str, list[float]] = {}  # per recipient: how long its next calls take
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -104,8 +106,10 @@ class WebhookReceiver:
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                to = str(json.loads(body).get("to"))
                 with receiver.lock:
-                    delay = receiver.delay.pop(0) if receiver.delay else 0.0
+                    delays = receiver.delay_to.get(to)
+                    delay = delays.pop(0) if delays else 0.0
                 if delay:
                     time.sleep(delay)
                 status, answer = receiver.receive(self.path, dict(self.headers), body)
@@ -129,12 +133,16 @@ class WebhookReceiver:
             if not verify(self.secret, body, headers.get(SIGNATURE_HEADER)):
                 self.bad_signatures += 1
                 return 401, {"error": "bad signature"}
+            document = json.loads(body)
+            planned = self.fail_to.get(str(document.get("to")))
+            if planned:
+                return planned.pop(0), {"error": "failing on purpose"}
             if self.fail:
                 return self.fail.pop(0), {"error": "failing on purpose"}
             key = headers.get("Idempotency-Key", "")
             self.counts[key] += 1
             if self.counts[key] == 1:
-                self.bodies[key] = json.loads(body)
+                self.bodies[key] = document
                 self.paths[key] = path
             return 200, {"id": f"p-{key[-8:]}", "duplicate": self.counts[key] > 1}
 
