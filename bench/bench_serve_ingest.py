@@ -90,7 +90,9 @@ def storage_rate(url: str, events: list[dict[str, object]], batch: int) -> float
     return len(events) / took
 
 
-def service_rate(url: str, home: Path, events: list[dict[str, object]], batch: int, clients: int) -> float:
+def service_rate(
+    url: str, home: Path, events: list[dict[str, object]], batch: int, clients: int, workers: int = 1
+) -> float:
     env = {**os.environ, "WINBACK_HOME": str(home), "WINBACK_DATABASE_URL": url}
     made = subprocess.run(
         [sys.executable, "-m", "winback.cli", "keys", "create", "--scope", "write", "--json"],
@@ -99,8 +101,8 @@ def service_rate(url: str, home: Path, events: list[dict[str, object]], batch: i
     key = json.loads(made.stdout)["key"]
     port = _free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "winback.cli", "serve", "--port", str(port)], env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [sys.executable, "-m", "winback.cli", "serve", "--port", str(port), "--workers", str(workers)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
@@ -148,19 +150,22 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=1_000)
     parser.add_argument("--clients", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=1, help="winback serve --workers")
     parser.add_argument("--database", choices=("sqlite", "postgresql", "both"), default="both")
     args = parser.parse_args()
     kinds = ("sqlite", "postgresql") if args.database == "both" else (args.database,)
-    print(f"{args.events:,} events in batches of {args.batch:,}, {args.clients} client threads, loopback")
+    print(
+        f"{args.events:,} events in batches of {args.batch:,}, {args.clients} client threads, "
+        f"{args.workers} server worker(s), loopback"
+    )
     for kind in kinds:
         with tempfile.TemporaryDirectory() as tmp:
             home = Path(tmp)
             url, drop = fresh_database(kind, home / "a")
             (home / "a").mkdir()
             try:
-                service = service_rate(
-                    url, home / "a", make_events(args.events, "h"), args.batch, args.clients
-                )
+                events = make_events(args.events, "h")
+                service = service_rate(url, home / "a", events, args.batch, args.clients, args.workers)
             finally:
                 drop()  # type: ignore[operator]
             (home / "b").mkdir()
