@@ -9,13 +9,12 @@ permanent.
 
 from __future__ import annotations
 
+import binascii
 import contextlib
 import smtplib
 import ssl
-from email.headerregistry import Address
-from email.message import EmailMessage
-from email.policy import SMTP as SMTP_POLICY
-from email.utils import formatdate
+from email.header import Header
+from email.utils import formataddr, formatdate, parseaddr
 
 from winback.act.channels import PermanentError, Receipt, TransientError
 from winback.act.outbox import Message
@@ -29,19 +28,59 @@ def message_id(idempotency_key: str) -> str:
     return f"<{idempotency_key}@winback>"
 
 
-def build_email(message: Message, rendered: Rendered, sender: str) -> EmailMessage:
-    """The e-mail of ``message``: subject, plain text, HTML, and its idempotency key as Message-ID."""
-    email = EmailMessage()
-    email["From"] = sender
-    email["To"] = message.recipient
-    email["Subject"] = rendered.subject or ""
-    email["Date"] = formatdate(localtime=False, usegmt=True)
-    email["Message-ID"] = message_id(message.idempotency_key)
-    email["X-Winback-Message"] = str(message.id)
-    email.set_content(rendered.text)
-    if rendered.html:
-        email.add_alternative(rendered.html, subtype="html")
-    return email
+def _header(value: str) -> str:
+    """A header value: as is when ASCII, else an RFC 2047 encoded word."""
+    if value.isascii():
+        return value
+    return Header(value, "utf-8", maxlinelen=998).encode()
+
+
+def _address(value: str) -> str:
+    name, address = parseaddr(value)
+    return formataddr((name, address), charset="utf-8") if name else address
+
+
+def _qp(text: str) -> bytes:
+    return binascii.b2a_qp(text.encode("utf-8"), istext=True).replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+def build_email(message: Message, rendered: Rendered, sender: str, date: str | None = None) -> bytes:
+    """The e-mail of ``message`` as SMTP-ready bytes (CRLF lines): subject, a plain-text part and an HTML
+    part (``multipart/alternative``, both quoted-printable UTF-8), its idempotency key as Message-ID.
+
+    Written out directly rather than through :class:`email.message.EmailMessage`, whose header objects
+    cost about 1 ms per message (the whole budget of a worker sending 500 a second). The boundary
+    starts with ``=_``, which quoted-printable text cannot contain.
+    """
+    recipient = message.recipient
+    if "\r" in recipient or "\n" in recipient:
+        raise PermanentError(f"recipient {recipient!r}: a line break in an e-mail address")
+    boundary = f"=_winback_{message.idempotency_key[-24:]}"
+    head = [
+        f"From: {_address(sender)}",
+        f"To: {recipient}",
+        f"Subject: {_header(rendered.subject or '')}",
+        f"Date: {date or formatdate(usegmt=True)}",
+        f"Message-ID: {message_id(message.idempotency_key)}",
+        f"X-Winback-Message: {message.id}",
+        "MIME-Version: 1.0",
+    ]
+    text = _qp(rendered.text)
+    part = b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+    if not rendered.html:
+        head += ["Content-Type: text/plain; charset=utf-8", "Content-Transfer-Encoding: quoted-printable"]
+        return "\r\n".join(head).encode() + b"\r\n\r\n" + text + b"\r\n"
+    head.append(f'Content-Type: multipart/alternative; boundary="{boundary}"')
+    marker = f"--{boundary}".encode()
+    html_part = (
+        b"Content-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
+    )
+    return b"".join([
+        "\r\n".join(head).encode(), b"\r\n\r\n",
+        marker, b"\r\n", part, text, b"\r\n",
+        marker, b"\r\n", html_part, _qp(rendered.html), b"\r\n",
+        marker, b"--\r\n",
+    ])  # fmt: skip
 
 
 def _error(code: int, text: bytes | str, what: str) -> Exception:
@@ -63,10 +102,7 @@ class SMTPChannel:
         self.starttls = settings.smtp_starttls
         self.timeout = timeout
         self._smtp: smtplib.SMTP | None = None
-        try:
-            self._envelope_from = Address(addr_spec=self.sender).addr_spec
-        except (ValueError, IndexError):
-            self._envelope_from = self.sender
+        self._envelope_from = parseaddr(self.sender)[1] or self.sender
 
     def _connection(self) -> smtplib.SMTP:
         if self._smtp is None:
@@ -95,7 +131,7 @@ class SMTPChannel:
                 self._smtp = None
 
     def send(self, message: Message, rendered: Rendered) -> Receipt:
-        data = build_email(message, rendered, self.sender).as_bytes(policy=SMTP_POLICY)
+        data = build_email(message, rendered, self.sender)
         smtp = self._connection()
         try:
             code, answer = smtp.mail(self._envelope_from)
