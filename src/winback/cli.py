@@ -298,6 +298,9 @@ def demo(
 EngineOption = Annotated[
     str, typer.Option("--engine", help="Where features are computed: duckdb (the store) or spark.")
 ]
+CatalogueOption = Annotated[
+    Path | None, typer.Option("--catalogue", help="Action catalogue (TOML); default: the packaged one.")
+]
 AsOfOption = Annotated[
     str | None,
     typer.Option("--as-of", help="Moment of the time split or the scores (ISO date or date-time, UTC)."),
@@ -683,9 +686,7 @@ def plan(
             help="Discount this plan may give (coupon face value); 0: no coupons (default: no limit)."
         ),
     ] = None,
-    catalogue_path: Annotated[
-        Path | None, typer.Option("--catalogue", help="Action catalogue (TOML); default: the packaged one.")
-    ] = None,
+    catalogue_path: CatalogueOption = None,
     consent_path: Annotated[
         Path | None,
         typer.Option(
@@ -784,9 +785,7 @@ def outcomes(
             help="Days after a decision in which an order counts (default: WINBACK_RECOVERY_WINDOW_DAYS, 7).",
         ),
     ] = None,
-    catalogue_path: Annotated[
-        Path | None, typer.Option("--catalogue", help="Action catalogue (TOML); default: the packaged one.")
-    ] = None,
+    catalogue_path: CatalogueOption = None,
     engine: EngineOption = "duckdb",
     home: HomeOption = None,
     json_output: JsonOption = False,
@@ -868,9 +867,7 @@ def policies_evaluate(
             help="From the log: ips, snips, dr, direct (repeatable); default: ips, snips, dr.",
         ),
     ] = None,
-    catalogue_path: Annotated[
-        Path | None, typer.Option("--catalogue", help="Action catalogue (TOML); default: the packaged one.")
-    ] = None,
+    catalogue_path: CatalogueOption = None,
     n_boot: Annotated[int, typer.Option(min=1, help="Bootstrap resamples of the intervals.")] = 500,
     home: HomeOption = None,
     json_output: JsonOption = False,
