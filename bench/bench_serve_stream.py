@@ -26,7 +26,7 @@ import orjson
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_serve_ingest import fresh_database, make_events, storage_rate
+from bench_serve_ingest import fresh_database, make_events, storage_baseline
 from winback.config import load_settings
 from winback.serve.consume import StreamConsumer
 from winback.serve.db import make_engine, upgrade
@@ -92,20 +92,10 @@ def main() -> None:
     for kind in kinds:
         with tempfile.TemporaryDirectory() as tmp:
             home = Path(tmp)
-            (home / "a").mkdir()
-            url, drop = fresh_database(kind, home / "a")
-            try:
-                stream, xadd = stream_rate(
-                    url, home / "a", make_events(args.events, "r"), args.batch, args.per_entry
-                )
-            finally:
-                drop()  # type: ignore[operator]
-            (home / "b").mkdir()
-            url, drop = fresh_database(kind, home / "b")
-            try:
-                storage = storage_rate(url, make_events(args.events, "s"), args.batch)
-            finally:
-                drop()  # type: ignore[operator]
+            with fresh_database(kind, home / "a") as url:
+                events = make_events(args.events, "r")
+                stream, xadd = stream_rate(url, home / "a", events, args.batch, args.per_entry)
+            storage = storage_baseline(kind, home / "b", args.events, args.batch)
         print(
             f"{kind:<11} winback consume {stream:>9,.0f} events/s   storage alone {storage:>9,.0f} events/s"
             f"   ratio {stream / storage:.2f}   (XADD {xadd:,.0f}/s)"
