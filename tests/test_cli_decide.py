@@ -254,3 +254,30 @@ def test_decide_commands_have_help_with_examples(command: list[str]) -> None:
     assert result.returncode == 0, result.stderr
     assert "Example" in result.stdout
     assert "winback " + " ".join(command) in result.stdout
+
+
+def test_plan_alerts_staff_about_big_carts_and_valuable_customers(
+    home: Path, consent: Path, tmp_path: Path
+) -> None:
+    from tests.act.receivers import WebhookReceiver
+
+    with WebhookReceiver("s3cret") as receiver:
+        result = run(
+            "plan", "--policy", "static-10h", "--consent", str(consent), "--as-of", AS_OF,
+            "--at-risk", "0.05", "--out", str(tmp_path / "plan.csv"), "--json", home=home,
+            WINBACK_ALERT_WEBHOOK_URL=receiver.url("/staff"), WINBACK_WEBHOOK_SECRET="s3cret",
+            WINBACK_ALERT_CART_VALUE="0", WINBACK_ALERT_CUSTOMER_VALUE="0",
+            WINBACK_ALERT_CHURN_PROBABILITY="0",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        plan = pd.read_csv(tmp_path / "plan.csv", dtype={"cart_id": str})
+        outside = plan[~plan["holdout"]]
+        assert receiver.bad_signatures == 0
+        assert receiver.distinct == len(outside) > 0  # everyone planned outside the holdout, once
+        alerted = {body["winback"]["user_id"] for body in receiver.bodies.values()}
+        assert alerted == set(outside["user_id"].astype(str))
+        assert not alerted & set(plan.loc[plan["holdout"], "user_id"].astype(str))
+        kinds = {body["winback"]["kind"] for body in receiver.bodies.values()}
+        assert kinds == {"abandoned_cart", "churn_risk"}
+    notes = json.loads(result.stdout)["notes"]
+    assert f"staff alerts: {len(outside)} sent to 127.0.0.1" in notes

@@ -112,6 +112,21 @@ class Settings(BaseSettings):
         None, description="Signs webhook bodies (HMAC-SHA256, header X-Winback-Signature)."
     )
     webhook_timeout_seconds: float = Field(10.0, gt=0, description="A webhook call slower than this fails.")
+    alert_webhook_url: str | None = Field(
+        None,
+        pattern=r"^https?://",
+        description="Staff alerts (Slack-compatible JSON) go here: big abandoned carts, valuable "
+        "customers at risk; none: no alerts.",
+    )
+    alert_cart_value: float = Field(
+        500.0, ge=0, description="An abandoned cart worth this much raises an alert."
+    )
+    alert_customer_value: float = Field(
+        1000.0, ge=0, description="A customer with this expected lifetime value at risk raises an alert."
+    )
+    alert_churn_probability: float = Field(
+        0.7, ge=0, le=1, description="Churn probability from which a valuable customer counts as at risk."
+    )
     outbox_lease_seconds: float = Field(
         60.0, gt=0, description="How long a worker holds a claimed message before others may take it."
     )

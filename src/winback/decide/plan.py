@@ -39,6 +39,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from statistics import NormalDist
 from typing import Any, cast
+from urllib.parse import urlsplit
 
 import numpy as np
 import pandas as pd
@@ -571,6 +572,29 @@ def _with_policy_features(
     return subjects.join(added), ["n_items", *added.columns]
 
 
+def _alert_staff(settings: Settings, plan: Plan, carts: pd.DataFrame, customers: pd.DataFrame) -> str:
+    """Post the staff alerts of the carts and customers just planned (not the holdout's: a personal call
+    would treat the control group) and say what happened."""
+    from winback.act.alerts import find_alerts, send_alerts
+
+    held = set(plan.table.loc[plan.table["holdout"].astype(bool), "user_id"].astype(str))
+    found = find_alerts(
+        carts,
+        customers,
+        cart_value=settings.alert_cart_value,
+        customer_value=settings.alert_customer_value,
+        churn_probability=settings.alert_churn_probability,
+    )
+    alerts = [a for a in found if a.user_id not in held]
+    if not alerts:
+        return "staff alerts: nothing above the thresholds"
+    secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
+    url = str(settings.alert_webhook_url)
+    report = send_alerts(alerts, url, secret, settings.webhook_timeout_seconds)
+    failed = f"; {report.failed} failed ({report.first_error})" if report.failed else ""
+    return f"staff alerts: {report.sent} sent to {urlsplit(url).hostname}{failed}"
+
+
 def run_plan(
     settings: Settings,
     tables: Any,
@@ -708,6 +732,8 @@ def run_plan(
         stage(str(log.path), "logging")
         added = log.append(plan.decisions)
         path = log.path
+    if settings.alert_webhook_url and len(plan.table):
+        notes.append(_alert_staff(settings, plan, carts, customers))
     plan.notes = notes
     return PlanResult(
         plan, now, chooser.name, chooser.version, len(carts), len(customers), added, path, notes
