@@ -138,6 +138,15 @@ class Settings(BaseSettings):
     templates_dir: Path | None = Field(
         None, description="Directory of message templates overriding the packaged ones."
     )
+    public_url: str | None = Field(
+        None,
+        pattern=r"^https?://",
+        description="The service's public base URL (e.g. https://winback.shop.example) for open, click and "
+        "unsubscribe links; none: messages go out untracked and without an unsubscribe link.",
+    )
+    shop_url: str | None = Field(
+        None, pattern=r"^https?://", description="The shop's cart page, linked (click-tracked) from e-mails."
+    )
 
     @field_validator("home")
     @classmethod

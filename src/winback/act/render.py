@@ -9,6 +9,11 @@ message's payload: ``customer`` (``name``, ``user_id``), ``cart`` (``id``, ``ite
 ``recommendations`` (the same shape) and ``coupon`` (``code``, ``percent``, ``expires_at``; None without
 one), plus ``message`` (``channel``, ``idempotency_key``). Undefined names are errors (the message fails
 and says which), not blanks.
+
+With tracking (a renderer given :class:`~winback.act.tracking.Links`, i.e. ``WINBACK_PUBLIC_URL`` set),
+templates also see ``links`` (``open_pixel``, ``unsubscribe``, ``cart``: signed URLs of the service, or
+None without tracking) and ``track(url)``, the click-tracked form of a URL (the URL itself without
+tracking). An e-mail's unsubscribe URL also goes into its ``List-Unsubscribe`` header.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from typing import Any
 import jinja2
 
 from winback.act.outbox import Message
+from winback.act.tracking import Links, link_urls
 
 __all__ = ["Rendered", "Renderer"]
 
@@ -33,6 +39,7 @@ class Rendered:
     subject: str | None = None
     html: str | None = None
     title: str | None = None
+    unsubscribe_url: str | None = None
 
 
 def _money(value: Any, currency: str = "") -> str:
@@ -53,7 +60,8 @@ def _date(value: Any) -> str:
 class Renderer:
     """Renders messages; templates are compiled once per renderer (one per worker thread)."""
 
-    def __init__(self, templates_dir: Path | None = None) -> None:
+    def __init__(self, templates_dir: Path | None = None, links: Links | None = None) -> None:
+        self.links = links
         loaders: list[jinja2.BaseLoader] = []
         if templates_dir is not None:
             loaders.append(jinja2.FileSystemLoader(str(templates_dir)))
@@ -79,9 +87,12 @@ class Renderer:
     def render(self, message: Message) -> Rendered:
         """The message's text (and subject and HTML for e-mail, title for push). Raises
         ``jinja2.TemplateError`` for a missing or broken template."""
+        urls, track = link_urls(self.links, message.id, message.channel)
         context = {
             **message.payload,
             "message": {"channel": message.channel, "idempotency_key": message.idempotency_key},
+            "links": urls,
+            "track": track,
         }
         base = f"{message.channel}/{message.template}"
         if message.channel == "email":
@@ -89,6 +100,7 @@ class Renderer:
                 text=self._template(f"{base}.txt").render(context).strip() + "\n",
                 subject=" ".join(self._template(f"{base}.subject.txt").render(context).split()),
                 html=self._template(f"{base}.html").render(context),
+                unsubscribe_url=urls["unsubscribe"],
             )
         if message.channel == "push":
             return Rendered(

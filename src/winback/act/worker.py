@@ -63,6 +63,7 @@ from winback.act.outbox import (
     utcnow,
 )
 from winback.act.render import Renderer
+from winback.act.tracking import Links
 from winback.config import Settings
 from winback.decide.actions import Channel as ChannelName
 from winback.decide.catalogue import Catalogue, load_catalogue
@@ -177,7 +178,7 @@ class Worker:
         self.max_attempts = max_attempts or settings.outbox_max_attempts
         self.retry_seconds = retry_seconds or settings.outbox_retry_seconds
         self.clock = clock
-        self.renderer = Renderer(settings.templates_dir)
+        self.renderer = Renderer(settings.templates_dir, Links.from_settings(settings))
         self._channels: dict[str, Channel] = {}
         self.stats = WorkerStats()
 

@@ -4,7 +4,9 @@ Each message is ``multipart/alternative`` (the plain-text part, then the HTML pa
 ``Message-ID: <idempotency key@winback>``: the same message sent twice carries the same id, which is
 what a receiver deduplicates on. The server's answer to DATA (e.g. ``250 2.0.0 Ok: queued as 4F1C``) is
 recorded as the provider's message id. 4xx answers and connection errors are transient (retried), 5xx
-permanent.
+permanent. With an unsubscribe link (``WINBACK_PUBLIC_URL`` set) the e-mail carries ``List-Unsubscribe:
+<url>`` and ``List-Unsubscribe-Post: List-Unsubscribe=One-Click`` (RFC 2369, RFC 8058), so mail clients
+offer their own unsubscribe button, which POSTs to the link.
 """
 
 from __future__ import annotations
@@ -65,6 +67,13 @@ def build_email(message: Message, rendered: Rendered, sender: str, date: str | N
         f"X-Winback-Message: {message.id}",
         "MIME-Version: 1.0",
     ]
+    if rendered.unsubscribe_url:
+        if any(c in rendered.unsubscribe_url for c in "\r\n<>"):
+            raise PermanentError("unsubscribe URL: a line break or angle bracket in it")
+        head += [
+            f"List-Unsubscribe: <{rendered.unsubscribe_url}>",
+            "List-Unsubscribe-Post: List-Unsubscribe=One-Click",
+        ]
     text = _qp(rendered.text)
     part = b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"
     if not rendered.html:
