@@ -19,7 +19,7 @@ from winback.serve.db import make_engine, upgrade
 from winback.serve.deps import AppState
 from winback.serve.limits import BodyLimit
 from winback.serve.metrics import Metrics
-from winback.serve.routes import events, health, webhooks
+from winback.serve.routes import customers, events, health, tracking, webhooks
 
 
 def check_secrets(settings: Settings) -> None:
@@ -55,6 +55,8 @@ def create_app(settings: Settings, *, migrate: bool = True) -> FastAPI:
     app.include_router(health.router)
     app.include_router(events.router)
     app.include_router(webhooks.router)
+    app.include_router(tracking.router)
+    app.include_router(customers.router)
 
     @app.exception_handler(BadInputError)
     async def _bad_input(_request: Request, error: BadInputError) -> JSONResponse:
