@@ -1146,10 +1146,12 @@ def worker(
     import threading
 
     from winback.act.worker import run_workers
+    from winback.config import check_production
     from winback.decide.catalogue import load_catalogue
     from winback.serve.db import state_engine
 
     settings = _settings(home)
+    check_production(settings, sends_messages=True)
     catalogue = load_catalogue(catalogue_path)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -178,6 +178,26 @@ class Settings(BaseSettings):
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, _config_file()))
 
 
+def check_production(settings: Settings, *, sends_messages: bool = False) -> None:
+    """Refuse, outside development, the default secret and (for what sends messages) messages without
+    unsubscribe links."""
+    from winback.errors import BadInputError
+
+    if settings.environment == "development":
+        return
+    if settings.secret_key.get_secret_value() == DEVELOPMENT_SECRET:
+        raise BadInputError(
+            "WINBACK_SECRET_KEY: the default development secret cannot be used with WINBACK_ENVIRONMENT="
+            f"{settings.environment}; set a long random value in the environment "
+            "(e.g. `openssl rand -hex 32`)"
+        )
+    if sends_messages and not settings.public_url:
+        raise BadInputError(
+            f"WINBACK_PUBLIC_URL is not set: with WINBACK_ENVIRONMENT={settings.environment} every message "
+            "needs its unsubscribe link and tracking, which point at the service's public URL"
+        )
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Settings from the environment and ``winback.toml``, with ``overrides`` (not None) on top."""
     return Settings(**{k: v for k, v in overrides.items() if v is not None})

@@ -69,3 +69,13 @@ def test_serve_refuses_the_default_secret_in_production(tmp_path: Path) -> None:
     refused = run("serve", home=tmp_path, WINBACK_ENVIRONMENT="production")
     assert refused.returncode == 2
     assert "WINBACK_SECRET_KEY" in refused.stderr
+
+
+def test_the_worker_refuses_to_send_without_unsubscribe_links_in_production(tmp_path: Path) -> None:
+    env = {"WINBACK_ENVIRONMENT": "production", "WINBACK_SECRET_KEY": "a" * 64}
+    refused = run("worker", "--once", home=tmp_path, **env)
+    assert refused.returncode == 2
+    assert "WINBACK_PUBLIC_URL is not set" in refused.stderr
+    default_secret = run("worker", "--once", home=tmp_path, WINBACK_ENVIRONMENT="production")
+    assert default_secret.returncode == 2
+    assert "WINBACK_SECRET_KEY" in default_secret.stderr

@@ -13,7 +13,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 
 from winback import __version__
-from winback.config import DEVELOPMENT_SECRET, Settings
+from winback.config import Settings, check_production
 from winback.errors import BadInputError
 from winback.serve.db import make_engine, upgrade
 from winback.serve.deps import AppState
@@ -23,13 +23,8 @@ from winback.serve.routes import customers, events, health, tracking, webhooks
 
 
 def check_secrets(settings: Settings) -> None:
-    """Refuse the default secret outside development."""
-    if settings.environment != "development" and settings.secret_key.get_secret_value() == DEVELOPMENT_SECRET:
-        raise BadInputError(
-            "WINBACK_SECRET_KEY: the default development secret cannot be used with WINBACK_ENVIRONMENT="
-            f"{settings.environment}; set a long random value in the environment "
-            "(e.g. `openssl rand -hex 32`)"
-        )
+    """Refuse the default secret outside development (:func:`winback.config.check_production`)."""
+    check_production(settings)
 
 
 def create_app(settings: Settings, *, migrate: bool = True) -> FastAPI:
