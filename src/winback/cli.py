@@ -994,10 +994,11 @@ def serve(
     SQLite in the home), migrated on start. Refuses the default secret outside development."""
     import uvicorn
 
-    from winback.serve.main import check_secrets, create_app
+    from winback.config import check_production
+    from winback.serve.main import create_app
 
     settings = _settings(home)
-    check_secrets(settings)
+    check_production(settings)
     if workers == 1:
         uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
         return

@@ -28,7 +28,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class Inbox:
+class _KeyCounts:
+    """What a receiver got per idempotency key: how many distinct, how many repeats."""
+
+    counts: Counter[str]
+
+    @property
+    def distinct(self) -> int:
+        return len(self.counts)
+
+    @property
+    def duplicates(self) -> int:
+        return sum(n - 1 for n in self.counts.values())
+
+
+class Inbox(_KeyCounts):
     """An aiosmtpd handler: keeps each e-mail once per Message-ID, counts repeats; ``fail`` holds SMTP
     answers to give (instead of accepting) to the next messages, e.g. ["451 4.3.0 try later"]."""
 
@@ -55,14 +69,6 @@ class Inbox:
                 self.envelopes[key] = (envelope.mail_from, list(envelope.rcpt_tos))
             return f"250 2.0.0 Ok: queued as Q{len(self.messages)}"
 
-    @property
-    def distinct(self) -> int:
-        return len(self.counts)
-
-    @property
-    def duplicates(self) -> int:
-        return sum(n - 1 for n in self.counts.values())
-
 
 class SMTPServer:
     """aiosmtpd on a free loopback port, in a thread of the test process."""
@@ -80,7 +86,7 @@ class SMTPServer:
         self.controller.stop()
 
 
-class WebhookReceiver:
+class WebhookReceiver(_KeyCounts):
     """A local HTTP receiver of signed webhooks: checks each signature, keeps each Idempotency-Key once
     (answering a repeat with the first answer, as an idempotent API does) and counts repeats. ``fail``
     holds statuses to answer the next calls with, ``fail_to`` the same per recipient; ``delay_to`` makes
@@ -149,14 +155,6 @@ class WebhookReceiver:
                 self.bodies[key] = document
                 self.paths[key] = path
             return 200, {"id": f"p-{key[-8:]}", "duplicate": self.counts[key] > 1}
-
-    @property
-    def distinct(self) -> int:
-        return len(self.counts)
-
-    @property
-    def duplicates(self) -> int:
-        return sum(n - 1 for n in self.counts.values())
 
     def __enter__(self) -> WebhookReceiver:
         self.thread.start()

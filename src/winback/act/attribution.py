@@ -27,11 +27,10 @@ from sqlalchemy.engine import Engine
 
 from winback.act.outbox import as_utc, decision_key, utcnow
 from winback.decide.log import DecisionLog
+from winback.events.schema import used_coupon
 from winback.serve.db import deliveries, events, outbox
 
 __all__ = ["Attribution", "attribute_purchases", "log_outcomes"]
-
-_COUPON_KEYS = ("coupon", "discount", "discount_codes")
 
 
 @dataclass(frozen=True)
@@ -46,16 +45,6 @@ class Attribution:
     message_id: int | None = None
     decision_id: str | None = None
     sent_at: datetime | None = None
-
-
-def _used_coupon(properties: str | None) -> bool:
-    if not properties:
-        return False
-    try:
-        data = json.loads(properties)
-    except ValueError:
-        return False
-    return isinstance(data, dict) and any(data.get(k) not in (None, "", [], 0) for k in _COUPON_KEYS)
 
 
 def attribute_purchases(
@@ -102,7 +91,7 @@ def attribute_purchases(
             order["lines"] += float(r.price) * int(r.quantity or 1)
         if r.value is not None:
             order["value"] = float(r.value)
-        order["coupon"] = order["coupon"] or _used_coupon(r.properties)
+        order["coupon"] = order["coupon"] or used_coupon(r.properties)
     out = []
     for (user, order_id), order in orders.items():
         at = order["at"]

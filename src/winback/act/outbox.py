@@ -528,41 +528,25 @@ def _fenced(message_ids: Sequence[int], worker: str) -> Any:
     )
 
 
-def retry(engine: Engine, message: Message, worker: str, error: str, at: datetime) -> bool:
-    """Give the message back for another attempt at ``at``; False if ``worker`` no longer held it."""
+def retry(
+    engine: Engine, message: Message, worker: str, error: str, at: datetime, *, counted: bool = True
+) -> bool:
+    """Give the message back for another attempt at ``at``; False if ``worker`` no longer held it.
+    ``counted=False`` does not count the attempt just made (see :func:`defer`)."""
+    values: dict[str, Any] = {
+        "status": "scheduled", "next_attempt_at": at, "claimed_by": None, "lease_until": None,
+        "last_error": error[:2000], "updated_at": utcnow(),
+    }  # fmt: skip
+    if not counted:
+        values["attempts"] = outbox.c.attempts - 1
     with write_transaction(engine) as connection:
-        done = connection.execute(
-            outbox.update()
-            .where(_fenced([message.id], worker))
-            .values(
-                status="scheduled",
-                next_attempt_at=at,
-                claimed_by=None,
-                lease_until=None,
-                last_error=error[:2000],
-                updated_at=utcnow(),
-            )
-        ).rowcount
-    return bool(done)
+        done = connection.execute(outbox.update().where(_fenced([message.id], worker)).values(**values))
+    return bool(done.rowcount)
 
 
 def defer(engine: Engine, message: Message, worker: str, reason: str, at: datetime) -> bool:
     """Put the message off until ``at`` without counting the attempt (quiet hours)."""
-    with write_transaction(engine) as connection:
-        done = connection.execute(
-            outbox.update()
-            .where(_fenced([message.id], worker))
-            .values(
-                status="scheduled",
-                next_attempt_at=at,
-                attempts=outbox.c.attempts - 1,
-                claimed_by=None,
-                lease_until=None,
-                last_error=reason[:2000],
-                updated_at=utcnow(),
-            )
-        ).rowcount
-    return bool(done)
+    return retry(engine, message, worker, reason, at, counted=False)
 
 
 def finish(engine: Engine, messages: Iterable[tuple[Message, str, str]], worker: str) -> int:

@@ -15,7 +15,6 @@ the event log covers its whole window, so a later run never has to revise it.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -27,13 +26,11 @@ from winback.decide.actions import Action
 from winback.decide.catalogue import Catalogue
 from winback.decide.log import DecisionLog
 from winback.errors import BadInputError
+from winback.events.schema import used_coupon
 
 #: Days after a decision in which the customer's first order counts as its outcome (the default of the
 #: settings' ``recovery_window_days``).
 WINDOW_DAYS = 7.0
-
-#: Order properties that say a coupon was used.
-_COUPON_KEYS = ("coupon", "discount", "discount_codes")
 
 
 @dataclass
@@ -46,16 +43,6 @@ class OutcomeReport:
     revenue: float
     discount: float
     window_days: float
-
-
-def _used_coupon(properties: object) -> bool:
-    if not isinstance(properties, str) or not properties:
-        return False
-    try:
-        data = json.loads(properties)
-    except ValueError:
-        return False
-    return isinstance(data, dict) and any(data.get(key) not in (None, "", [], 0) for key in _COUPON_KEYS)
 
 
 def orders_after(events: ibis.Table, users: list[str], since: pd.Timestamp) -> pd.DataFrame:
@@ -72,7 +59,7 @@ def orders_after(events: ibis.Table, users: list[str], since: pd.Timestamp) -> p
     if rows.empty:
         return pd.DataFrame(columns=["user_id", "order_id", "ordered_at", "revenue", "coupon"])
     rows["order_id"] = rows["order_id"].fillna(rows["user_id"] + "@" + rows["timestamp"].astype(str))
-    rows["coupon"] = rows["properties"].map(_used_coupon)
+    rows["coupon"] = rows["properties"].map(used_coupon)
     orders = rows.groupby(["user_id", "order_id"], sort=False).agg(
         ordered_at=("timestamp", "min"), revenue=("money", "sum"), coupon=("coupon", "max")
     )

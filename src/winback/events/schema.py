@@ -6,6 +6,7 @@ without copying; the DuckDB DDL in :mod:`winback.events.store` is derived from i
 
 from __future__ import annotations
 
+import json
 from enum import StrEnum
 
 import pyarrow as pa
@@ -52,3 +53,18 @@ EVENT_SCHEMA = pa.schema(
 )
 
 EVENT_FIELDS: tuple[str, ...] = tuple(EVENT_SCHEMA.names)
+
+#: Order properties that say a purchase used a coupon (as the simulator and the Segment, GA4 and Shopify
+#: adapters write them).
+COUPON_KEYS: tuple[str, ...] = ("coupon", "discount", "discount_codes")
+
+
+def used_coupon(properties: object) -> bool:
+    """Whether a purchase's JSON ``properties`` say it used a coupon (:data:`COUPON_KEYS`)."""
+    if not isinstance(properties, str) or not properties:
+        return False
+    try:
+        data = json.loads(properties)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and any(data.get(key) not in (None, "", [], 0) for key in COUPON_KEYS)

@@ -22,14 +22,9 @@ from winback.serve.metrics import Metrics
 from winback.serve.routes import customers, events, health, tracking, webhooks
 
 
-def check_secrets(settings: Settings) -> None:
-    """Refuse the default secret outside development (:func:`winback.config.check_production`)."""
-    check_production(settings)
-
-
 def create_app(settings: Settings, *, migrate: bool = True) -> FastAPI:
     """The service over the settings' database (migrated first unless ``migrate`` is False)."""
-    check_secrets(settings)
+    check_production(settings)
     engine = make_engine(settings.state_url)
     if migrate:
         upgrade(engine)
