@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean java services
+.PHONY: demo test lint bench clean java services browser
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found; install Python 3.11+ or run make PYTHON=python3" >&2; exit 1; }
@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/winback demo
 
-test: $(STAMP) java services
+test: $(STAMP) java services browser
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/mypy
@@ -26,6 +26,12 @@ test: $(STAMP) java services
 java:
 	@command -v java >/dev/null 2>&1 || { echo "installing a Java runtime for Spark (apt-get)"; \
 		apt-get update -qq && apt-get install -y -qq default-jre-headless >/dev/null; }
+
+# The dashboard tests drive a real headless Chromium through Playwright; Playwright's own browser download
+# needs the network, so the tests use Debian's chromium (WINBACK_CHROMIUM overrides the path).
+browser:
+	@command -v $${WINBACK_CHROMIUM:-chromium} >/dev/null 2>&1 || { echo "installing Chromium for the browser tests (apt-get)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 
 # The service tests talk to a real PostgreSQL and Redis: started privately when none answers on loopback.
 services:
