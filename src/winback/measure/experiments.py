@@ -89,9 +89,7 @@ def wilson_interval(successes: float, n: float, level: float = 0.95) -> tuple[fl
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def newcombe_interval(
-    x1: float, n1: float, x0: float, n0: float, level: float = 0.95
-) -> tuple[float, float]:
+def newcombe_interval(x1: float, n1: float, x0: float, n0: float, level: float = 0.95) -> tuple[float, float]:
     """Newcombe's hybrid score interval of ``x1/n1 - x0/n0`` (his method 10, from two Wilson intervals).
 
     >>> [round(v, 4) for v in newcombe_interval(56, 70, 48, 80)]  # Newcombe (1998), example (a)
@@ -371,4 +369,3 @@ def uplift_by_decile(decisions: pd.DataFrame, score: str, *, bins: int = 10) -> 
             }
         )
     return pd.DataFrame(rows)
-

@@ -134,7 +134,9 @@ def simulate_with_holdout(
     return SimulatedLog(shop, decisions.sort_values("decided_at", kind="stable", ignore_index=True))
 
 
-def store_simulated(settings: Settings, log: SimulatedLog, catalogue: Catalogue | None = None) -> OutcomeReport:
+def store_simulated(
+    settings: Settings, log: SimulatedLog, catalogue: Catalogue | None = None
+) -> OutcomeReport:
     """Store ``log``'s events in the home's event store and its decisions in the decision log, and record
     their outcomes from the events as ``winback outcomes`` does; what recording the outcomes did."""
     with EventStore(settings) as store:
@@ -143,5 +145,8 @@ def store_simulated(settings: Settings, log: SimulatedLog, catalogue: Catalogue 
         decisions.append(log.decisions)
         with open_source(settings) as source:
             return record_outcomes(
-                decisions, source.events, catalogue or load_catalogue(), window_days=settings.recovery_window_days
+                decisions,
+                source.events,
+                catalogue or load_catalogue(),
+                window_days=settings.recovery_window_days,
             )
