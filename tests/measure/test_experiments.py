@@ -50,7 +50,8 @@ def test_welch_matches_scipy() -> None:
     a, b = rng.exponential(3.0, 40), rng.exponential(2.0, 400)
     low, high = welch_interval(a.mean(), a.var(ddof=1), a.size, b.mean(), b.var(ddof=1), b.size)
     result = stats.ttest_ind(a, b, equal_var=False).confidence_interval(0.95)
-    assert low == pytest.approx(result.low) and high == pytest.approx(result.high)
+    assert low == pytest.approx(result.low)
+    assert high == pytest.approx(result.high)
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +155,9 @@ def test_headline_scales_the_difference_and_shows_the_attributed_gap(
     frame, config = carts
     experiment = _replicate(frame, config, np.random.default_rng(6), 0.1)
     found = headline(experiment)
-    assert found is not None and found.margin is not None and found.ci_low is not None
+    assert found is not None
+    assert found.margin is not None
+    assert found.ci_low is not None
     treated = experiment[~experiment["holdout"]]
     control = experiment[experiment["holdout"]]
     expected = (treated["margin"].mean() - control["margin"].mean()) * len(treated)
@@ -170,5 +173,6 @@ def test_no_holdout_gives_no_headline_and_no_intervals(carts: tuple[pd.DataFrame
     experiment = _replicate(frame, config, np.random.default_rng(7), 0.0)
     assert headline(experiment) is None
     table = compare(experiment, "all")
-    assert table["control"].isna().all() and table["ci_low"].isna().all()
+    assert table["control"].isna().all()
+    assert table["ci_low"].isna().all()
     assert table["warning"].str.contains("too few customers").all()

@@ -74,7 +74,7 @@ class Period:
 
     @property
     def days(self) -> float:
-        return (self.until - self.since) / timedelta(days=1)
+        return float((self.until - self.since).total_seconds()) / 86_400
 
     def label(self) -> str:
         return f"{self.since:%Y-%m-%d} to {self.until:%Y-%m-%d}"
@@ -171,7 +171,7 @@ class MeasureData:
                 return None
             return pd.Timestamp(row[0]).tz_convert("UTC"), pd.Timestamp(row[1]).tz_convert("UTC")
 
-        return self._cached(("span",), read)  # type: ignore[no-any-return]
+        return self._cached(("span",), read)
 
     def period(self, filters: Filters) -> Period | None:
         """The period ``filters`` select, bounded by the data; None when the store is empty."""
@@ -190,7 +190,7 @@ class MeasureData:
             ).fetchall()
             return str(rows[0][0]) if rows else self.settings.default_currency
 
-        return self._cached(("currency",), read)  # type: ignore[no-any-return]
+        return self._cached(("currency",), read)
 
     # -- decisions ---------------------------------------------------------------------------------
 
@@ -206,7 +206,7 @@ class MeasureData:
             frame["segment"] = self._segments(frame)
             return frame
 
-        return self._cached(("decisions",), read)  # type: ignore[no-any-return]
+        return self._cached(("decisions",), read)
 
     def _segments(self, decisions: pd.DataFrame) -> np.ndarray:
         """Each decision's customer segment by their orders before it (:data:`SEGMENTS`)."""
@@ -252,7 +252,7 @@ class MeasureData:
                 prepared = prepared[keep].reset_index(drop=True)
             return prepared
 
-        return self._cached(("prepared", filters), make)  # type: ignore[no-any-return]
+        return self._cached(("prepared", filters), make)
 
     def _in_period(self, filters: Filters) -> pd.DataFrame:
         frame = self.all_decisions()
@@ -290,4 +290,4 @@ class MeasureData:
             keep = (started >= period.since) & (started < period.until)
             return all_carts[keep].assign(started_at=started[keep]).reset_index(drop=True)
 
-        return self._cached(("carts", replace(filters, policy=None, channel=None)), make)  # type: ignore[no-any-return]
+        return self._cached(("carts", replace(filters, policy=None, channel=None)), make)

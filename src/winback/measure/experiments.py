@@ -39,6 +39,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -176,7 +177,8 @@ def _difference(t: Arm, c: Arm, metric: str, level: float) -> tuple[float, float
     if metric == "conversion":
         return newcombe_interval(t.converted, t.customers, c.converted, c.customers, level)
     mean_t, mean_c = t.value(metric), c.value(metric)
-    assert mean_t is not None and mean_c is not None
+    assert mean_t is not None
+    assert mean_c is not None
     return welch_interval(
         mean_t, t.variances[metric], t.customers, mean_c, c.variances[metric], c.customers, level
     )
@@ -317,8 +319,9 @@ class Headline:
 def headline(decisions: pd.DataFrame, level: float = 0.95) -> Headline | None:
     """The whole period's incremental margin and its interval (difference per decision x treated
     decisions); None when there is no holdout or nothing treated."""
-    table = compare(decisions, "all", metrics=("revenue", "margin"), level=level).set_index("metric")
-    margin, revenue = table.loc["margin"], table.loc["revenue"]
+    table = compare(decisions, "all", metrics=("revenue", "margin"), level=level)
+    rows: dict[str, dict[Any, Any]] = {str(r["metric"]): r for r in table.to_dict("records")}
+    margin, revenue = rows["margin"], rows["revenue"]
     if _missing(margin["difference"]):
         return None
     treated = int(margin["decisions_treated"])
@@ -336,8 +339,8 @@ def headline(decisions: pd.DataFrame, level: float = 0.95) -> Headline | None:
     )
 
 
-def _missing(value: object) -> bool:
-    return value is None or bool(pd.isna(value))  # type: ignore[arg-type]
+def _missing(value: Any) -> bool:
+    return value is None or bool(pd.isna(value))
 
 
 def uplift_by_decile(decisions: pd.DataFrame, score: str, *, bins: int = 10) -> pd.DataFrame:
@@ -349,16 +352,16 @@ def uplift_by_decile(decisions: pd.DataFrame, score: str, *, bins: int = 10) -> 
         return pd.DataFrame(columns=["decile", "low", "high", "treated", "control", "recovery_uplift",
                                      "margin_uplift", "decisions"])  # fmt: skip
     ranks = known[score].rank(method="first")
-    decile = np.minimum((ranks - 1) * bins // len(known), bins - 1).astype(int)
+    decile = np.minimum((ranks.to_numpy() - 1) * bins // len(known), bins - 1).astype(int)
     rows = []
-    for d, part in known.groupby(decile.to_numpy()):
+    for d, part in known.groupby(decile):
         held = part["holdout"].to_numpy(dtype=bool)
         if held.all() or not held.any():
             continue
         t, c = part[~held], part[held]
         rows.append(
             {
-                "decile": int(d) + 1,
+                "decile": int(str(d)) + 1,
                 "low": float(part[score].min()),
                 "high": float(part[score].max()),
                 "treated": float(t["recovered"].mean()),
