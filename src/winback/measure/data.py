@@ -265,6 +265,15 @@ class MeasureData:
             keep &= frame["policy"] == filters.policy
         return frame[keep]
 
+    def contexts(self, decision_ids: pd.Series) -> pd.Series:
+        """The logged context (JSON) of each decision id, aligned with ``decision_ids``."""
+        with duckdb.connect(str(self.log_path), read_only=True) as con:
+            con.register("wanted", pd.DataFrame({"decision_id": decision_ids.astype(str).to_numpy()}))
+            found = con.execute(
+                "SELECT d.decision_id, d.context FROM decisions d JOIN wanted USING (decision_id)"
+            ).df()
+        return decision_ids.astype(str).map(found.set_index("decision_id")["context"])
+
     def waiting(self, filters: Filters) -> int:
         """Decisions of the period whose outcome is not recorded yet."""
         frame = self._in_period(filters)
