@@ -838,7 +838,7 @@ def report(
     """
     from winback.decide.catalogue import load_catalogue
     from winback.measure.data import Filters
-    from winback.measure.report import write_report
+    from winback.measure.report import headline_lines, write_report
 
     filters = Filters.parse(since, until, policy, channel)
     catalogue = load_catalogue(catalogue_path)
@@ -851,24 +851,6 @@ def report(
     print(f"report of {result.period} -> {result.path} ({result.seconds:.1f} s)")
     for line in headline_lines(summary):
         print(f"  {line}")
-
-
-def headline_lines(summary: dict[str, Any]) -> list[str]:
-    """The report's headline numbers as lines for the terminal."""
-    currency = summary.get("currency", "")
-    if summary.get("incremental_margin") is None:
-        return ["no incremental figures: no decisions with outcomes and a holdout in this period (see the report)"]
-    low, high = summary.get("ci_low"), summary.get("ci_high")
-    interval = f"[{low:,.2f}, {high:,.2f}]" if low is not None and high is not None else "(no interval)"
-    lines = [
-        f"incremental margin {summary['incremental_margin']:+,.2f} {currency}, 95% CI {interval}, "
-        f"for {summary['discount']:,.2f} {currency} of discount",
-        f"attributed revenue (what a vendor would report) {summary['attributed_revenue']:,.2f} {currency}; "
-        f"incremental revenue {summary.get('incremental_revenue') or 0:+,.2f} {currency}",
-    ]
-    if summary.get("warning"):
-        lines.append(f"note: {summary['warning']}")
-    return lines
 
 
 @app.command(

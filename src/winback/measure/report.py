@@ -40,6 +40,7 @@ __all__ = [
     "ReportResult",
     "Section",
     "at_risk_section",
+    "headline_lines",
     "build_sections",
     "demand_section",
     "holdout_section",
@@ -656,3 +657,21 @@ def write_report(
     with written_atomically(out) as tmp:
         tmp.write_text(page, encoding="utf-8")
     return ReportResult(out, label, sections, time.perf_counter() - started)
+
+
+def headline_lines(summary: dict[str, Any]) -> list[str]:
+    """The report's headline numbers as lines for the terminal."""
+    currency = summary.get("currency", "")
+    if summary.get("incremental_margin") is None:
+        return ["no incremental figures: no decisions with outcomes and a holdout in this period (see the report)"]
+    low, high = summary.get("ci_low"), summary.get("ci_high")
+    interval = f"[{low:,.2f}, {high:,.2f}]" if low is not None and high is not None else "(no interval)"
+    lines = [
+        f"incremental margin {summary['incremental_margin']:+,.2f} {currency}, 95% CI {interval}, "
+        f"for {summary['discount']:,.2f} {currency} of discount",
+        f"attributed revenue (what a vendor would report) {summary['attributed_revenue']:,.2f} {currency}; "
+        f"incremental revenue {summary.get('incremental_revenue') or 0:+,.2f} {currency}",
+    ]
+    if summary.get("warning"):
+        lines.append(f"note: {summary['warning']}")
+    return lines
