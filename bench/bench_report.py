@@ -71,7 +71,9 @@ def build(events: int, decisions: int) -> Settings:
         for k in range(tiles):
             table = log.shop.events
             for name in ("event_id", "user_id", "session_id", "order_id"):
-                table = table.set_column(table.schema.get_field_index(name), name, _suffixed(table[name], f"-{k}"))
+                table = table.set_column(
+                    table.schema.get_field_index(name), name, _suffixed(table[name], f"-{k}")
+                )
             store.append(table, source=f"tile-{k}")
     with DecisionLog(base, read_only=True) as logged:
         frame = logged.read()
@@ -113,14 +115,19 @@ def main() -> None:
             "count(*) FILTER (event_type = 'message_sent') FROM event_log"
         ).fetchone()
     with duckdb.connect(str(settings.home / "decisions.duckdb"), read_only=True) as con:
-        counted = con.execute("SELECT count(*), count(*) FILTER (action <> 'nothing') FROM decisions").fetchone()
-    assert row is not None and counted is not None
+        counted = con.execute(
+            "SELECT count(*), count(*) FILTER (action <> 'nothing') FROM decisions"
+        ).fetchone()
+    assert row is not None
+    assert counted is not None
     print(f"store: {row[0]:,} events ({row[1]:,} message events, {row[2]:,} sent); decision log: "
           f"{counted[0]:,} decisions ({counted[1]:,} messages)")  # fmt: skip
     base = baseline(settings)
     report = write_report(settings, Filters(), OUT / "bench_report.html")
     print(f"baseline (bare DuckDB scan + group-by of every event and decision): {base:.2f} s")
-    print(f"winback report: {report.seconds:.1f} s -> {report.path} ({report.path.stat().st_size / 1e6:.1f} MB)")
+    print(
+        f"winback report: {report.seconds:.1f} s -> {report.path} ({report.path.stat().st_size / 1e6:.1f} MB)"
+    )
     print(f"ratio report / baseline: {report.seconds / base:.1f}; target: under 30 s")
 
 

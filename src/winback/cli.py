@@ -815,7 +815,6 @@ def outcomes(
     )
 
 
-
 @app.command(
     epilog="Examples:\n\n  winback report --out report.html\n\n"
     "  winback report --since 2024-05-01 --until 2024-06-01 --out may.html --json",
@@ -824,10 +823,18 @@ def report(
     out: Annotated[Path, typer.Option("--out", help="The HTML file to write (self-contained).")] = Path(
         "report.html"
     ),
-    since: Annotated[str | None, typer.Option("--since", help="Start of the period (default: the first event).")] = None,
-    until: Annotated[str | None, typer.Option("--until", help="End of the period (default: the last event).")] = None,
-    policy: Annotated[str | None, typer.Option("--flow", help="Only the decisions of this flow (policy).")] = None,
-    channel: Annotated[str | None, typer.Option("--channel", help="Only the decisions on email, sms or push.")] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="Start of the period (default: the first event).")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option("--until", help="End of the period (default: the last event).")
+    ] = None,
+    policy: Annotated[
+        str | None, typer.Option("--flow", help="Only the decisions of this flow (policy).")
+    ] = None,
+    channel: Annotated[
+        str | None, typer.Option("--channel", help="Only the decisions on email, sms or push.")
+    ] = None,
     catalogue_path: CatalogueOption = None,
     home: HomeOption = None,
     json_output: JsonOption = False,
@@ -887,7 +894,8 @@ def retrain(
     for r in results:
         verdict = f"replaced by {r['version']}" if r["replaced"] else "kept (the new one is worse)"
         print(
-            f"{r['name']}: on {r['holdout']}: deployed {r['deployed_version']} ROC-AUC {r['deployed_auc']:.3f}, "
+            f"{r['name']}: on {r['holdout']}: deployed {r['deployed_version']} ROC-AUC "
+            f"{r['deployed_auc']:.3f}, "
             f"retrained {r['candidate_auc']:.3f}: {verdict}"
         )
 

@@ -9,6 +9,8 @@ cart-side demand a shop's inventory planning never sees: what people wanted and 
 
 from __future__ import annotations
 
+import itertools
+
 import ibis
 import numpy as np
 import pandas as pd
@@ -50,15 +52,19 @@ def abandoned_items(data: MeasureData, filters: Filters) -> pd.DataFrame:
             bought_user="user_key", bought_product="product_id", bought_at="ts"
         )
         window = data.settings.recovery_window_days * _DAY
-        hit = items.join(
-            bought,
-            [
-                items.user_key == bought.bought_user,
-                items.product_id == bought.bought_product,
-                items.ended < bought.bought_at,
-                bought.bought_at <= items.ended + window,
-            ],
-        ).select("session_key", "product_id").distinct()
+        hit = (
+            items.join(
+                bought,
+                [
+                    items.user_key == bought.bought_user,
+                    items.product_id == bought.bought_product,
+                    items.ended < bought.bought_at,
+                    bought.bought_at <= items.ended + window,
+                ],
+            )
+            .select("session_key", "product_id")
+            .distinct()
+        )
         hits = hit.select(hit_session="session_key", hit_product="product_id")
         marked = items.left_join(
             hits, [items.session_key == hits.hit_session, items.product_id == hits.hit_product]
@@ -68,7 +74,7 @@ def abandoned_items(data: MeasureData, filters: Filters) -> pd.DataFrame:
         )
         return data.source.execute(out)
 
-    return data._cached(("abandoned_items", filters.since, filters.until), make)  # type: ignore[no-any-return]
+    return data._cached(("abandoned_items", filters.since, filters.until), make)
 
 
 def top_products(data: MeasureData, filters: Filters, *, top: int = 15) -> pd.DataFrame:
@@ -76,8 +82,17 @@ def top_products(data: MeasureData, filters: Filters, *, top: int = 15) -> pd.Da
     ``units``, ``price`` (median added price), ``recovered`` and ``lost`` carts, ``recovered_share``,
     ``lost_value`` (price x units of the lost ones)."""
     items = abandoned_items(data, filters)
-    columns = ["product_id", "category", "abandoned", "units", "price", "recovered", "lost",
-               "recovered_share", "lost_value"]  # fmt: skip
+    columns = [
+        "product_id",
+        "category",
+        "abandoned",
+        "units",
+        "price",
+        "recovered",
+        "lost",
+        "recovered_share",
+        "lost_value",
+    ]
     if items.empty:
         return pd.DataFrame(columns=columns)
     frame = items.assign(
@@ -107,7 +122,7 @@ def by_price_band(data: MeasureData, filters: Filters) -> pd.DataFrame:
     if priced.empty:
         return pd.DataFrame(columns=columns)
     edges = [0, 10, 25, 50, 100, 250, 500, 1000, np.inf]
-    labels = [f"{a:g}-{b:g}" if np.isfinite(b) else f"{a:g}+" for a, b in zip(edges, edges[1:], strict=False)]
+    labels = [f"{a:g}-{b:g}" if np.isfinite(b) else f"{a:g}+" for a, b in itertools.pairwise(edges)]
     band = pd.cut(priced["price"], edges, labels=labels, right=False)
     frame = priced.assign(
         band=band,

@@ -30,7 +30,15 @@ from winback.measure.data import Filters, MeasureData
 from winback.models.metrics import binary_report
 from winback.models.registry import ModelCard, load_model
 
-__all__ = ["PSI_ALERT", "PSI_WATCH", "ModelHealth", "abandonment_health", "churn_health", "model_health", "psi"]
+__all__ = [
+    "PSI_ALERT",
+    "PSI_WATCH",
+    "ModelHealth",
+    "abandonment_health",
+    "churn_health",
+    "model_health",
+    "psi",
+]
 
 PSI_WATCH = 0.10
 PSI_ALERT = 0.25
@@ -80,10 +88,17 @@ class ModelHealth:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "name": self.name, "version": self.version, "trained_to": self.trained_to, "source": self.source,
-            "n": self.n, "auc": self.auc, "calibration": self.calibration,
-            "drift": self.drift.to_dict("records"), "status": self.status, "notes": self.notes,
-        }  # fmt: skip
+            "name": self.name,
+            "version": self.version,
+            "trained_to": self.trained_to,
+            "source": self.source,
+            "n": self.n,
+            "auc": self.auc,
+            "calibration": self.calibration,
+            "drift": self.drift.to_dict("records"),
+            "status": self.status,
+            "notes": self.notes,
+        }
 
 
 def _drift(reference: pd.DataFrame, recent: pd.DataFrame, features: tuple[str, ...]) -> pd.DataFrame:
@@ -117,7 +132,9 @@ def _status(health: ModelHealth) -> str:
 def _from_card(health: ModelHealth, card: ModelCard, auc_of: Any) -> None:
     """Quality figures from the card's time split, when no outcomes have come since training."""
     split = card.metrics.get("time_split") or {}
-    health.source = f"its card: the time split at {str(split.get('as_of', '?'))[:10]} within its training window"
+    health.source = (
+        f"its card: the time split at {str(split.get('as_of', '?'))[:10]} within its training window"
+    )
     auc = auc_of(split)
     health.auc = float(auc) if auc is not None else None
     health.calibration = list(split.get("calibration") or [])
@@ -156,9 +173,14 @@ def abandonment_health(data: MeasureData, filters: Filters) -> ModelHealth:
         health.source = f"{len(first):,} carts started after its cut, at the first add"
         health.n, health.auc, health.calibration = len(first), report["roc_auc"], list(report["calibration"])
     else:
-        _from_card(health, card, lambda s: (s.get("at the first add") or {}).get("LightGBM (calibrated)", {})
-                   .get("roc_auc"))  # fmt: skip
-    reference = snaps[(snaps["ts"] >= (cut - timedelta(days=DRIFT_DAYS)).timestamp()) & (snaps["ts"] < cut.timestamp())]
+        _from_card(
+            health,
+            card,
+            lambda s: (s.get("at the first add") or {}).get("LightGBM (calibrated)", {}).get("roc_auc"),
+        )
+    reference = snaps[
+        (snaps["ts"] >= (cut - timedelta(days=DRIFT_DAYS)).timestamp()) & (snaps["ts"] < cut.timestamp())
+    ]
     recent = snaps[snaps["ts"] >= (period.until - timedelta(days=DRIFT_DAYS)).timestamp()]
     recent = recent[recent["ts"] < period.until.timestamp()]
     health.drift = _drift(_sample(reference), _sample(recent), CART_FEATURES)
@@ -191,15 +213,26 @@ def churn_health(data: MeasureData, filters: Filters) -> ModelHealth:
         if len(test) >= MIN_OUTCOMES and test["churned"].nunique() == 2:
             p = model.predict_proba(test[list(CUSTOMER_FEATURES)])[:, 1]
             report = binary_report(test["churned"].to_numpy(), p)
-            health.source = f"{len(test):,} customers as of {moment:%Y-%m-%d}, churn over the {horizon} days after"
-            health.n, health.auc, health.calibration = len(test), report["roc_auc"], list(report["calibration"])
+            health.source = (
+                f"{len(test):,} customers as of {moment:%Y-%m-%d}, churn over the {horizon} days after"
+            )
+            health.n, health.auc, health.calibration = (
+                len(test),
+                report["roc_auc"],
+                list(report["calibration"]),
+            )
             tested = True
     if not tested:
-        _from_card(health, card, lambda s: (s.get("metrics") or {}).get("LightGBM + P(alive)", {}).get("roc_auc"))
+        _from_card(
+            health, card, lambda s: (s.get("metrics") or {}).get("LightGBM + P(alive)", {}).get("roc_auc")
+        )
     reference_at = pd.Timestamp(card.params.get("features_as_of") or cut - timedelta(days=horizon))
-    reference_at = max(reference_at, data.span()[0] + timedelta(days=1)) if data.span() else reference_at
+    span = data.span()
+    reference_at = max(reference_at, span[0] + timedelta(days=1)) if span else reference_at
     health.drift = _drift(
-        data.tables.customers(reference_at.tz_convert("UTC") if reference_at.tzinfo else reference_at.tz_localize("UTC")),
+        data.tables.customers(
+            reference_at.tz_convert("UTC") if reference_at.tzinfo else reference_at.tz_localize("UTC")
+        ),
         data.tables.customers(period.until),
         CUSTOMER_FEATURES,
     )

@@ -34,11 +34,13 @@ import numpy as np
 import pandas as pd
 
 from winback.decide.actions import CHANNELS, Action
+from winback.errors import BadInputError
 from winback.measure.data import Filters, MeasureData
 from winback.measure.experiments import compare
 
 __all__ = [
     "WEEKLY_UP_TO_DAYS",
+    "at_risk_customers",
     "bucket",
     "carts_over_time",
     "churn_over_time",
@@ -103,7 +105,7 @@ def funnel(data: MeasureData, filters: Filters) -> pd.DataFrame:
                 "visits with an order",
                 "abandoned carts",
                 "recovered carts",
-            ],  # fmt: skip
+            ],
             "count": [int(visits), int(carts), int(checkouts), int(bought), abandoned, recovered],
         }
     )
@@ -113,8 +115,15 @@ def carts_over_time(data: MeasureData, filters: Filters) -> pd.DataFrame:
     """Per bucket: ``carts``, ``abandoned``, ``abandonment_rate``, ``recovered``, ``recovery_rate`` (of
     abandoned carts), ``revenue_recovered``."""
     carts = data.carts(filters)
-    columns = ["bucket", "carts", "abandoned", "abandonment_rate", "recovered", "recovery_rate",
-               "revenue_recovered"]  # fmt: skip
+    columns = [
+        "bucket",
+        "carts",
+        "abandoned",
+        "abandonment_rate",
+        "recovered",
+        "recovery_rate",
+        "revenue_recovered",
+    ]
     if carts.empty:
         return pd.DataFrame(columns=columns)
     frame = pd.DataFrame(
@@ -141,13 +150,31 @@ def recovery_over_time(data: MeasureData, filters: Filters) -> pd.DataFrame:
     """Per week of decisions: recovery rate with the policy (``treated``), in the holdout (``natural``),
     their difference (``incremental``) with its interval, and the customers of each arm."""
     decisions = data.decisions(filters)
-    columns = ["week", "treated", "natural", "incremental", "ci_low", "ci_high", "customers_treated",
-               "customers_control"]  # fmt: skip
+    columns = [
+        "week",
+        "treated",
+        "natural",
+        "incremental",
+        "ci_low",
+        "ci_high",
+        "customers_treated",
+        "customers_control",
+    ]
     if decisions.empty:
         return pd.DataFrame(columns=columns)
     table = compare(decisions, "week", metrics=("recovery",))
-    table = table[["group", "treated", "control", "difference", "ci_low", "ci_high", "customers_treated",
-                   "customers_control"]]  # fmt: skip
+    table = table[
+        [
+            "group",
+            "treated",
+            "control",
+            "difference",
+            "ci_low",
+            "ci_high",
+            "customers_treated",
+            "customers_control",
+        ]
+    ]
     return table.set_axis(columns, axis=1)
 
 
@@ -169,7 +196,7 @@ def orders(data: MeasureData) -> pd.DataFrame:
             """
         ).df()
 
-    return data._cached(("orders",), read)  # type: ignore[no-any-return]
+    return data._cached(("orders",), read)
 
 
 def orders_over_time(data: MeasureData, filters: Filters) -> pd.DataFrame:
@@ -202,8 +229,19 @@ def messages_over_time(data: MeasureData, filters: Filters) -> pd.DataFrame:
     ``click_rate``, ``unsubscribe_rate`` (per message sent) and ``conversion`` (decisions on the channel
     whose customer ordered within the window)."""
     period = data.period(filters)
-    columns = ["bucket", "channel", "sent", "opened", "clicked", "unsubscribed", "open_rate",
-               "click_rate", "unsubscribe_rate", "conversion", "decisions"]  # fmt: skip
+    columns = [
+        "bucket",
+        "channel",
+        "sent",
+        "opened",
+        "clicked",
+        "unsubscribed",
+        "open_rate",
+        "click_rate",
+        "unsubscribe_rate",
+        "conversion",
+        "decisions",
+    ]
     if period is None:
         return pd.DataFrame(columns=columns)
     unit = bucket(data, filters)
@@ -235,10 +273,14 @@ def messages_over_time(data: MeasureData, filters: Filters) -> pd.DataFrame:
         counts = counts.merge(converted.reset_index(), on=["bucket", "channel"], how="outer")
     else:
         counts["decisions"], counts["recovered"] = 0, 0
-    counts = counts.fillna({c: 0 for c in ("sent", "opened", "clicked", "unsubscribed", "decisions",
-                                           "recovered")})  # fmt: skip
-    for name, numerator in (("open_rate", "opened"), ("click_rate", "clicked"),
-                            ("unsubscribe_rate", "unsubscribed")):  # fmt: skip
+    counts = counts.fillna(
+        {c: 0 for c in ("sent", "opened", "clicked", "unsubscribed", "decisions", "recovered")}
+    )
+    for name, numerator in (
+        ("open_rate", "opened"),
+        ("click_rate", "clicked"),
+        ("unsubscribe_rate", "unsubscribed"),
+    ):
         counts[name] = _rate(counts[numerator], counts["sent"])
     counts["conversion"] = _rate(counts["recovered"], counts["decisions"])
     return counts.sort_values(["bucket", "channel"]).reset_index(drop=True)[columns]
@@ -246,12 +288,23 @@ def messages_over_time(data: MeasureData, filters: Filters) -> pd.DataFrame:
 
 def channel_totals(messages: pd.DataFrame) -> pd.DataFrame:
     """:func:`messages_over_time` summed over the period, one row per channel."""
-    columns = ["channel", "sent", "opened", "clicked", "unsubscribed", "decisions", "open_rate",
-               "click_rate", "unsubscribe_rate", "conversion"]  # fmt: skip
+    columns = [
+        "channel",
+        "sent",
+        "opened",
+        "clicked",
+        "unsubscribed",
+        "decisions",
+        "open_rate",
+        "click_rate",
+        "unsubscribe_rate",
+        "conversion",
+    ]
     if messages.empty:
         return pd.DataFrame(columns=columns)
-    frame = messages.assign(recovered=[(c or 0.0) * d for c, d in zip(messages["conversion"],
-                                                                      messages["decisions"], strict=True)])  # fmt: skip
+    frame = messages.assign(
+        recovered=[(c or 0.0) * d for c, d in zip(messages["conversion"], messages["decisions"], strict=True)]
+    )
     sums = frame.groupby("channel")[
         ["sent", "opened", "clicked", "unsubscribed", "decisions", "recovered"]
     ].sum()
@@ -267,8 +320,15 @@ def discount_return(data: MeasureData, filters: Filters) -> dict[str, Any]:
     of those decisions against the holdout (after the discount) with its interval, and ``return``
     (incremental margin per unit of discount; None without discount or holdout)."""
     decisions = data.decisions(filters)
-    empty: dict[str, Any] = {"decisions": 0, "discount": 0.0, "incremental_margin": None, "ci_low": None,
-                             "ci_high": None, "return": None, "warning": ""}  # fmt: skip
+    empty: dict[str, Any] = {
+        "decisions": 0,
+        "discount": 0.0,
+        "incremental_margin": None,
+        "ci_low": None,
+        "ci_high": None,
+        "return": None,
+        "warning": "",
+    }
     if decisions.empty:
         return empty
     coupon = decisions["action"].map(lambda a: Action.parse(str(a)).coupon > 0).astype(bool)
@@ -279,8 +339,10 @@ def discount_return(data: MeasureData, filters: Filters) -> dict[str, Any]:
     chosen = decisions[(decisions["holdout"] & reachable) | (coupon & ~decisions["holdout"])]
     row = compare(chosen, "all", metrics=("margin",)).iloc[0]
     discount = float(decisions.loc[coupon & ~decisions["holdout"], "discount"].sum())
-    incremental, low, high = (None if v is None or pd.isna(v) else float(v) for v in
-                              (row["incremental"], row["incremental_low"], row["incremental_high"]))  # fmt: skip
+    incremental, low, high = (
+        None if v is None or pd.isna(v) else float(v)
+        for v in (row["incremental"], row["incremental_low"], row["incremental_high"])
+    )
     return {
         "decisions": int(coupon.sum()),
         "discount": discount,
@@ -343,9 +405,57 @@ def churn_over_time(data: MeasureData, filters: Filters, horizon_days: int) -> p
         after = set(every.loc[(at >= start) & (at < start + horizon), "user_id"])
         if before:
             churned = len(before - after)
-            rows.append({"month": f"{start:%Y-%m-%d}", "active": len(before), "churned": churned,
-                         "churn_rate": churned / len(before)})  # fmt: skip
+            rows.append(
+                {
+                    "month": f"{start:%Y-%m-%d}",
+                    "active": len(before),
+                    "churned": churned,
+                    "churn_rate": churned / len(before),
+                }
+            )
     return pd.DataFrame(rows, columns=columns)
+
+
+def at_risk_customers(data: MeasureData, filters: Filters, *, top: int = 15) -> pd.DataFrame:
+    """The ``top`` customers with the most at stake at the end of the period (churn probability x the
+    value they would bring if retained, as ``winback score churn`` ranks them): ``user_id``,
+    ``churn_probability``, ``clv``, ``severity``, ``reasons``. Only the shown rows are explained (the
+    reasons cost far more than the scores). BadInputError when no churn model is trained."""
+    from winback.features.customers import CUSTOMER_FEATURES
+    from winback.models.registry import load_model
+    from winback.models.tasks import CUSTOMER_WORDS, _phrases
+
+    period = data.period(filters)
+    if period is None:
+        raise BadInputError("no events: nobody to score")
+    churn, _ = load_model(data.settings, "churn", features=list(CUSTOMER_FEATURES))
+    customers = data.tables.customers(period.until)
+    if customers.empty:
+        raise BadInputError(f"no customer had bought before {period.until:%Y-%m-%d}: nobody to score")
+    x = customers[list(CUSTOMER_FEATURES)]
+    probability = churn.predict_proba(x)[:, 1]
+    severity = probability * churn.value_if_retained(x, churn.horizon_days)
+    order = np.argsort(-severity, kind="stable")[:top]
+    chosen = customers.iloc[order]
+    out = pd.DataFrame(
+        {
+            "user_id": chosen["user_key"].to_numpy(),
+            "churn_probability": probability[order],
+            "severity": severity[order],
+            "reasons": churn.reasons(
+                chosen[list(CUSTOMER_FEATURES)], top=3, describe=_phrases(CUSTOMER_WORDS)
+            ),
+        }
+    )
+    try:
+        clv, _ = load_model(data.settings, "clv", features=list(CUSTOMER_FEATURES))
+        chosen = chosen.copy()
+        chosen.attrs["as_of"] = period.until
+        out["clv"] = clv.predict(chosen)["clv"].to_numpy()
+    except BadInputError:
+        out["clv"] = None
+    out.attrs["scored"] = len(customers)
+    return out
 
 
 def finite(value: Any) -> bool:

@@ -40,9 +40,9 @@ __all__ = [
     "ReportResult",
     "Section",
     "at_risk_section",
-    "headline_lines",
     "build_sections",
     "demand_section",
+    "headline_lines",
     "holdout_section",
     "kpi_section",
     "model_health_section",
@@ -58,7 +58,15 @@ __all__ = [
 
 #: Decisions the off-policy section evaluates at most (a seeded sample beyond), to keep the report fast.
 OPE_SAMPLE = 50_000
-_COLOURS = {"treated": "#1f77b4", "control": "#ff7f0e", "good": "#2ca02c", "bad": "#d62728", "grey": "#7f7f7f"}
+#: What a missing value shows as.
+DASH = "\N{EN DASH}"
+_COLOURS = {
+    "treated": "#1f77b4",
+    "control": "#ff7f0e",
+    "good": "#2ca02c",
+    "bad": "#d62728",
+    "grey": "#7f7f7f",
+}
 
 
 # --------------------------------------------------------------------------- formatting
@@ -75,13 +83,13 @@ def _finite(value: Any) -> bool:
 
 def number(value: Any, spec: str = ",.0f") -> str:
     """``value`` formatted, or a dash when it is missing, NaN or infinite."""
-    return format(float(value), spec) if _finite(value) else "–"
+    return format(float(value), spec) if _finite(value) else DASH
 
 
 def money(value: Any, currency: str = "", *, signed: bool = False) -> str:
     """An amount with its currency (``+`` on gains when ``signed``); a dash when missing."""
     if not _finite(value):
-        return "–"
+        return DASH
     text = format(float(value), "+,.2f" if signed else ",.2f")
     return f"{text} {currency}".strip()
 
@@ -89,19 +97,19 @@ def money(value: Any, currency: str = "", *, signed: bool = False) -> str:
 def percent(value: Any, digits: int = 1, *, signed: bool = False) -> str:
     """A share as a percentage (points with ``signed``); a dash when missing."""
     if not _finite(value):
-        return "–"
+        return DASH
     return format(float(value) * 100, f"{'+' if signed else ''}.{digits}f") + ("%" if not signed else " pts")
 
 
 def _interval(low: Any, high: Any, fmt: Callable[[Any], str]) -> str:
-    return f"[{fmt(low)}, {fmt(high)}]" if _finite(low) and _finite(high) else "–"
+    return f"[{fmt(low)}, {fmt(high)}]" if _finite(low) and _finite(high) else DASH
 
 
 def _note(text: str, kind: str = "note") -> str:
     return f'<p class="{kind}">{html.escape(text)}</p>'
 
 
-def _table(columns: Sequence[str], rows: Sequence[Sequence[Any]], *, numeric_from: int = 1) -> str:
+def _table(columns: Sequence[str], rows: Sequence[tuple[Any, ...]], *, numeric_from: int = 1) -> str:
     """An HTML table (cells escaped; columns from ``numeric_from`` right-aligned)."""
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = "".join(
@@ -128,9 +136,12 @@ def _chart(figure: Any, height: int = 320) -> str:
     """A plotly figure as a fragment (needs plotly.js on the page)."""
     _FIGURES["n"] += 1
     figure.update_layout(
-        height=height, margin={"l": 50, "r": 20, "t": 40, "b": 40}, template="plotly_white",
-        legend={"orientation": "h", "y": -0.2}, font={"size": 12},
-    )  # fmt: skip
+        height=height,
+        margin={"l": 50, "r": 20, "t": 40, "b": 40},
+        template="plotly_white",
+        legend={"orientation": "h", "y": -0.2},
+        font={"size": 12},
+    )
     fragment: str = figure.to_html(
         full_html=False,
         include_plotlyjs=False,
@@ -175,7 +186,10 @@ def _no_decisions(data: MeasureData, filters: Filters) -> str | None:
             "permanent holdout on: `winback plan --holdout-share 0.1`."
         )
     if decisions["holdout"].all():
-        return "Every decision of this period is in the holdout: nothing was sent, so there is no effect to measure."
+        return (
+            "Every decision of this period is in the holdout: nothing was sent, so there is no effect "
+            "to measure."
+        )
     return None
 
 
@@ -184,7 +198,9 @@ def summary_section(data: MeasureData, filters: Filters) -> Section:
     attributed revenue; and the period's key figures."""
     period = data.period(filters)
     if period is None:
-        return Section("summary", "Summary", _note("The event store is empty: load events with `winback ingest` first."))
+        return Section(
+            "summary", "Summary", _note("The event store is empty: load events with `winback ingest` first.")
+        )
     currency = data.currency()
     carts = data.carts(filters)
     parts = []
@@ -193,14 +209,16 @@ def summary_section(data: MeasureData, filters: Filters) -> Section:
     found = None if why else experiments.headline(data.decisions(filters))
     if found is not None and found.margin is not None:
         verb = "recovered" if found.margin >= 0 else "lost"
+        interval = _interval(found.ci_low, found.ci_high, lambda v: money(v, currency))
+        attributed = money(found.attributed_revenue, currency)
         parts.append(
             f'<p class="headline">From {period.since:%Y-%m-%d} to {period.until:%Y-%m-%d} winback {verb} '
             f"<b>{money(abs(found.margin), currency)}</b> of margin that would otherwise have been "
-            f"{'lost' if found.margin >= 0 else 'kept'} (95% CI {_interval(found.ci_low, found.ci_high, lambda v: money(v, currency))}), "
+            f"{'lost' if found.margin >= 0 else 'kept'} (95% CI {interval}), "
             f"for <b>{money(found.discount, currency)}</b> of discount.</p>"
         )
         parts.append(
-            f"<p>A vendor's dashboard would have attributed <b>{money(found.attributed_revenue, currency)}</b> "
+            f"<p>A vendor's dashboard would have attributed <b>{attributed}</b> "
             f"of revenue to the messages (every order after one); against the randomised holdout of "
             f"{found.customers_control:,} customers they added {money(found.incremental_revenue, currency)}"
             f" of revenue ({found.decisions_treated:,} decisions for {found.customers_treated:,} customers "
@@ -209,25 +227,36 @@ def summary_section(data: MeasureData, filters: Filters) -> Section:
         if found.warning:
             parts.append(_note(f"Read with care: {found.warning}.", "warning"))
         figures.update(
-            incremental_margin=found.margin, ci_low=found.ci_low, ci_high=found.ci_high,
-            discount=found.discount, attributed_revenue=found.attributed_revenue,
-            incremental_revenue=found.incremental_revenue, warning=found.warning,
-        )  # fmt: skip
+            incremental_margin=found.margin,
+            ci_low=found.ci_low,
+            ci_high=found.ci_high,
+            discount=found.discount,
+            attributed_revenue=found.attributed_revenue,
+            incremental_revenue=found.incremental_revenue,
+            warning=found.warning,
+        )
     else:
-        parts.append(_note(why or "Too few decisions to measure the effect of winback in this period.", "warning"))
+        parts.append(
+            _note(why or "Too few decisions to measure the effect of winback in this period.", "warning")
+        )
     abandoned = int(carts["abandoned"].sum()) if len(carts) else 0
     recovered = int((carts["abandoned"] & carts["recovered"]).sum()) if len(carts) else 0
     tiles = [
         ("carts", number(len(carts))),
-        ("abandoned", percent(abandoned / len(carts)) if len(carts) else "–"),
-        ("abandoned carts recovered", percent(recovered / abandoned) if abandoned else "–"),
+        ("abandoned", percent(abandoned / len(carts)) if len(carts) else DASH),
+        ("abandoned carts recovered", percent(recovered / abandoned) if abandoned else DASH),
         ("decisions measured", number(len(data.decisions(filters)) if not data.all_decisions().empty else 0)),
         ("waiting for outcomes", number(data.waiting(filters))),
     ]
-    parts.append('<div class="tiles">' + "".join(
-        f'<div class="tile"><div class="value">{html.escape(v)}</div><div class="label">{html.escape(k)}</div></div>'
-        for k, v in tiles
-    ) + "</div>")  # fmt: skip
+    parts.append(
+        '<div class="tiles">'
+        + "".join(
+            f'<div class="tile"><div class="value">{html.escape(v)}</div>'
+            f'<div class="label">{html.escape(k)}</div></div>'
+            for k, v in tiles
+        )
+        + "</div>"
+    )
     figures.update(carts=len(carts), abandoned=abandoned, recovered=recovered)
     return Section("summary", "Summary", "".join(parts), figures)
 
@@ -254,53 +283,111 @@ def kpi_section(data: MeasureData, filters: Filters) -> Section:
     unit = kpis.bucket(data, filters)
     recovery = kpis.recovery_over_time(data, filters)
     if recovery.empty:
-        parts.append(_note("Recovery against the control: " + (_no_decisions(data, filters) or "no decisions.")))
+        parts.append(
+            _note("Recovery against the control: " + (_no_decisions(data, filters) or "no decisions."))
+        )
     else:
         figure = go.Figure()
-        figure.add_scatter(x=recovery["week"], y=_clean(recovery["treated"]), name="with winback (treated)",
-                           line={"color": _COLOURS["treated"]})  # fmt: skip
-        figure.add_scatter(x=recovery["week"], y=_clean(recovery["natural"]),
-                           name="holdout (natural recovery)", line={"color": _COLOURS["control"], "dash": "dash"})  # fmt: skip
+        figure.add_scatter(
+            x=recovery["week"],
+            y=_clean(recovery["treated"]),
+            name="with winback (treated)",
+            line={"color": _COLOURS["treated"]},
+        )
+        figure.add_scatter(
+            x=recovery["week"],
+            y=_clean(recovery["natural"]),
+            name="holdout (natural recovery)",
+            line={"color": _COLOURS["control"], "dash": "dash"},
+        )
         if len(carts):
-            figure.add_scatter(x=carts["bucket"], y=_clean(carts["recovery_rate"]), name="all abandoned carts",
-                               line={"color": _COLOURS["grey"], "dash": "dot"}, visible="legendonly")  # fmt: skip
-        figure.update_layout(title="Recovery over time: treated against the holdout (the control line)",
-                             yaxis={"tickformat": ".0%"})  # fmt: skip
+            figure.add_scatter(
+                x=carts["bucket"],
+                y=_clean(carts["recovery_rate"]),
+                name="all abandoned carts",
+                line={"color": _COLOURS["grey"], "dash": "dot"},
+                visible="legendonly",
+            )
+        figure.update_layout(
+            title="Recovery over time: treated against the holdout (the control line)",
+            yaxis={"tickformat": ".0%"},
+        )
         parts.append(_chart(figure))
     if carts.empty:
         parts.append(_note("No carts in this period."))
     else:
-        rows = [
-            (r.bucket, number(r.carts), percent(r.abandonment_rate), number(r.recovered), percent(r.recovery_rate),
-             money(r.revenue_recovered, currency))
+        rows: list[tuple[Any, ...]] = [
+            (
+                r.bucket,
+                number(r.carts),
+                percent(r.abandonment_rate),
+                number(r.recovered),
+                percent(r.recovery_rate),
+                money(r.revenue_recovered, currency),
+            )
             for r in carts.itertuples()
-        ]  # fmt: skip
+        ]
         parts.append(f"<h3>Carts by {unit}</h3>")
-        parts.append(_table([unit, "carts", "abandoned", "recovered carts", "recovery rate", "revenue recovered"], rows))
+        parts.append(
+            _table(
+                [unit, "carts", "abandoned", "recovered carts", "recovery rate", "revenue recovered"], rows
+            )
+        )
     orders = kpis.orders_over_time(data, filters)
     if not orders.empty:
-        rows = [(r.bucket, number(r.orders), money(r.revenue, currency), money(r.aov, currency), number(r.customers),
-                 percent(r.repeat_rate)) for r in orders.itertuples()]  # fmt: skip
+        rows = [
+            (
+                r.bucket,
+                number(r.orders),
+                money(r.revenue, currency),
+                money(r.aov, currency),
+                number(r.customers),
+                percent(r.repeat_rate),
+            )
+            for r in orders.itertuples()
+        ]
         parts.append(f"<h3>Orders by {unit}</h3>")
-        parts.append(_table([unit, "orders", "revenue", "average order value", "customers", "repeat buyers"], rows))
+        parts.append(
+            _table([unit, "orders", "revenue", "average order value", "customers", "repeat buyers"], rows)
+        )
     channels = kpis.channel_totals(kpis.messages_over_time(data, filters))
     parts.append("<h3>Channels</h3>")
     if channels.empty or channels["sent"].sum() == 0:
-        parts.append(_note("No messages sent in this period (no message_sent events): no open, click or unsubscribe rates."))
+        parts.append(
+            _note(
+                "No messages sent in this period (no message_sent events): no open, click or "
+                "unsubscribe rates."
+            )
+        )
     else:
-        rows = [(r.channel, number(r.sent), percent(r.open_rate), percent(r.click_rate), percent(r.unsubscribe_rate, 2),
-                 percent(r.conversion)) for r in channels.itertuples()]  # fmt: skip
-        parts.append(_table(["channel", "sent", "opened", "clicked", "unsubscribed", "ordered within the window"], rows))
+        rows = [
+            (
+                r.channel,
+                number(r.sent),
+                percent(r.open_rate),
+                percent(r.click_rate),
+                percent(r.unsubscribe_rate, 2),
+                percent(r.conversion),
+            )
+            for r in channels.itertuples()
+        ]
+        parts.append(
+            _table(
+                ["channel", "sent", "opened", "clicked", "unsubscribed", "ordered within the window"], rows
+            )
+        )
     coupons = kpis.discount_return(data, filters)
     parts.append("<h3>Discount</h3>")
     if not coupons["decisions"]:
         parts.append(_note("No coupons were given in this period."))
     else:
+        spent = money(coupons["discount"], currency)
+        gained = money(coupons["incremental_margin"], currency, signed=True)
+        interval = _interval(coupons["ci_low"], coupons["ci_high"], lambda v: money(v, currency))
+        ratio = number(coupons["return"], ".2f")
         parts.append(
-            f"<p>{coupons['decisions']:,} coupon decisions; {money(coupons['discount'], currency)} of discount redeemed; "
-            f"their incremental margin after it {money(coupons['incremental_margin'], currency, signed=True)} "
-            f"(95% CI {_interval(coupons['ci_low'], coupons['ci_high'], lambda v: money(v, currency))}): "
-            f"{number(coupons['return'], '.2f')} of margin per unit of discount.</p>"
+            f"<p>{coupons['decisions']:,} coupon decisions; {spent} of discount redeemed; their incremental "
+            f"margin after it {gained} (95% CI {interval}): {ratio} of margin per unit of discount.</p>"
         )
         if coupons["warning"]:
             parts.append(_note(f"Read with care: {coupons['warning']}.", "warning"))
@@ -310,20 +397,40 @@ def kpi_section(data: MeasureData, filters: Filters) -> Section:
     else:
         grid = cohorts.pivot(index="cohort", columns="month", values="retention")
         z = [[v if _finite(v) else None for v in row] for row in grid.to_numpy()]
-        figure = go.Figure(go.Heatmap(z=z, x=[f"month {m}" for m in grid.columns], y=list(grid.index),
-                                      colorscale="Blues", zmin=0, zmax=1, texttemplate="%{z:.0%}",
-                                      hovertemplate="cohort %{y}, %{x}: %{z:.1%}<extra></extra>"))  # fmt: skip
-        figure.update_layout(title="Retention by monthly cohort (share who ordered in each later month)",
-                             yaxis={"autorange": "reversed"})  # fmt: skip
+        figure = go.Figure(
+            go.Heatmap(
+                z=z,
+                x=[f"month {m}" for m in grid.columns],
+                y=list(grid.index),
+                colorscale="Blues",
+                zmin=0,
+                zmax=1,
+                texttemplate="%{z:.0%}",
+                hovertemplate="cohort %{y}, %{x}: %{z:.1%}<extra></extra>",
+            )
+        )
+        figure.update_layout(
+            title="Retention by monthly cohort (share who ordered in each later month)",
+            yaxis={"autorange": "reversed"},
+        )
         parts.append(_chart(figure, 120 + 28 * len(grid)))
     horizon = _churn_horizon(data)
     churn = kpis.churn_over_time(data, filters, horizon)
     parts.append(f"<h3>Churn (no order within {horizon} days)</h3>")
     if churn.empty:
-        parts.append(_note(f"No month of this period has {horizon} days of data after it yet: no churn rate."))
+        parts.append(
+            _note(f"No month of this period has {horizon} days of data after it yet: no churn rate.")
+        )
     else:
-        rows = [(r.month, number(r.active), number(r.churned), percent(r.churn_rate)) for r in churn.itertuples()]
-        parts.append(_table(["month", f"customers who ordered in the {horizon} days before", "churned", "churn rate"], rows))
+        rows = [
+            (r.month, number(r.active), number(r.churned), percent(r.churn_rate)) for r in churn.itertuples()
+        ]
+        parts.append(
+            _table(
+                ["month", f"customers who ordered in the {horizon} days before", "churned", "churn rate"],
+                rows,
+            )
+        )
     clv = health.clv_check(data)
     parts.append("<h3>Predicted against actual customer value</h3>")
     if clv is None:
@@ -331,14 +438,28 @@ def kpi_section(data: MeasureData, filters: Filters) -> Section:
     else:
         p = clv["purchases"]
         parts.append(
-            f"<p>The CLV model's time split at {str(clv.get('as_of'))[:10]}: over the next {clv.get('horizon_days')} "
+            f"<p>The CLV model's time split at {str(clv.get('as_of'))[:10]}: over the next "
+            f"{clv.get('horizon_days')} "
             f"days {number(clv.get('customers'))} customers made {number(p.get('actual'))} purchases; BG/NBD "
-            f"predicted {number(p.get('BG/NBD'), ',.1f')}, the same rate as before {number(p.get('same rate as before'), ',.1f')}.</p>"
+            f"predicted {number(p.get('BG/NBD'), ',.1f')}, the same rate as before "
+            f"{number(p.get('same rate as before'), ',.1f')}.</p>"
         )
-        rows = [(number(r.get("repeat purchase days before"), "g"), number(r.get("customers")), number(r.get("actual"), ".3f"),
-                 number(r.get("bgnbd"), ".3f")) for r in clv.get("by_frequency") or []]  # fmt: skip
+        rows = [
+            (
+                number(r.get("repeat purchase days before"), "g"),
+                number(r.get("customers")),
+                number(r.get("actual"), ".3f"),
+                number(r.get("bgnbd"), ".3f"),
+            )
+            for r in clv.get("by_frequency") or []
+        ]
         if rows:
-            parts.append(_table(["repeat purchase days before", "customers", "actual purchases", "predicted (BG/NBD)"], rows))
+            parts.append(
+                _table(
+                    ["repeat purchase days before", "customers", "actual purchases", "predicted (BG/NBD)"],
+                    rows,
+                )
+            )
     return Section("kpis", "KPIs", "".join(parts))
 
 
@@ -347,7 +468,9 @@ def _churn_horizon(data: MeasureData) -> int:
     try:
         from winback.models.registry import load_card
 
-        return int(load_card(data.settings, "churn").params.get("horizon_days") or data.settings.churn_horizon_days)
+        return int(
+            load_card(data.settings, "churn").params.get("horizon_days") or data.settings.churn_horizon_days
+        )
     except BadInputError:
         return int(data.settings.churn_horizon_days)
 
@@ -356,15 +479,47 @@ def _comparison_table(table: pd.DataFrame, currency: str, metrics: Sequence[str]
     rows = []
     for r in table[table["metric"].isin(metrics)].to_dict("records"):
         is_money = r["metric"] in ("revenue", "margin")
-        fmt: Callable[[Any], str] = (lambda v: money(v, currency)) if is_money else percent  # noqa: E731
-        diff = money(r["difference"], currency, signed=True) if is_money else percent(r["difference"], signed=True)
-        interval = _interval(r["ci_low"], r["ci_high"], (lambda v: money(v, currency, signed=True)) if is_money
-                             else (lambda v: percent(v, signed=True)))  # fmt: skip
-        rows.append((r["group"], r["label"], fmt(r["treated"]), fmt(r["control"]), diff, interval,
-                     money(r["attributed"], currency) if r["attributed"] is not None else "",
-                     f"{r['customers_treated']:,} / {r['customers_control']:,}", r["method"], r["warning"]))  # fmt: skip
-    return _table(["group", "metric", "treated", "holdout", "difference", "95% CI",
-                   "attributed (vendor count)", "customers", "interval", "note"], rows, numeric_from=2)  # fmt: skip
+        fmt: Callable[[Any], str] = (lambda v: money(v, currency)) if is_money else percent
+        diff = (
+            money(r["difference"], currency, signed=True)
+            if is_money
+            else percent(r["difference"], signed=True)
+        )
+        interval = _interval(
+            r["ci_low"],
+            r["ci_high"],
+            (lambda v: money(v, currency, signed=True)) if is_money else (lambda v: percent(v, signed=True)),
+        )
+        rows.append(
+            (
+                r["group"],
+                r["label"],
+                fmt(r["treated"]),
+                fmt(r["control"]),
+                diff,
+                interval,
+                money(r["attributed"], currency) if r["attributed"] is not None else "",
+                f"{r['customers_treated']:,} / {r['customers_control']:,}",
+                r["method"],
+                r["warning"],
+            )
+        )
+    return _table(
+        [
+            "group",
+            "metric",
+            "treated",
+            "holdout",
+            "difference",
+            "95% CI",
+            "attributed (vendor count)",
+            "customers",
+            "interval",
+            "note",
+        ],
+        rows,
+        numeric_from=2,
+    )
 
 
 def holdout_section(data: MeasureData, filters: Filters) -> Section:
@@ -377,8 +532,10 @@ def holdout_section(data: MeasureData, filters: Filters) -> Section:
     decisions = data.decisions(filters)
     currency = data.currency()
     parts = [
-        "<p>Treated decisions against the randomised holdout (customers winback never messages). The difference "
-        "is what winback's decisions changed; the attributed column is what a vendor would report (revenue of "
+        "<p>Treated decisions against the randomised holdout (customers winback never messages). "
+        "The difference "
+        "is what winback's decisions changed; the attributed column is what a vendor would report "
+        "(revenue of "
         "every order after a message), shown so the gap is visible. Intervals: delta-method Welch over "
         "customers for rates and money per decision, Newcombe's score interval for conversion.</p>"
     ]
@@ -394,20 +551,32 @@ def holdout_section(data: MeasureData, filters: Filters) -> Section:
         if by == "channel" and (table["group"] == "none").all():
             parts.append(_note("No messages were sent in this period: every treated decision was 'nothing'."))
         parts.append(_comparison_table(table, currency, metrics))
-    score = next((c for c in ("abandon_probability", "churn_probability", "value") if decisions[c].notna().any()), None)
+    score: str | None = next(
+        (c for c in ("abandon_probability", "churn_probability", "value") if decisions[c].notna().any()), None
+    )
     deciles = experiments.uplift_by_decile(decisions, score) if score else pd.DataFrame()
     if deciles.empty:
         parts.append(_note("No score known for both arms: no uplift by decile."))
     else:
         figure = go.Figure()
-        colours = [_COLOURS["good"] if _finite(v) and v >= 0 else _COLOURS["bad"] for v in deciles["margin_uplift"]]
-        figure.add_bar(x=[f"{d}" for d in deciles["decile"]], y=_clean(deciles["margin_uplift"]), marker_color=colours,
-                       name="margin per decision, treated - holdout",
-                       customdata=np.column_stack([deciles["low"], deciles["high"]]),
-                       hovertemplate="decile %{x} (%{customdata[0]:.2f} to %{customdata[1]:.2f}): %{y:.2f}<extra></extra>")  # fmt: skip
-        label = {"abandon_probability": "P(abandon)", "churn_probability": "P(churn)", "value": "cart value"}[score]
-        figure.update_layout(title=f"Uplift by decile of {label}: margin per decision, treated minus holdout",
-                             xaxis={"title": f"decile of {label} (1 = lowest)"})  # fmt: skip
+        colours = [
+            _COLOURS["good"] if _finite(v) and v >= 0 else _COLOURS["bad"] for v in deciles["margin_uplift"]
+        ]
+        figure.add_bar(
+            x=[f"{d}" for d in deciles["decile"]],
+            y=_clean(deciles["margin_uplift"]),
+            marker_color=colours,
+            name="margin per decision, treated - holdout",
+            customdata=np.column_stack([deciles["low"], deciles["high"]]),
+            hovertemplate="decile %{x} (%{customdata[0]:.2f} to %{customdata[1]:.2f}): "
+            "%{y:.2f}<extra></extra>",
+        )
+        names = {"abandon_probability": "P(abandon)", "churn_probability": "P(churn)", "value": "cart value"}
+        label = names[str(score)]
+        figure.update_layout(
+            title=f"Uplift by decile of {label}: margin per decision, treated minus holdout",
+            xaxis={"title": f"decile of {label} (1 = lowest)"},
+        )
         parts.append(_chart(figure))
     return Section("holdout", "Holdout comparison", "".join(parts))
 
@@ -423,22 +592,31 @@ def policy_section(data: MeasureData, filters: Filters) -> Section:
     sampled = len(decisions) > OPE_SAMPLE
     log = decisions.sample(OPE_SAMPLE, random_state=0) if sampled else decisions
     try:
-        rows, notes = evaluate_log(log.assign(context=data.contexts(log["decision_id"])), data.catalogue, n_boot=100)
+        rows, notes = evaluate_log(
+            log.assign(context=data.contexts(log["decision_id"])), data.catalogue, n_boot=100
+        )
     except BadInputError as error:
         return Section("policies", "Policies", _note(str(error), "warning"))
     currency = data.currency()
     table = [
-        (r["name"], r["estimator"].upper(), money(r["profit_per_cart"], currency, signed=True),
-         _interval(r["ci_low"], r["ci_high"], lambda v: money(v, currency, signed=True)),
-         number(r["effective_sample_size"]), "; ".join(r["warnings"]))
+        (
+            r["name"],
+            r["estimator"].upper(),
+            money(r["profit_per_cart"], currency, signed=True),
+            _interval(r["ci_low"], r["ci_high"], lambda v: money(v, currency, signed=True)),
+            number(r["effective_sample_size"]),
+            "; ".join(r["warnings"]),
+        )
         for r in rows
-    ]  # fmt: skip
+    ]
     parts = [
         "<p>What each policy would have earned per decision, more than doing nothing, estimated off-policy "
         "from this period's decisions and their propensities (doubly robust where it can; 'logged' is what "
         "the policies that decided actually earned). Off-policy estimates need randomised decisions to be "
         "trusted: a log of one static flow can only judge that flow.</p>",
-        _table(["policy", "estimator", "profit per decision", "95% CI", "effective decisions", "warnings"], table),
+        _table(
+            ["policy", "estimator", "profit per decision", "95% CI", "effective decisions", "warnings"], table
+        ),
     ]
     if sampled:
         notes.append(f"estimated on a random sample of {OPE_SAMPLE:,} of the {len(decisions):,} decisions")
@@ -451,29 +629,44 @@ def segment_section(data: MeasureData, filters: Filters) -> Section:
     why = _no_decisions(data, filters)
     if why:
         return Section("segments", "Segments", _note(why, "warning"))
-    table = experiments.compare(data.decisions(filters), "segment", metrics=("recovery", "conversion", "margin"))
+    table = experiments.compare(
+        data.decisions(filters), "segment", metrics=("recovery", "conversion", "margin")
+    )
     intro = "<p>Segments by the customer's orders before each decision.</p>"
-    return Section("segments", "Segments", intro + _comparison_table(table, data.currency(), ("recovery", "conversion", "margin")))
+    return Section(
+        "segments",
+        "Segments",
+        intro + _comparison_table(table, data.currency(), ("recovery", "conversion", "margin")),
+    )
 
 
 def at_risk_section(data: MeasureData, filters: Filters, *, top: int = 15) -> Section:
     """The customers most worth keeping at the end of the period (churn probability x value)."""
-    from winback.models import tasks
-
     period = data.period(filters)
     if period is None:
         return Section("at-risk", "At-risk customers", _note("No events: nobody to score."))
     try:
-        scored = data._cached(("at_risk", period.until), lambda: tasks.score_customers(data.tables, period.until, require="churn"))
+        scored = kpis.at_risk_customers(data, filters, top=top)
     except BadInputError as error:
         return Section("at-risk", "At-risk customers", _note(f"Not scored: {error}"))
     currency = data.currency()
-    rows = [(r.user_id, number(r.churn_probability, ".2f"), money(r.clv, currency), money(r.severity, currency),
-             r.segment or "–", r.reasons or "–") for r in scored.head(top).itertuples()]  # fmt: skip
-    intro = (f"<p>{len(scored):,} customers scored as of {period.until:%Y-%m-%d}; the {min(top, len(scored))} with the "
-             "most at stake (churn probability x the value they would bring if retained).</p>")  # fmt: skip
-    table = _table(["customer", "P(churn)", "CLV", "at stake", "segment", "why"], rows)
-    return Section("at-risk", "At-risk customers", intro + table, {"scored": len(scored)})
+    rows = [
+        (
+            r.user_id,
+            number(r.churn_probability, ".2f"),
+            money(r.clv, currency),
+            money(r.severity, currency),
+            r.reasons or DASH,
+        )
+        for r in scored.itertuples()
+    ]
+    total = int(scored.attrs.get("scored", len(scored)))
+    intro = (
+        f"<p>{total:,} customers scored as of {period.until:%Y-%m-%d}; the {len(scored)} with the most at "
+        "stake (churn probability x the value they would bring if retained).</p>"
+    )
+    table = _table(["customer", "P(churn)", "CLV", "at stake", "why"], rows)
+    return Section("at-risk", "At-risk customers", intro + table, {"scored": total})
 
 
 def model_health_section(data: MeasureData, filters: Filters) -> Section:
@@ -481,8 +674,10 @@ def model_health_section(data: MeasureData, filters: Filters) -> Section:
     import plotly.graph_objects as go
 
     parts = [
-        f"<p>Drift is the population stability index of each feature between the {health.DRIFT_DAYS} days before "
-        f"the model's training cut and the last {health.DRIFT_DAYS} days: under {health.PSI_WATCH} stable, above "
+        "<p>Drift is the population stability index of each feature between the "
+        f"{health.DRIFT_DAYS} days before "
+        f"the model's training cut and the last {health.DRIFT_DAYS} days: under {health.PSI_WATCH} "
+        "stable, above "
         f"{health.PSI_ALERT} retrain (`winback retrain`).</p>"
     ]
     found = health.model_health(data, filters) if data.period(filters) is not None else []
@@ -502,11 +697,25 @@ def model_health_section(data: MeasureData, filters: Filters) -> Section:
             predicted = [c["mean_predicted"] for c in h.calibration]
             observed = [c["observed_rate"] for c in h.calibration]
             figure = go.Figure()
-            figure.add_scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect", line={"color": _COLOURS["grey"], "dash": "dot"})
-            figure.add_scatter(x=_clean(predicted), y=_clean(observed), mode="lines+markers", name="deciles",
-                               line={"color": _COLOURS["treated"]})  # fmt: skip
-            figure.update_layout(title=f"Calibration of the {h.name} model", xaxis={"title": "predicted", "range": [0, 1]},
-                                 yaxis={"title": "observed", "range": [0, 1]})  # fmt: skip
+            figure.add_scatter(
+                x=[0, 1],
+                y=[0, 1],
+                mode="lines",
+                name="perfect",
+                line={"color": _COLOURS["grey"], "dash": "dot"},
+            )
+            figure.add_scatter(
+                x=_clean(predicted),
+                y=_clean(observed),
+                mode="lines+markers",
+                name="deciles",
+                line={"color": _COLOURS["treated"]},
+            )
+            figure.update_layout(
+                title=f"Calibration of the {h.name} model",
+                xaxis={"title": "predicted", "range": [0, 1]},
+                yaxis={"title": "observed", "range": [0, 1]},
+            )
             parts.append(_chart(figure, 300))
         else:
             parts.append(_note("No calibration table: the model's card has none and no outcomes came since."))
@@ -527,21 +736,52 @@ def demand_section(data: MeasureData, filters: Filters) -> Section:
     currency = data.currency()
     products = demand.top_products(data, filters)
     if products.empty:
-        return Section("demand", "Demand signals", _note("No abandoned carts in this period: no demand signals."))
-    rows = [(r.product_id, r.category or "–", number(r.abandoned), money(r.price, currency), number(r.recovered),
-             number(r.lost), percent(r.recovered_share), money(r.lost_value, currency)) for r in products.itertuples()]  # fmt: skip
+        return Section(
+            "demand", "Demand signals", _note("No abandoned carts in this period: no demand signals.")
+        )
+    rows = [
+        (
+            r.product_id,
+            r.category or DASH,
+            number(r.abandoned),
+            money(r.price, currency),
+            number(r.recovered),
+            number(r.lost),
+            percent(r.recovered_share),
+            money(r.lost_value, currency),
+        )
+        for r in products.itertuples()
+    ]
     parts = [
         "<p>What shoppers wanted and left in abandoned carts: the cart-side demand inventory planning lacks. "
         "Recovered: the customer bought the product within the recovery window; lost: they did not.</p>",
-        _table(["product", "category", "abandoned carts", "median price", "recovered", "lost", "recovered share",
-                "lost value"], rows),  # fmt: skip
+        _table(
+            [
+                "product",
+                "category",
+                "abandoned carts",
+                "median price",
+                "recovered",
+                "lost",
+                "recovered share",
+                "lost value",
+            ],
+            rows,
+        ),
     ]
     bands = demand.by_price_band(data, filters)
     if not bands.empty:
         figure = go.Figure()
         figure.add_bar(x=bands["band"], y=bands["recovered"], name="recovered", marker_color=_COLOURS["good"])
-        figure.add_bar(x=bands["band"], y=bands["abandoned"] - bands["recovered"], name="lost", marker_color=_COLOURS["bad"])
-        figure.update_layout(barmode="stack", title=f"Abandoned items by price ({currency})", xaxis={"title": "price band"})
+        figure.add_bar(
+            x=bands["band"],
+            y=bands["abandoned"] - bands["recovered"],
+            name="lost",
+            marker_color=_COLOURS["bad"],
+        )
+        figure.update_layout(
+            barmode="stack", title=f"Abandoned items by price ({currency})", xaxis={"title": "price band"}
+        )
         parts.append(_chart(figure))
     return Section("demand", "Demand signals", "".join(parts))
 
@@ -576,15 +816,21 @@ _PAGE = """<!DOCTYPE html>
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0 auto; max-width: 1100px;
        padding: 0 16px 40px; color: #222; line-height: 1.45; }
 header { border-bottom: 2px solid #1f77b4; margin-bottom: 8px; }
-h1 { font-size: 1.5em; margin: 16px 0 4px; } h2 { font-size: 1.25em; margin-top: 32px; border-bottom: 1px solid #ddd; }
+h1 { font-size: 1.5em; margin: 16px 0 4px; }
+h2 { font-size: 1.25em; margin-top: 32px; border-bottom: 1px solid #ddd; }
 h3 { font-size: 1.05em; margin: 20px 0 6px; }
 nav a { margin-right: 12px; font-size: 0.9em; }
-.headline { font-size: 1.2em; } .note { color: #555; } .warning { color: #8a4b00; background: #fff4e0; padding: 6px 10px; }
-.tiles { display: flex; flex-wrap: wrap; gap: 10px; } .tile { border: 1px solid #ddd; border-radius: 6px; padding: 8px 12px; min-width: 120px; }
+.headline { font-size: 1.2em;}
+.note { color: #555;}
+.warning { color: #8a4b00; background: #fff4e0; padding: 6px 10px; }
+.tiles { display: flex; flex-wrap: wrap; gap: 10px;}
+.tile { border: 1px solid #ddd; border-radius: 6px; padding: 8px 12px; min-width: 120px; }
 .tile .value { font-size: 1.3em; font-weight: 600; } .tile .label { font-size: 0.85em; color: #555; }
 .scroll { overflow-x: auto; } table { border-collapse: collapse; font-size: 0.85em; margin: 6px 0; }
-th, td { border-bottom: 1px solid #eee; padding: 4px 8px; text-align: left; vertical-align: top; } td.num { text-align: right; white-space: nowrap; }
-th { background: #f6f8fa; } .chart { width: 100%; } footer { margin-top: 40px; font-size: 0.8em; color: #777; }
+th, td { border-bottom: 1px solid #eee; padding: 4px 8px; text-align: left; vertical-align: top;}
+td.num { text-align: right; white-space: nowrap; }
+th { background: #f6f8fa; } .chart { width: 100%; }
+footer { margin-top: 40px; font-size: 0.8em; color: #777; }
 </style>
 {{ head }}
 </head>
@@ -606,8 +852,8 @@ def render_page(
     inline for the report, a served file for the dashboard)."""
     env = Environment(autoescape=True)
     page = env.from_string(_PAGE)
-    shown = [Section(s.id, s.title, Markup(s.html), s.data) for s in sections]  # noqa: S704 - our own escaped HTML
-    return page.render(title=title, subtitle=subtitle, footer=footer, sections=shown, head=Markup(head))  # noqa: S704
+    shown = [Section(s.id, s.title, Markup(s.html), s.data) for s in sections]
+    return page.render(title=title, subtitle=subtitle, footer=footer, sections=shown, head=Markup(head))
 
 
 def inline_plotly() -> str:
@@ -649,8 +895,8 @@ def write_report(
             sections,
             title="winback report",
             subtitle=f"{label}{scope}; event store {settings.store_path}",
-            footer="Incremental figures come from the randomised holdout; attributed ones are labelled as such. "
-            "Generated by winback.",
+            footer="Incremental figures come from the randomised holdout; attributed ones are labelled "
+            "as such. Generated by winback.",
             head=inline_plotly(),
         )
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -663,7 +909,9 @@ def headline_lines(summary: dict[str, Any]) -> list[str]:
     """The report's headline numbers as lines for the terminal."""
     currency = summary.get("currency", "")
     if summary.get("incremental_margin") is None:
-        return ["no incremental figures: no decisions with outcomes and a holdout in this period (see the report)"]
+        return [
+            "no incremental figures: no decisions with outcomes and a holdout in this period (see the report)"
+        ]
     low, high = summary.get("ci_low"), summary.get("ci_high")
     interval = f"[{low:,.2f}, {high:,.2f}]" if low is not None and high is not None else "(no interval)"
     lines = [

@@ -71,24 +71,27 @@ def retrain(
     if name == "abandonment":
         start = (end - timedelta(days=holdout_days)).floor("D")
     else:
-        horizon_days = horizon_days or int(card.params.get("horizon_days") or tables.settings.churn_horizon_days)
+        horizon_days = horizon_days or int(
+            card.params.get("horizon_days") or tables.settings.churn_horizon_days
+        )
         start = (end - timedelta(days=horizon_days)).floor("D")
     if _cut(card.as_of) > start:
         raise BadInputError(
             f"the deployed {name} model {card.version} was trained on data to {card.as_of[:10]}, after the "
-            f"holdout would start ({start:%Y-%m-%d}): too little new data since to compare a new model fairly; "
+            f"holdout would start ({start:%Y-%m-%d}): too little new data since to compare a new "
+            "model fairly; "
             "retrain once more data has come"
         )
     if name == "abandonment":
-        split = tasks._cart_split(tables, start, with_test=True)  # noqa: SLF001 - the split train uses
+        split = tasks._cart_split(tables, start, with_test=True)
         candidate = tasks.fit_abandonment(split.train, threads=tables.settings.threads)
         test = split.test.drop_duplicates("cart_id", keep="first")
         x, y = test[features], test["abandoned"].to_numpy()
         holdout = f"{len(test):,} carts started from {start:%Y-%m-%d}, at the first add"
     else:
         assert horizon_days is not None
-        _, candidate, _ = tasks._churn_training(tables, start, horizon_days)  # noqa: SLF001
-        test = tasks._labelled_customers(tables, start, horizon_days, "the retraining holdout")  # noqa: SLF001
+        _, candidate, _ = tasks._churn_training(tables, start, horizon_days)
+        test = tasks._labelled_customers(tables, start, horizon_days, "the retraining holdout")
         x, y = test[features], test["churned"].to_numpy()
         holdout = f"{len(test):,} customers as of {start:%Y-%m-%d}, churn over {horizon_days} days"
     old_auc = float(binary_report(y, deployed.predict_proba(x)[:, 1])["roc_auc"])
