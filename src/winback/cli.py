@@ -815,6 +815,91 @@ def outcomes(
     )
 
 
+@app.command(
+    epilog="Examples:\n\n  winback report --out report.html\n\n"
+    "  winback report --since 2024-05-01 --until 2024-06-01 --out may.html --json",
+)
+def report(
+    out: Annotated[Path, typer.Option("--out", help="The HTML file to write (self-contained).")] = Path(
+        "report.html"
+    ),
+    since: Annotated[
+        str | None, typer.Option("--since", help="Start of the period (default: the first event).")
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option("--until", help="End of the period (default: the last event).")
+    ] = None,
+    policy: Annotated[
+        str | None, typer.Option("--flow", help="Only the decisions of this flow (policy).")
+    ] = None,
+    channel: Annotated[
+        str | None, typer.Option("--channel", help="Only the decisions on email, sms or push.")
+    ] = None,
+    catalogue_path: CatalogueOption = None,
+    home: HomeOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Write the report: what winback's decisions changed against the holdout (with 95% intervals, beside
+    the attributed numbers), KPIs, policies, segments, at-risk customers, model health and demand signals,
+    as one HTML file that opens with no network. Missing data is said in words where its chart would be.
+    """
+    from winback.decide.catalogue import load_catalogue
+    from winback.measure.data import Filters
+    from winback.measure.report import headline_lines, write_report
+
+    filters = Filters.parse(since, until, policy, channel)
+    catalogue = load_catalogue(catalogue_path)
+    settings = _settings(home)
+    result = write_report(settings, filters, out, catalogue=catalogue)
+    summary = result.summary
+    if json_output:
+        _print_json({"out": str(result.path), "seconds": round(result.seconds, 1), **summary})
+        return
+    print(f"report of {result.period} -> {result.path} ({result.seconds:.1f} s)")
+    for line in headline_lines(summary):
+        print(f"  {line}")
+
+
+@app.command(
+    epilog="Examples:\n\n  winback retrain abandonment\n\n  winback retrain all --json",
+)
+def retrain(
+    model: Annotated[str, typer.Argument(help="abandonment, churn, or all (both).")],
+    holdout_days: Annotated[
+        int, typer.Option("--holdout-days", help="Days of carts at the end held out to compare on.")
+    ] = 14,
+    horizon: HorizonOption = None,
+    home: HomeOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Retrain on fresh data, keeping the deployed model if the new one is worse on the same holdout (the
+    last --holdout-days of carts; the churn horizon for churn). A model trained after the holdout starts
+    cannot be compared fairly and is left as it is, with the reason.
+    """
+    from winback.models.retrain import RETRAINABLE
+    from winback.models.retrain import retrain as run_retrain
+
+    if holdout_days < 1:
+        raise BadInputError(f"--holdout-days {holdout_days}: expected at least 1 day")
+    names = RETRAINABLE if model == "all" else (_choice(model, (*RETRAINABLE, "all"), "model"),)
+    settings = _settings(home)
+    days = _horizon(horizon, settings) if horizon else None
+    results = []
+    with _feature_tables(settings, "duckdb") as tables:
+        for name in names:
+            results.append(run_retrain(name, tables, holdout_days=holdout_days, horizon_days=days).as_dict())
+    if json_output:
+        _print_json(results if model == "all" else results[0])
+        return
+    for r in results:
+        verdict = f"replaced by {r['version']}" if r["replaced"] else "kept (the new one is worse)"
+        print(
+            f"{r['name']}: on {r['holdout']}: deployed {r['deployed_version']} ROC-AUC "
+            f"{r['deployed_auc']:.3f}, "
+            f"retrained {r['candidate_auc']:.3f}: {verdict}"
+        )
+
+
 def _iso(value: Any) -> str:
     import pandas as pd
 

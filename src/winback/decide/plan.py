@@ -747,7 +747,8 @@ def log_rewards(decisions: pd.DataFrame, catalogue: Catalogue) -> pd.Series:
     """Each decision's reward: recorded margin (after discount) less the message's channel cost; without
     a margin, the catalogue margin x revenue less discount; not recovered and nothing recorded: 0 less
     the cost. BadInputError names a decision marked recovered with neither margin nor revenue."""
-    cost = decisions["action"].map(lambda a: catalogue.channel_cost(Action.parse(str(a)).channel))
+    costs = {a: catalogue.channel_cost(Action.parse(str(a)).channel) for a in decisions["action"].unique()}
+    cost = decisions["action"].map(costs).astype(float)  # parsed once per distinct action: logs are long
     margin = pd.to_numeric(decisions["margin"], errors="coerce")
     revenue = pd.to_numeric(decisions["revenue"], errors="coerce")
     discount = pd.to_numeric(decisions["discount"], errors="coerce").fillna(0.0)

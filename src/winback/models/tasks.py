@@ -184,14 +184,15 @@ def _save(
 
 
 def _evaluation_for_card(evaluate: Any, notes: list[str]) -> dict[str, Any]:
-    """A time-split evaluation within the training window, for the model's card; on too little history
-    the card says why there is none instead."""
+    """A time-split evaluation within the training window, for the model's card (with its calibration and
+    CLV-by-frequency tables, which the report's model health shows); on too little history the card says
+    why there is none instead."""
     try:
         result = evaluate()
     except BadInputError as exc:
         notes.append(f"not evaluated: {exc}")
         return {}
-    return {k: v for k, v in result.items() if k not in ("calibration", "by_frequency", "model")}
+    return {k: v for k, v in result.items() if k != "model"}
 
 
 def _metrics_dict(frame: pd.DataFrame) -> dict[str, dict[str, float]]:
