@@ -147,6 +147,16 @@ class Settings(BaseSettings):
     shop_url: str | None = Field(
         None, pattern=r"^https?://", description="The shop's cart page, linked (click-tracked) from e-mails."
     )
+    # The dashboard (`winback serve`, /dashboard).
+    dashboard_refresh_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="How often an open dashboard checks the store, decision log and models for new data "
+        "(it recomputes only when they changed).",
+    )
+    dashboard_session_hours: float = Field(
+        12.0, gt=0, description="How long a dashboard login lasts before the key is asked for again."
+    )
 
     @field_validator("home")
     @classmethod

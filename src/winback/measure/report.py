@@ -836,7 +836,8 @@ footer { margin-top: 40px; font-size: 0.8em; color: #777; }
 </head>
 <body>
 <header><h1>{{ title }}</h1><p class="note">{{ subtitle }}</p>
-<nav>{% for s in sections %}<a href="#{{ s.id }}">{{ s.title }}</a>{% endfor %}</nav></header>
+{% if links %}{{ links }}{% else %}
+<nav>{% for s in sections %}<a href="#{{ s.id }}">{{ s.title }}</a>{% endfor %}</nav>{% endif %}</header>
 {% for s in sections %}<section id="{{ s.id }}"><h2>{{ s.title }}</h2>{{ s.html }}</section>
 {% endfor %}
 <footer>{{ footer }}</footer>
@@ -846,14 +847,28 @@ footer { margin-top: 40px; font-size: 0.8em; color: #777; }
 
 
 def render_page(
-    sections: Sequence[Section], *, title: str, subtitle: str = "", footer: str = "", head: str = ""
+    sections: Sequence[Section],
+    *,
+    title: str,
+    subtitle: str = "",
+    footer: str = "",
+    head: str = "",
+    links: str = "",
 ) -> str:
     """A whole HTML page of ``sections``; ``head`` is put in ``<head>`` as is (the plotly.js script:
-    inline for the report, a served file for the dashboard)."""
+    inline for the report, a served file for the dashboard); ``links``, if given, replaces the header's
+    links to the sections (the dashboard's pages, filters and logout)."""
     env = Environment(autoescape=True)
     page = env.from_string(_PAGE)
     shown = [Section(s.id, s.title, Markup(s.html), s.data) for s in sections]
-    return page.render(title=title, subtitle=subtitle, footer=footer, sections=shown, head=Markup(head))
+    return page.render(
+        title=title,
+        subtitle=subtitle,
+        footer=footer,
+        sections=shown,
+        head=Markup(head),
+        links=Markup(links),
+    )
 
 
 def inline_plotly() -> str:

@@ -76,6 +76,17 @@ def authenticate(engine: Engine, token: str | None) -> ApiKey | None:
     return ApiKey(parts[1], row.scope, row.label)
 
 
+def active_key(engine: Engine, key_id: str) -> ApiKey | None:
+    """The unrevoked key ``key_id`` (a dashboard session names its key by id); else None."""
+    with engine.connect() as connection:
+        row = connection.execute(
+            sa.select(api_keys.c.scope, api_keys.c.label).where(
+                api_keys.c.key_id == key_id, api_keys.c.revoked_at.is_(None)
+            )
+        ).first()
+    return None if row is None else ApiKey(key_id, row.scope, row.label)
+
+
 def allows(key: ApiKey, needed: str) -> bool:
     """Whether ``key``'s scope covers ``needed``."""
     return SCOPES.index(key.scope) >= SCOPES.index(needed)

@@ -19,7 +19,7 @@ from winback.serve.db import make_engine, upgrade
 from winback.serve.deps import AppState
 from winback.serve.limits import BodyLimit
 from winback.serve.metrics import Metrics
-from winback.serve.routes import customers, events, health, tracking, webhooks
+from winback.serve.routes import customers, dashboard, events, health, tracking, webhooks
 
 
 def create_app(settings: Settings, *, migrate: bool = True) -> FastAPI:
@@ -33,6 +33,7 @@ def create_app(settings: Settings, *, migrate: bool = True) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
+        state.dashboard.close()
         engine.dispose()
 
     app = FastAPI(
@@ -47,6 +48,7 @@ def create_app(settings: Settings, *, migrate: bool = True) -> FastAPI:
     app.include_router(webhooks.router)
     app.include_router(tracking.router)
     app.include_router(customers.router)
+    app.include_router(dashboard.router)
 
     @app.exception_handler(BadInputError)
     async def _bad_input(_request: Request, error: BadInputError) -> JSONResponse:
