@@ -56,6 +56,18 @@ def sim_shop(tmp_path_factory: pytest.TempPathFactory) -> tuple[Settings, Simula
 
 
 @pytest.fixture(scope="session")
+def measured_shop(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """A small shop (800 customers, 60 days) that ran winback's randomising policy with a 10% holdout:
+    its event store and its decision log with outcomes, stored once per test run; read-only for tests
+    (copy its home to change it)."""
+    from winback.measure.simulated import simulate_with_holdout, store_simulated
+
+    settings = load_settings(home=tmp_path_factory.mktemp("measured") / "home")
+    store_simulated(settings, simulate_with_holdout(4, ShopConfig(customers=800, days=60)))
+    return settings
+
+
+@pytest.fixture(scope="session")
 def shop_copy(
     sim_shop: tuple[Settings, SimulationResult], tmp_path_factory: pytest.TempPathFactory
 ) -> Callable[[str], Path]:

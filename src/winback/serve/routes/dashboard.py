@@ -261,11 +261,13 @@ def _render(
                 for p, d in _DESCRIPTIONS.items()
             )
             shown.append(Section("pages", "Pages", f"<ul>{listing}</ul>"))
+    if period is None:  # not read from the store yet
+        period = f"{chosen.get('since', 'the first event')} to {chosen.get('until', 'the last event')}"
     scope = "".join(f", {k} {v}" for k, v in chosen.items() if k in ("flow", "channel"))
     page = render_page(
         shown,
         title=f"winback dashboard: {'overview' if page_id == 'summary' else PAGES[page_id]}",
-        subtitle=f"{period or 'no data yet'}{scope}; event store {state.settings.store_path}",
+        subtitle=f"{period}{scope}; event store {state.settings.store_path}",
         footer="Incremental figures come from the randomised holdout; attributed ones are labelled as such. "
         "The same figures as `winback report`.",
         head=_head(),
