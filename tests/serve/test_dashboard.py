@@ -30,7 +30,7 @@ from winback.config import Settings, load_settings
 from winback.errors import WinbackError
 from winback.events.store import EventStore
 from winback.serve.db import state_engine
-from winback.serve.keys import create_key
+from winback.serve.keys import create_key, revoke
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM_ARGS = [
@@ -404,6 +404,10 @@ def test_scripts_read_with_a_bearer_key_and_forged_forms_are_refused(service: Se
     assert signed.headers["location"] == "/dashboard"  # never to another site
     assert "HttpOnly" in signed.headers["set-cookie"]
     assert "SameSite=strict" in signed.headers["set-cookie"]
+    session = signed.cookies["winback_dashboard"]
+    assert httpx.get(f"{service.url}/dashboard", cookies={"winback_dashboard": session}).status_code == 200
+    tampered = session[:-2] + ("AA" if not session.endswith("AA") else "BB")
+    assert httpx.get(f"{service.url}/dashboard", cookies={"winback_dashboard": tampered}).status_code == 303
     plotly = httpx.get(f"{service.url}/dashboard/static/plotly.min.js", headers={"Accept-Encoding": "gzip"})
     assert plotly.status_code == 200
     assert "immutable" in plotly.headers["cache-control"]
@@ -412,6 +416,20 @@ def test_scripts_read_with_a_bearer_key_and_forged_forms_are_refused(service: Se
     etag = plotly.headers["etag"]
     again = httpx.get(f"{service.url}/dashboard/static/plotly.min.js", headers={"If-None-Match": etag})
     assert again.status_code == 304
+
+
+def test_revoking_the_key_ends_its_sessions(service: Service) -> None:
+    with state_engine(service.settings, migrate=False) as engine:
+        token, key = create_key(engine, "read", "soon revoked")
+        signed = httpx.post(
+            f"{service.url}/dashboard/login", data={"key": token}, headers={"Origin": service.url}, timeout=30
+        )
+        cookies = {"winback_dashboard": signed.cookies["winback_dashboard"]}
+        assert httpx.get(f"{service.url}/dashboard", cookies=cookies, timeout=30).status_code == 200
+        assert revoke(engine, key.key_id)
+    gone = httpx.get(f"{service.url}/dashboard/kpis", cookies=cookies, timeout=30)
+    assert gone.status_code == 303
+    assert gone.headers["location"] == "/dashboard/login?next=%2Fdashboard%2Fkpis"
 
 
 def _poll(url: str, key: str, until: Callable[[httpx.Response], bool], seconds: float = 60) -> httpx.Response:

@@ -54,7 +54,7 @@ PAGES: dict[str, str] = {
 }
 _MAKERS = dict(SECTIONS)
 #: How long a page waits for a section that is not computed yet before it answers with a placeholder.
-FIRST_WAIT = 0.8
+FIRST_WAIT = 0.5
 #: Sets of filters kept (the least recently used go first).
 MAX_VIEWS = 16
 
