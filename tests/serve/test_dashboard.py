@@ -518,3 +518,33 @@ def test_the_page_updates_as_data_arrives(open_page: Callable[..., Watched], ser
     assert _tile(page, "carts") == carts + 1
     assert page.get_attribute(".fragment", "data-version") != version
     watched.clean()
+
+
+def test_a_home_without_events_is_said_in_words(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from winback.serve.main import create_app
+
+    settings = load_settings(home=tmp_path / "home")
+    with TestClient(create_app(settings)) as client:
+        key, _ = create_key(client.app.state.winback.engine, "read")  # type: ignore[attr-defined]
+        auth = {"Authorization": f"Bearer {key}"}
+        reply = _poll_client(client, "/dashboard/fragments/kpis", auth)
+        assert reply.status_code == 200
+        assert "no event store at" in reply.text
+        assert "winback ingest" in reply.text
+        page = client.get("/dashboard", headers=auth)
+        assert page.status_code == 200
+        assert "no event store at" in page.text
+        assert client.get("/dashboard/nothing", headers=auth).status_code == 404
+        assert client.get("/dashboard/fragments/nothing", headers=auth).status_code == 404
+        assert client.get("/dashboard/static/secrets.txt").status_code == 404
+
+
+def _poll_client(client: Any, path: str, headers: dict[str, str]) -> Any:
+    deadline = time.monotonic() + 30
+    while True:
+        reply = client.get(path, headers=headers)
+        if reply.status_code != 202 or time.monotonic() > deadline:
+            return reply
+        time.sleep(0.1)

@@ -33,7 +33,7 @@ from typing import Any
 import duckdb
 
 from winback.config import Settings
-from winback.errors import BadInputError
+from winback.errors import BadInputError, WinbackError
 from winback.measure.data import Filters, MeasureData
 from winback.measure.report import SECTIONS, Section
 
@@ -242,8 +242,11 @@ class Dashboard:
                 stamp = view.stamp
             try:
                 self._compute(view, stamp)
-            except Exception:  # never let the thread die; the view says what went wrong
-                log.exception("dashboard: computing the figures failed")
+            except Exception as error:  # never let the thread die: the pages say it, until the data changes
+                log.exception("dashboard: reading the data failed")
+                for section_id in PAGES:
+                    if not view.current(section_id):
+                        self._publish(view, section_id, _failed(section_id, error), stamp, 0.0)
             finally:
                 with self._changed:
                     view.running = False
@@ -323,10 +326,12 @@ def _said(section_id: str, message: str) -> Section:
 
 
 def _failed(section_id: str, error: Exception) -> Section:
+    """What a page says when computing its section failed (winback's own errors say why)."""
+    why = str(error) if isinstance(error, WinbackError) else type(error).__name__
     return _said(
         section_id,
-        f"This section could not be computed ({type(error).__name__}); the service's log has the details, "
-        "and `winback report` shows the same figures from the command line.",
+        f"This section could not be computed ({why}); the service's log has the details, and "
+        "`winback report` shows the same figures from the command line.",
     )
 
 
