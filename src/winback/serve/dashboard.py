@@ -244,9 +244,10 @@ class Dashboard:
                 self._compute(view, stamp)
             except Exception as error:  # never let the thread die: the pages say it, until the data changes
                 log.exception("dashboard: reading the data failed")
-                for section_id in PAGES:
-                    if not view.current(section_id):
-                        self._publish(view, section_id, _failed(section_id, error), stamp, 0.0)
+                with self._changed:
+                    failed = [s for s in PAGES if not view.current(s)]
+                for section_id in failed:
+                    self._publish(view, section_id, _failed(section_id, error), stamp, 0.0)
             finally:
                 with self._changed:
                     view.running = False
@@ -254,11 +255,12 @@ class Dashboard:
                         self._enqueue(view)  # asked for while the last section was computed
                     self._changed.notify_all()
 
-    def _next(self, view: _View) -> str | None:
-        """The next section to compute: the first asked for, else (when no other filters wait) the
-        first stale one."""
+    def _next(self, view: _View, stamp: Stamp | None) -> str | None:
+        """The next section to compute from the data of ``stamp``: the first asked for, else (when no
+        other filters wait) the first stale one; None when the data changed since (a new computation
+        starts from the new stamp)."""
         with self._changed:
-            if self._closed:
+            if self._closed or view.stamp != stamp:
                 return None
             if view.wanted:
                 return view.wanted[0]
@@ -267,7 +269,7 @@ class Dashboard:
             return next((s for s in PAGES if not view.current(s)), None)
 
     def _compute(self, view: _View, stamp: Stamp | None) -> None:
-        if self._next(view) is None:
+        if self._next(view, stamp) is None:
             return
         try:
             data = MeasureData(self.settings)
@@ -285,7 +287,7 @@ class Dashboard:
                 with self._changed:
                     view.busy = None
                     view.policies, view.period = policies, period.label() if period else None
-                while (section_id := self._next(view)) is not None:
+                while (section_id := self._next(view, stamp)) is not None:
                     started = time.perf_counter()
                     try:
                         section = _MAKERS[section_id](data, view.filters)

@@ -235,9 +235,10 @@ def _page_url(page_id: str) -> str:
     return "/dashboard" if page_id == "summary" else f"/dashboard/{page_id}"
 
 
-def _head() -> str:
+def _head(refresh: float) -> str:
     return (
-        f'{_NO_ICON}<link rel="stylesheet" href="{asset_url("dashboard.css")}">'
+        f'{_NO_ICON}<meta name="winback-refresh" content="{refresh:g}">'
+        f'<link rel="stylesheet" href="{asset_url("dashboard.css")}">'
         f'<script src="{asset_url("plotly.min.js")}"></script>'
         f'<script src="{asset_url("dashboard.js")}" defer></script>'
     )
@@ -269,16 +270,15 @@ def _render(
     if period is None:  # not read from the store yet
         period = f"{chosen.get('since', 'the first event')} to {chosen.get('until', 'the last event')}"
     scope = "".join(f", {k} {v}" for k, v in chosen.items() if k in ("flow", "channel"))
-    page = render_page(
+    return render_page(
         shown,
         title=f"winback dashboard: {'overview' if page_id == 'summary' else PAGES[page_id]}",
         subtitle=f"{period}{scope}; event store {state.settings.store_path}",
         footer="Incremental figures come from the randomised holdout; attributed ones are labelled as such. "
         "The same figures as `winback report`.",
-        head=_head(),
+        head=_head(refresh),
         links=_links(page_id, chosen, policies),
     )
-    return page.replace("<body>", f'<body data-refresh="{refresh:g}">', 1)
 
 
 def _show(request: Request, state: AppState, page_id: str) -> HTMLResponse:

@@ -3,7 +3,8 @@
 // running their chart scripts. A section still being computed asks again every two seconds.
 (function () {
   "use strict";
-  var refresh = 1000 * Number(document.body.dataset.refresh || 30);
+  var setting = document.querySelector('meta[name="winback-refresh"]');
+  var refresh = 1000 * Number(setting ? setting.content : 30);
 
   function schedule(element) {
     var state = element.dataset.state;
