@@ -79,7 +79,8 @@ class Settings(BaseSettings):
     )
     secret_key: SecretStr = Field(
         SecretStr(DEVELOPMENT_SECRET),
-        description="Signs tracking and unsubscribe links; set it (only from the environment) in production.",
+        description="Signs tracking and unsubscribe links and dashboard sessions; set it (only from the "
+        "environment) in production.",
     )
     max_body_bytes: int = Field(
         8 * 1024 * 1024, gt=0, description="Largest request body the service accepts (413 beyond)."
