@@ -411,7 +411,7 @@ def kpi_section(data: MeasureData, filters: Filters) -> Section:
         )
         figure.update_layout(
             title="Retention by monthly cohort (share who ordered in each later month)",
-            yaxis={"autorange": "reversed"},
+            yaxis={"autorange": "reversed", "type": "category"},  # "2024-03" are labels, not dates
         )
         parts.append(_chart(figure, 120 + 28 * len(grid)))
     horizon = _churn_horizon(data)
