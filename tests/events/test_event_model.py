@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from winback.events.model import Event
+from winback.events.model import ROW_FIELDS, Event
 from winback.events.schema import EVENT_TYPES, PRODUCT_EVENT_TYPES
 
 ids = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=40).filter(
@@ -50,7 +50,7 @@ def valid_events(draw: st.DrawFn) -> dict[str, Any]:
 def test_valid_events_validate_and_keep_their_values(raw: dict[str, Any]) -> None:
     event = Event.model_validate(raw)
     assert event.event_id
-    row = event.row("http", datetime.now(UTC))
+    row = dict(zip(ROW_FIELDS, event.as_row(), strict=True))
     for name in ("event_type", "user_id", "anonymous_id", "product_id", "quantity", "currency"):
         assert row[name] == raw.get(name)
     assert row["timestamp"] == datetime.fromisoformat(raw["timestamp"])

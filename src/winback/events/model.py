@@ -45,6 +45,15 @@ _MAX_FUTURE_S = MAX_FUTURE.total_seconds()
 
 Id = Field(default=None, min_length=1, max_length=200)
 
+#: An event as a row of the service's ``events`` table: the values of :data:`ROW_FIELDS` in that order
+#: (the table's first columns; storage adds ``source`` and ``received_at``), the timestamp in UTC and the
+#: properties as JSON text.
+EventRow = tuple[Any, ...]
+ROW_FIELDS = (
+    "event_id", "event_type", "timestamp", "user_id", "anonymous_id", "session_id", "product_id",
+    "category", "price", "quantity", "order_id", "value", "currency", "properties",
+)  # fmt: skip
+
 
 class Event(BaseModel):
     """One behaviour event (see :data:`winback.events.schema.EVENT_SCHEMA` for the columns)."""
@@ -106,19 +115,22 @@ class Event(BaseModel):
             if number is not None and not math.isfinite(number):
                 raise ValueError(f"{name}: a finite number")
         if self.event_id is None:
-            object.__setattr__(self, "event_id", content_id(self))
+            fields = self.model_dump(mode="json", exclude={"event_id"})
+            object.__setattr__(self, "event_id", content_id(fields))
         return self
 
-    def row(self, source: str, received_at: datetime) -> dict[str, Any]:
-        """The event as a row of the service's ``events`` table."""
-        data = self.model_dump(exclude={"properties"})
-        data["properties"] = orjson.dumps(self.properties).decode() if self.properties is not None else None
-        data["source"], data["received_at"] = source, received_at
-        return data
+    def as_row(self) -> EventRow:
+        """The event as a row of the service's ``events`` table (:data:`ROW_FIELDS`)."""
+        properties = orjson.dumps(self.properties).decode() if self.properties is not None else None
+        return (
+            self.event_id, self.event_type, self.timestamp, self.user_id, self.anonymous_id,
+            self.session_id, self.product_id, self.category, self.price, self.quantity, self.order_id,
+            self.value, self.currency, properties,
+        )  # fmt: skip
 
 
-def content_id(event: Event) -> str:
-    """A stable id of an event's content (for events sent without one): 32 hex digits."""
-    body = event.model_dump(mode="json", exclude={"event_id"})
-    digest = hashlib.md5(orjson.dumps(body, option=orjson.OPT_SORT_KEYS), usedforsecurity=False)
+def content_id(fields: dict[str, Any]) -> str:
+    """A stable id of an event's content (for events sent without one): 32 hex digits of the md5 of its
+    fields but ``event_id`` as JSON (``Event.model_dump(mode="json")``) with sorted keys."""
+    digest = hashlib.md5(orjson.dumps(fields, option=orjson.OPT_SORT_KEYS), usedforsecurity=False)
     return "content:" + digest.hexdigest()

@@ -1,9 +1,16 @@
 """Storing received events: one transaction per batch, each ``event_id`` once.
 
-A batch is validated whole before anything is written (:class:`winback.events.model.Event`), then
-inserted with ``ON CONFLICT DO NOTHING`` (on PostgreSQL through COPY into a temporary table), so a client
+A batch is validated whole before anything is written (:mod:`winback.events.json_batch`, with
+:class:`winback.events.model.Event` as the judge), then stored in one statement per batch so that a client
 that retries a batch after a timeout, or two paths delivering the same event, store it once; the reply
-counts both.
+counts both:
+
+- SQLite: one ``INSERT OR IGNORE ... SELECT ... FROM json_each(?)`` of the batch as one JSON parameter.
+  SQLite parses it in C with Python's lock released for the whole statement (an ``executemany`` takes and
+  gives back that lock at every row, and then waits on the threads parsing the next requests).
+- PostgreSQL: a binary ``COPY`` straight into ``events``; when a row is already there (a retried
+  batch, a redelivered stream entry) the transaction is rolled back and the batch goes through a
+  temporary table and ``INSERT ... ON CONFLICT (event_id) DO NOTHING``.
 """
 
 from __future__ import annotations
@@ -12,11 +19,32 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import orjson
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from winback.events.model import Event
+from winback.events.model import ROW_FIELDS, Event, EventRow
 from winback.serve.db import events as events_table
+
+COLUMNS = (*ROW_FIELDS, "source", "received_at")
+_COLUMN_LIST = ", ".join(COLUMNS)
+
+#: Element i of each row's JSON array into column i; SQLite stores times as ``isoformat(" ")`` text.
+_SQLITE_INSERT = (
+    f"INSERT OR IGNORE INTO events ({_COLUMN_LIST}) SELECT "
+    + ", ".join(
+        "replace(value ->> 2, 'T', ' ')" if name == "timestamp" else f"value ->> {i}"
+        for i, name in enumerate(ROW_FIELDS)
+    )
+    + ", ?, ? FROM json_each(?)"
+)
+
+#: The binary COPY types of :data:`COLUMNS`, as the ``events`` table declares them.
+_POSTGRESQL_TYPES = (
+    "text", "text", "timestamptz", "text", "text", "text", "text", "text", "float8", "int4", "text",
+    "float8", "text", "text", "text", "timestamptz",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -29,46 +57,54 @@ class Stored:
         return self.received - self.stored
 
 
-def _insert_sqlite(connection: sa.Connection, rows: list[dict[str, object]]) -> int:
-    """One ``INSERT OR IGNORE`` executemany through the driver, values converted by SQLAlchemy's own bind
-    processors (so reads through SQLAlchemy see the same types): about 1.5x SQLAlchemy's executemany."""
-    columns = list(events_table.columns)
-    dialect = connection.dialect
-    convert = [(c.name, c.type.bind_processor(dialect)) for c in columns]
-    values = [[f(row[name]) if f else row[name] for name, f in convert] for row in rows]
-    sql = (
-        f"INSERT OR IGNORE INTO events ({', '.join(c.name for c in columns)}) "
-        f"VALUES ({', '.join('?' * len(columns))})"
-    )
+def _insert_sqlite(connection: sa.Connection, rows: list[EventRow], source: str, now: datetime) -> int:
     cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
-    cursor.executemany(sql, values)
+    cursor.execute(_SQLITE_INSERT, (source, now.isoformat(" "), orjson.dumps(rows)))
     return int(cursor.rowcount)
 
 
-def _insert_postgresql(connection: sa.Connection, rows: list[dict[str, object]]) -> int:
-    """COPY into a temporary table, then one INSERT ... ON CONFLICT DO NOTHING: about 15x the rows per
-    second of a multi-row INSERT through the driver."""
-    columns = [c.name for c in events_table.columns]
+def _copy(connection: sa.Connection, table: str, rows: list[EventRow], source: str, now: datetime) -> None:
     cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
-    cursor.execute("CREATE TEMP TABLE IF NOT EXISTS incoming_events (LIKE events) ON COMMIT DELETE ROWS")
-    with cursor.copy(f"COPY incoming_events ({', '.join(columns)}) FROM STDIN") as copy:
+    with cursor.copy(f"COPY {table} ({_COLUMN_LIST}) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(_POSTGRESQL_TYPES)
+        tail = (source, now)
         for row in rows:
-            copy.write_row([row[c] for c in columns])
-    cursor.execute(
-        f"INSERT INTO events ({', '.join(columns)}) SELECT {', '.join(columns)} FROM incoming_events "
-        "ON CONFLICT (event_id) DO NOTHING"
-    )
-    return int(cursor.rowcount)
+            copy.write_row(row + tail)
+
+
+def _store_postgresql(engine: Engine, rows: list[EventRow], source: str, now: datetime) -> int:
+    try:
+        with engine.begin() as connection:
+            _copy(connection, "events", rows, source, now)
+        return len(rows)
+    except psycopg.errors.UniqueViolation:
+        pass  # some are stored already: only the new ones, below
+    with engine.begin() as connection:
+        cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        cursor.execute("CREATE TEMP TABLE IF NOT EXISTS incoming_events (LIKE events) ON COMMIT DELETE ROWS")
+        _copy(connection, "incoming_events", rows, source, now)
+        cursor.execute(
+            f"INSERT INTO events ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM incoming_events "
+            "ON CONFLICT (event_id) DO NOTHING"
+        )
+        return int(cursor.rowcount)
+
+
+def store_rows(engine: Engine, rows: Sequence[EventRow], source: str = "http") -> Stored:
+    """Insert ``rows`` (of validated events) in one transaction; how many were new."""
+    now = datetime.now(UTC)
+    unique = list({row[0]: row for row in rows}.values())  # a batch's own repeats once
+    if engine.dialect.name == "postgresql":
+        stored = _store_postgresql(engine, unique, source, now)
+    else:
+        with engine.begin() as connection:
+            stored = _insert_sqlite(connection, unique, source, now)
+    return Stored(len(rows), stored)
 
 
 def store_events(engine: Engine, batch: Sequence[Event], source: str = "http") -> Stored:
-    """Insert ``batch`` (already validated) in one transaction; how many were new."""
-    now = datetime.now(UTC)
-    rows = list({e.event_id: e.row(source, now) for e in batch}.values())  # a batch's own repeats once
-    insert = _insert_postgresql if engine.dialect.name == "postgresql" else _insert_sqlite
-    with engine.begin() as connection:
-        stored = insert(connection, rows)
-    return Stored(len(batch), stored)
+    """:func:`store_rows` of validated events."""
+    return store_rows(engine, [event.as_row() for event in batch], source)
 
 
 def count_events(engine: Engine) -> int:
