@@ -57,9 +57,10 @@ _LIST = msgspec.json.Decoder(list[_Event])
 _ONE = msgspec.json.Decoder(_Event)
 _WRAPPED = msgspec.json.Decoder(_Wrapped)
 
-#: A fraction of a second with more than 6 digits: msgspec rounds it, pydantic truncates; the model
-#: decides such a batch (also on a false alarm, such as the same pattern inside a property).
-_LONG_FRACTION = re.compile(rb":\d\d\.\d{7}")
+#: What the model decides for the whole batch: a fraction of a second with more than 6 digits (msgspec
+#: rounds it, pydantic truncates), and a NUL character (refused in text fields); also on a false alarm,
+#: such as the same text inside a property.
+_MODEL_DECIDES = re.compile(rb":\d\d\.\d{7}|\\u0000")
 
 
 class _ModelDecidesError(Exception):
@@ -70,7 +71,7 @@ def fast_rows(body: bytes, *, wrapped: bool = False) -> list[EventRow] | None:
     """The rows of ``body``, a JSON list of events (with ``wrapped``: also one event object or
     ``{"events": [...]}``, the bodies of ``POST /v1/events``); None when the fast path does not take it
     whole, and the model must decide."""
-    if _LONG_FRACTION.search(body):
+    if _MODEL_DECIDES.search(body):
         return None
     try:
         if not wrapped:

@@ -4,7 +4,8 @@ The same rules as file ingest (:mod:`winback.events.normalize`), written for one
 a known event type; a timestamp with a time zone, after ``min_timestamp`` and at most ``max_future``
 ahead; a user or anonymous id; a product on cart events; non-negative finite money; a whole quantity from
 1 to 1,000,000; a three-letter currency; properties as a JSON object. Unknown fields are refused by name
-(a typo must not silently drop data). An event without an ``event_id`` gets one from its content, so
+(a typo must not silently drop data), and so is a NUL character in a text field (PostgreSQL cannot store
+one, and SQLite would cut the text there). An event without an ``event_id`` gets one from its content, so
 the same event sent twice is stored once.
 
 >>> event = Event.model_validate({"event_type": "view", "timestamp": "2024-05-01T10:00:00Z",
@@ -74,6 +75,15 @@ class Event(BaseModel):
     value: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")
     properties: dict[str, Any] | None = None
+
+    @field_validator(
+        "event_id", "user_id", "anonymous_id", "session_id", "product_id", "category", "order_id", "currency"
+    )
+    @classmethod
+    def _no_nul(cls, value: str | None) -> str | None:
+        if value is not None and "\x00" in value:
+            raise ValueError("text without NUL characters (\\u0000)")
+        return value
 
     @field_validator("timestamp")
     @classmethod
