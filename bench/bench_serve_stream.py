@@ -9,8 +9,8 @@ more is an ``events`` list), then one consumer (a ``StreamConsumer`` in this pro
 consume --once`` runs) reads, validates, stores and acknowledges all of them, ``--batch`` entries per
 XREADGROUP. The rate is events stored per second of consumption (the XADDs are not counted). The
 baseline, run in the same command on a fresh database of the same kind, is the storage alone:
-:func:`winback.serve.ingest.store_events` on already validated events, in-process, in batches of the
-same number of events. Target (issue 6): 50,000 events/s or more, with SQLite and with PostgreSQL.
+:func:`winback.serve.ingest.store_rows` on the rows of already validated events, in-process, in batches
+of the same number of events. Target (issue 6): 50,000 events/s or more, with SQLite and with PostgreSQL.
 """
 
 from __future__ import annotations

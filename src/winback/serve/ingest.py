@@ -41,7 +41,7 @@ _SQLITE_INSERT = (
 )
 
 #: The binary COPY types of :data:`COLUMNS`, as the ``events`` table declares them.
-_POSTGRESQL_TYPES = (
+POSTGRESQL_COPY_TYPES = (
     "text", "text", "timestamptz", "text", "text", "text", "text", "text", "float8", "int4", "text",
     "float8", "text", "text", "text", "timestamptz",
 )  # fmt: skip
@@ -57,16 +57,27 @@ class Stored:
         return self.received - self.stored
 
 
-def _insert_sqlite(connection: sa.Connection, rows: list[EventRow], source: str, now: datetime) -> int:
-    cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
-    cursor.execute(_SQLITE_INSERT, (source, now.isoformat(" "), orjson.dumps(rows)))
-    return int(cursor.rowcount)
+def _store_sqlite(engine: Engine, rows: list[EventRow], source: str, now: datetime) -> int:
+    """The batch in one statement, committed with ``synchronous=FULL``: the write-ahead log is flushed to
+    disk before the batch is acknowledged, so it survives a power loss too (the service's other writes
+    keep ``NORMAL``, which survives a crash of the process)."""
+    with engine.connect() as connection:
+        driver = connection.connection.driver_connection
+        assert driver is not None
+        driver.execute("PRAGMA synchronous=FULL")
+        try:
+            with connection.begin():
+                cursor = driver.cursor()
+                cursor.execute(_SQLITE_INSERT, (source, now.isoformat(" "), orjson.dumps(rows)))
+                return int(cursor.rowcount)
+        finally:
+            driver.execute("PRAGMA synchronous=NORMAL")
 
 
 def _copy(connection: sa.Connection, table: str, rows: list[EventRow], source: str, now: datetime) -> None:
     cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
     with cursor.copy(f"COPY {table} ({_COLUMN_LIST}) FROM STDIN (FORMAT BINARY)") as copy:
-        copy.set_types(_POSTGRESQL_TYPES)
+        copy.set_types(POSTGRESQL_COPY_TYPES)
         tail = (source, now)
         for row in rows:
             copy.write_row(row + tail)
@@ -94,12 +105,8 @@ def store_rows(engine: Engine, rows: Sequence[EventRow], source: str = "http") -
     """Insert ``rows`` (of validated events) in one transaction; how many were new."""
     now = datetime.now(UTC)
     unique = list({row[0]: row for row in rows}.values())  # a batch's own repeats once
-    if engine.dialect.name == "postgresql":
-        stored = _store_postgresql(engine, unique, source, now)
-    else:
-        with engine.begin() as connection:
-            stored = _insert_sqlite(connection, unique, source, now)
-    return Stored(len(rows), stored)
+    store = _store_postgresql if engine.dialect.name == "postgresql" else _store_sqlite
+    return Stored(len(rows), store(engine, unique, source, now))
 
 
 def store_events(engine: Engine, batch: Sequence[Event], source: str = "http") -> Stored:
