@@ -204,3 +204,9 @@ def test_common_bodies_take_the_fast_path() -> None:
     assert _agree([event], orjson.dumps({"events": [event]}), wrapped=True)
     assert fast_rows(orjson.dumps({"events": [event], "more": 1}), wrapped=True) is None
     assert fast_rows(orjson.dumps(event)) is None  # a list is expected there (stream entries)
+    assert _agree([{**event, "price": 16.991500000000002, "properties": {"note": "<é>"}}])
+    # a long fraction of a second (rounded by msgspec, truncated by pydantic), even escaped: the model's
+    for stamp in (b"10:00:00.2500001", b"10:00:00\\u002e2500001"):
+        body = orjson.dumps([event]).replace(b"10:00:00.25", stamp)
+        assert fast_rows(body) is None, body
+        assert _model_rows(body) is not None
