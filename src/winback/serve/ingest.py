@@ -68,7 +68,8 @@ def _store_sqlite(engine: Engine, rows: list[EventRow], source: str, now: dateti
         try:
             with connection.begin():
                 cursor = driver.cursor()
-                cursor.execute(_SQLITE_INSERT, (source, now.isoformat(" "), orjson.dumps(rows)))
+                batch = orjson.dumps(rows).decode()  # text: SQLite 3.45+ would read bytes as binary JSONB
+                cursor.execute(_SQLITE_INSERT, (source, now.isoformat(" "), batch))
                 return int(cursor.rowcount)
         finally:
             driver.execute("PRAGMA synchronous=NORMAL")
