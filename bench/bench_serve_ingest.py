@@ -8,7 +8,8 @@ fresh database; ``--clients`` threads post pre-encoded JSON batches of simulated
 (``--batch`` per request) as fast as the service answers. The baseline, run in the same command on the
 same kind of database, is the storage alone: :func:`winback.serve.ingest.store_rows` on the rows of
 already validated events, in-process, no HTTP. The ratio is service rate / storage rate (how much of
-the database's own speed the HTTP path keeps). With ``--floor``, also the driver's own floor on the same
+the database's own speed the HTTP path keeps); the server processes' CPU time per event is printed too,
+steadier than rates on a shared machine. With ``--floor``, also the driver's own floor on the same
 rows: a bare ``executemany`` (SQLite) or binary ``COPY`` (PostgreSQL) into the table, without
 idempotency. Target (issue 6): 30,000 events/s or more, with SQLite and with PostgreSQL.
 """
@@ -33,6 +34,7 @@ from typing import Any
 
 import httpx2 as httpx
 import orjson
+import psutil
 import sqlalchemy as sa
 
 from winback.events.model import Event, EventRow
@@ -137,9 +139,19 @@ def driver_floor(kind: str, home: Path, n: int, batch: int) -> float:
     return n / took
 
 
+def _cpu_seconds(process: psutil.Process) -> float:
+    """User + system CPU seconds of ``process`` and its children (the uvicorn workers)."""
+    total = 0.0
+    for p in (process, *process.children(recursive=True)):
+        times = p.cpu_times()
+        total += times.user + times.system
+    return total
+
+
 def service_rate(
     url: str, home: Path, events: list[dict[str, object]], batch: int, clients: int, workers: int = 1
-) -> float:
+) -> tuple[float, float]:
+    """(events/s stored through the service, server CPU µs per event)."""
     env = {**os.environ, "WINBACK_HOME": str(home), "WINBACK_DATABASE_URL": url}
     made = subprocess.run(
         [sys.executable, "-m", "winback.cli", "keys", "create", "--scope", "write", "--json"],
@@ -171,12 +183,15 @@ def service_rate(
                         failures.append(f"{reply.status_code} {reply.text[:200]}")
 
         threads = [threading.Thread(target=post, args=(bodies[c::clients],)) for c in range(clients)]
+        watched = psutil.Process(server.pid)
+        cpu = _cpu_seconds(watched)
         start = time.perf_counter()
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         took = time.perf_counter() - start
+        cpu = _cpu_seconds(watched) - cpu
         if failures:
             raise SystemExit(f"{len(failures)} requests failed, first: {failures[0]}")
         engine = make_engine(url)
@@ -184,7 +199,7 @@ def service_rate(
         engine.dispose()
         if stored != len(events):
             raise SystemExit(f"stored {stored:,} of {len(events):,} events")
-        return len(events) / took
+        return len(events) / took, cpu / len(events) * 1e6
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -211,7 +226,7 @@ def main() -> None:
             home = Path(tmp)
             with fresh_database(kind, home / "a") as url:
                 events = make_events(args.events, "h")
-                service = service_rate(url, home / "a", events, args.batch, args.clients, args.workers)
+                service, cpu = service_rate(url, home / "a", events, args.batch, args.clients, args.workers)
             storage = storage_baseline(kind, home / "b", args.events, args.batch)
             floor = (
                 f"   driver floor {driver_floor(kind, home / 'c', args.events, args.batch):>9,.0f}/s"
@@ -221,7 +236,7 @@ def main() -> None:
         print(
             f"{kind:<11} POST /v1/events {service:>9,.0f} events/s   storage alone {storage:>9,.0f} events/s"
             f"   ratio {service / storage:.2f}   target 30,000: {'met' if service >= 30_000 else 'NOT met'}"
-            + floor
+            f"   (server CPU {cpu:.1f} µs/event)" + floor
         )
 
 

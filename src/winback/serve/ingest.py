@@ -1,13 +1,14 @@
 """Storing received events: one transaction per batch, each ``event_id`` once.
 
 A batch is validated whole before anything is written (:mod:`winback.events.json_batch`, with
-:class:`winback.events.model.Event` as the judge), then stored in one statement per batch so that a client
-that retries a batch after a timeout, or two paths delivering the same event, store it once; the reply
-counts both:
+:class:`winback.events.model.Event` as the judge), then inserted so that a client that retries a batch
+after a timeout, or two paths delivering the same event, store it once; the reply counts both:
 
-- SQLite: one ``INSERT OR IGNORE ... SELECT ... FROM json_each(?)`` of the batch as one JSON parameter.
-  SQLite parses it in C with Python's lock released for the whole statement (an ``executemany`` takes and
-  gives back that lock at every row, and then waits on the threads parsing the next requests).
+- SQLite: multi-row ``INSERT OR IGNORE ... VALUES (...), (...)`` of up to 256 rows per statement (a few
+  prepared statements of fixed sizes, cached). Python's lock is released once per statement, where an
+  ``executemany`` releases and takes it back at every row and then waits on the threads decoding the next
+  requests; and binding values costs SQLite less than reading them out of one JSON parameter
+  (``json_each``: about 3 µs more CPU an event).
 - PostgreSQL: a binary ``COPY`` straight into ``events``; when a row is already there (a retried
   batch, a redelivered stream entry) the transaction is rolled back and the batch goes through a
   temporary table and ``INSERT ... ON CONFLICT (event_id) DO NOTHING``.
@@ -15,11 +16,12 @@ counts both:
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-import orjson
 import psycopg
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -30,15 +32,12 @@ from winback.serve.db import events as events_table
 COLUMNS = (*ROW_FIELDS, "source", "received_at")
 _COLUMN_LIST = ", ".join(COLUMNS)
 
-#: Element i of each row's JSON array into column i; SQLite stores times as ``isoformat(" ")`` text.
-_SQLITE_INSERT = (
-    f"INSERT OR IGNORE INTO events ({_COLUMN_LIST}) SELECT "
-    + ", ".join(
-        "replace(value ->> 2, 'T', ' ')" if name == "timestamp" else f"value ->> {i}"
-        for i, name in enumerate(ROW_FIELDS)
-    )
-    + ", ?, ? FROM json_each(?)"
-)
+#: SQLite INSERTs of 256, 64, 16, 4 and 1 rows: a batch is cut into these sizes, largest first.
+_SQLITE_INSERTS = {
+    size: f"INSERT OR IGNORE INTO events ({_COLUMN_LIST}) VALUES "
+    + ", ".join([f"({', '.join('?' * len(COLUMNS))})"] * size)
+    for size in (256, 64, 16, 4, 1)
+}
 
 #: The binary COPY types of :data:`COLUMNS`, as the ``events`` table declares them.
 POSTGRESQL_COPY_TYPES = (
@@ -57,20 +56,32 @@ class Stored:
         return self.received - self.stored
 
 
+def _insert_sqlite(driver: sqlite3.Connection, rows: list[EventRow], source: str, now: datetime) -> int:
+    """The rows in multi-row INSERTs; times as text as Python's sqlite3 writes them (``isoformat(" ")``)."""
+    received = now.isoformat(" ")
+    values: list[Any] = []
+    for row in rows:
+        values += (row[0], row[1], row[2].isoformat(" "), *row[3:], source, received)
+    width = len(COLUMNS)
+    most = driver.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // width  # 32766 // 16 since 3.32
+    done = stored = 0
+    for size, sql in _SQLITE_INSERTS.items():
+        while size <= most and len(rows) - done >= size:
+            stored += driver.execute(sql, values[done * width : (done + size) * width]).rowcount
+            done += size
+    return stored
+
+
 def _store_sqlite(engine: Engine, rows: list[EventRow], source: str, now: datetime) -> int:
-    """The batch in one statement, committed with ``synchronous=FULL``: the write-ahead log is flushed to
-    disk before the batch is acknowledged, so it survives a power loss too (the service's other writes
-    keep ``NORMAL``, which survives a crash of the process)."""
+    """The batch in one transaction, committed with ``synchronous=FULL``: the write-ahead log is flushed
+    to disk before the batch is acknowledged, so it survives a power loss too (the service's other
+    writes keep ``NORMAL``, which survives a crash of the process)."""
     with engine.connect() as connection:
-        driver = connection.connection.driver_connection
-        assert driver is not None
+        driver: Any = connection.connection.driver_connection
         driver.execute("PRAGMA synchronous=FULL")
         try:
             with connection.begin():
-                cursor = driver.cursor()
-                batch = orjson.dumps(rows).decode()  # text: SQLite 3.45+ would read bytes as binary JSONB
-                cursor.execute(_SQLITE_INSERT, (source, now.isoformat(" "), batch))
-                return int(cursor.rowcount)
+                return _insert_sqlite(driver, rows, source, now)
         finally:
             driver.execute("PRAGMA synchronous=NORMAL")
 
