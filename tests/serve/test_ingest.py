@@ -84,3 +84,22 @@ def test_a_batch_with_rows_already_stored_stores_only_the_new_ones(database_url:
     assert count_events(engine) == 10
     assert store_events(engine, batch).stored == 0
     engine.dispose()
+
+
+def test_a_column_added_later_keeps_its_default(database_url: str) -> None:
+    """Storage writes its own columns only (a later migration may add one, such as a sequence)."""
+    engine = make_engine(database_url)
+    upgrade(engine)
+    added = "seq BIGSERIAL" if engine.dialect.name == "postgresql" else "seq INTEGER NOT NULL DEFAULT 7"
+    with engine.begin() as connection:
+        connection.exec_driver_sql(f"ALTER TABLE events ADD COLUMN {added}")
+    batch = [
+        Event.model_validate({"event_id": f"e{i}", "event_type": "view", "user_id": "u",
+                              "timestamp": "2024-05-01T10:00:00Z"})
+        for i in range(4)
+    ]  # fmt: skip
+    assert store_events(engine, batch[:2]).stored == 2
+    assert store_events(engine, batch).stored == 2  # the path for batches with stored rows too
+    with engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT count(*) FROM events WHERE seq IS NOT NULL").scalar() == 4
+    engine.dispose()

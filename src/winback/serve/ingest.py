@@ -104,7 +104,10 @@ def _store_postgresql(engine: Engine, rows: list[EventRow], source: str, now: da
         pass  # some are stored already: only the new ones, below
     with engine.begin() as connection:
         cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
-        cursor.execute("CREATE TEMP TABLE IF NOT EXISTS incoming_events (LIKE events) ON COMMIT DELETE ROWS")
+        cursor.execute(  # only the columns written here: a column added later keeps its default
+            "CREATE TEMP TABLE IF NOT EXISTS incoming_events ON COMMIT DELETE ROWS "
+            f"AS SELECT {_COLUMN_LIST} FROM events WITH NO DATA"
+        )
         _copy(connection, "incoming_events", rows, source, now)
         cursor.execute(
             f"INSERT INTO events ({_COLUMN_LIST}) SELECT {_COLUMN_LIST} FROM incoming_events "
