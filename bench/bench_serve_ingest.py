@@ -9,8 +9,8 @@ fresh database; ``--clients`` threads post pre-encoded JSON batches of simulated
 same kind of database, is the storage alone: :func:`winback.serve.ingest.store_rows` on the rows of
 already validated events, in-process, no HTTP. The ratio is service rate / storage rate (how much of
 the database's own speed the HTTP path keeps); the server processes' CPU time per event is printed too,
-steadier than rates on a shared machine. With ``--floor``, also the driver's own floor on the same
-rows: a bare ``executemany`` (SQLite) or binary ``COPY`` (PostgreSQL) into the table, without
+steadier than rates on a shared machine. With ``--floor``, also the bare driver on the same rows, a
+reference point: a plain ``executemany`` (SQLite) or binary ``COPY`` (PostgreSQL) into the table, without
 idempotency. Target (issue 6): 30,000 events/s or more, with SQLite and with PostgreSQL.
 """
 
@@ -106,7 +106,7 @@ def storage_baseline(kind: str, home: Path, n: int, batch: int) -> float:
     return n / took
 
 
-def driver_floor(kind: str, home: Path, n: int, batch: int) -> float:
+def bare_driver(kind: str, home: Path, n: int, batch: int) -> float:
     """Events/s of the bare driver on the same rows, one transaction per batch: ``executemany`` of
     finished tuples (SQLite, times as text) or binary ``COPY`` straight into ``events`` (PostgreSQL)."""
     now = datetime.now(UTC)
@@ -214,7 +214,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=2)
     parser.add_argument("--workers", type=int, default=1, help="winback serve --workers")
     parser.add_argument("--database", choices=("sqlite", "postgresql", "both"), default="both")
-    parser.add_argument("--floor", action="store_true", help="also the bare driver insert of the same rows")
+    parser.add_argument("--floor", action="store_true", help="also the bare driver's insert of the same rows")
     args = parser.parse_args()
     kinds = ("sqlite", "postgresql") if args.database == "both" else (args.database,)
     print(
@@ -229,7 +229,7 @@ def main() -> None:
                 service, cpu = service_rate(url, home / "a", events, args.batch, args.clients, args.workers)
             storage = storage_baseline(kind, home / "b", args.events, args.batch)
             floor = (
-                f"   driver floor {driver_floor(kind, home / 'c', args.events, args.batch):>9,.0f}/s"
+                f"   bare driver {bare_driver(kind, home / 'c', args.events, args.batch):>9,.0f}/s"
                 if args.floor
                 else ""
             )
