@@ -59,6 +59,7 @@ def test_an_event_without_id_is_identified_by_its_content(client: TestClient, au
         ({"user_id": None}, None, "user_id: a user_id or an anonymous_id"),
         ({"prize": 3}, "prize", "Extra inputs"),
         ({"properties": [1, 2]}, "properties", "dictionary"),
+        ({"session_id": "s\x00"}, "session_id", "NUL"),  # PostgreSQL cannot store it
     ],
 )
 def test_a_bad_event_is_refused_naming_the_field_and_nothing_is_written(

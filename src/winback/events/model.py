@@ -4,7 +4,8 @@ The same rules as file ingest (:mod:`winback.events.normalize`), written for one
 a known event type; a timestamp with a time zone, after ``min_timestamp`` and at most ``max_future``
 ahead; a user or anonymous id; a product on cart events; non-negative finite money; a whole quantity from
 1 to 1,000,000; a three-letter currency; properties as a JSON object. Unknown fields are refused by name
-(a typo must not silently drop data). An event without an ``event_id`` gets one from its content, so
+(a typo must not silently drop data), and so is a NUL character in a text field (PostgreSQL cannot store
+one, and SQLite would cut the text there). An event without an ``event_id`` gets one from its content, so
 the same event sent twice is stored once.
 
 >>> event = Event.model_validate({"event_type": "view", "timestamp": "2024-05-01T10:00:00Z",
@@ -45,6 +46,15 @@ _MAX_FUTURE_S = MAX_FUTURE.total_seconds()
 
 Id = Field(default=None, min_length=1, max_length=200)
 
+#: An event as a row of the service's ``events`` table: the values of :data:`ROW_FIELDS` in that order
+#: (the table's first columns; storage adds ``source`` and ``received_at``), the timestamp in UTC and the
+#: properties as JSON text.
+EventRow = tuple[Any, ...]
+ROW_FIELDS = (
+    "event_id", "event_type", "timestamp", "user_id", "anonymous_id", "session_id", "product_id",
+    "category", "price", "quantity", "order_id", "value", "currency", "properties",
+)  # fmt: skip
+
 
 class Event(BaseModel):
     """One behaviour event (see :data:`winback.events.schema.EVENT_SCHEMA` for the columns)."""
@@ -65,6 +75,15 @@ class Event(BaseModel):
     value: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")
     properties: dict[str, Any] | None = None
+
+    @field_validator(
+        "event_id", "user_id", "anonymous_id", "session_id", "product_id", "category", "order_id", "currency"
+    )
+    @classmethod
+    def _no_nul(cls, value: str | None) -> str | None:
+        if value is not None and "\x00" in value:
+            raise ValueError("text without NUL characters (\\u0000)")
+        return value
 
     @field_validator("timestamp")
     @classmethod
@@ -106,19 +125,22 @@ class Event(BaseModel):
             if number is not None and not math.isfinite(number):
                 raise ValueError(f"{name}: a finite number")
         if self.event_id is None:
-            object.__setattr__(self, "event_id", content_id(self))
+            fields = self.model_dump(mode="json", exclude={"event_id"})
+            object.__setattr__(self, "event_id", content_id(fields))
         return self
 
-    def row(self, source: str, received_at: datetime) -> dict[str, Any]:
-        """The event as a row of the service's ``events`` table."""
-        data = self.model_dump(exclude={"properties"})
-        data["properties"] = orjson.dumps(self.properties).decode() if self.properties is not None else None
-        data["source"], data["received_at"] = source, received_at
-        return data
+    def as_row(self) -> EventRow:
+        """The event as a row of the service's ``events`` table (:data:`ROW_FIELDS`)."""
+        properties = orjson.dumps(self.properties).decode() if self.properties is not None else None
+        return (
+            self.event_id, self.event_type, self.timestamp, self.user_id, self.anonymous_id,
+            self.session_id, self.product_id, self.category, self.price, self.quantity, self.order_id,
+            self.value, self.currency, properties,
+        )  # fmt: skip
 
 
-def content_id(event: Event) -> str:
-    """A stable id of an event's content (for events sent without one): 32 hex digits."""
-    body = event.model_dump(mode="json", exclude={"event_id"})
-    digest = hashlib.md5(orjson.dumps(body, option=orjson.OPT_SORT_KEYS), usedforsecurity=False)
+def content_id(fields: dict[str, Any]) -> str:
+    """A stable id of an event's content (for events sent without one): 32 hex digits of the md5 of its
+    fields but ``event_id`` as JSON (``Event.model_dump(mode="json")``) with sorted keys."""
+    digest = hashlib.md5(orjson.dumps(fields, option=orjson.OPT_SORT_KEYS), usedforsecurity=False)
     return "content:" + digest.hexdigest()

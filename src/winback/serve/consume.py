@@ -42,8 +42,9 @@ from sqlalchemy.engine import Engine
 
 from winback.config import Settings
 from winback.errors import WinbackError
-from winback.events.model import Event
-from winback.serve.ingest import store_events
+from winback.events.json_batch import fast_rows
+from winback.events.model import Event, EventRow
+from winback.serve.ingest import store_rows
 from winback.serve.metrics import Metrics
 
 log = logging.getLogger("winback.consume")
@@ -94,11 +95,12 @@ def _entry_json(fields: dict[bytes, bytes]) -> bytes:
     raise ValueError(f"expected a field 'event' (one event's JSON) or 'events' (a JSON list); found {names}")
 
 
-def parse_entries(entries: list[Entry]) -> tuple[list[Event], list[tuple[bytes, dict[bytes, bytes], str]]]:
-    """The valid events of ``entries`` and the bad entries with their reason.
+def parse_entries(entries: list[Entry]) -> tuple[list[EventRow], list[tuple[bytes, dict[bytes, bytes], str]]]:
+    """The rows of the valid events of ``entries`` and the bad entries with their reason.
 
-    The fast path validates all the entries' events as one JSON list in one call; only when that fails
-    is each entry validated alone, to tell the good from the bad.
+    All the entries' events are decoded as one JSON list in one call (:func:`fast_rows`, then the model
+    if that does not take it); only when that fails is each entry validated alone, to tell the good from
+    the bad.
     """
     parts: list[bytes] = []
     dead: list[tuple[int, bytes, dict[bytes, bytes], str]] = []
@@ -114,20 +116,26 @@ def parse_entries(entries: list[Entry]) -> tuple[list[Event], list[tuple[bytes, 
         if body:
             parts.append(body)
             kept.append((position, entry_id, fields, body))
-    events: list[Event] = []
+    rows: list[EventRow] = []
     if parts:
         try:
-            events = _BATCH.validate_json(b"[" + b",".join(parts) + b"]")
+            rows = _validate(b"[" + b",".join(parts) + b"]")
             parts = []
         except ValidationError:
             pass
     if parts:
         for position, entry_id, fields, body in kept:
             try:
-                events += _BATCH.validate_json(b"[" + body + b"]")
+                rows += _validate(b"[" + body + b"]")
             except ValidationError as error:
                 dead.append((position, entry_id, fields, _reason(error, b"event" not in fields)))
-    return events, [(entry_id, fields, reason) for _, entry_id, fields, reason in sorted(dead)]
+    return rows, [(entry_id, fields, reason) for _, entry_id, fields, reason in sorted(dead)]
+
+
+def _validate(body: bytes) -> list[EventRow]:
+    """The rows of a JSON list of events, or the model's ValidationError."""
+    rows = fast_rows(body)
+    return rows if rows is not None else [event.as_row() for event in _BATCH.validate_json(body)]
 
 
 class StreamConsumer:
@@ -197,11 +205,11 @@ class StreamConsumer:
         return reply[0][1] if reply else []
 
     def commit(
-        self, entries: list[Entry], events: list[Event], dead: list[tuple[bytes, dict[bytes, bytes], str]]
+        self, entries: list[Entry], events: list[EventRow], dead: list[tuple[bytes, dict[bytes, bytes], str]]
     ) -> None:
         """Store ``events`` in one transaction, then dead-letter ``dead`` and acknowledge all ``entries``
         in one MULTI."""
-        stored = store_events(self.engine, events, "redis") if events else None
+        stored = store_rows(self.engine, events, "redis") if events else None
         pipe = self.client.pipeline(transaction=True)
         for entry_id, fields, reason in dead:
             pipe.xadd(
