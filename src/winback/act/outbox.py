@@ -55,6 +55,7 @@ __all__ = [
     "renew",
     "retry",
     "schedule",
+    "schedule_in",
 ]
 
 #: Characters of coupon codes: no 0/O or 1/I/L to misread.
@@ -167,7 +168,7 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
         connection.commit()
 
 
-def _insert(engine: Engine, table: sa.Table) -> Any:
+def _insert(engine: Engine | Connection, table: sa.Table) -> Any:
     dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
     return dialect.insert(table)
 
@@ -280,117 +281,134 @@ def schedule(
         Counts, and the ids of the rows added. Scheduling the same decisions again adds nothing (the
         idempotency key is unique).
     """
+    with write_transaction(engine) as connection:
+        return schedule_in(
+            connection, decisions, contacts, carts=carts, products=products,
+            coupon_valid_days=coupon_valid_days, currency=currency, now=now,
+        )  # fmt: skip
+
+
+def schedule_in(
+    connection: Connection,
+    decisions: Any,
+    contacts: Mapping[str, Contact],
+    *,
+    carts: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+    products: Mapping[str, Mapping[str, Any]] | None = None,
+    coupon_valid_days: float = 7.0,
+    currency: str = "USD",
+    now: datetime | None = None,
+) -> Scheduled:
+    """:func:`schedule` in the caller's (write) transaction, e.g. with the decisions being logged."""
     now = as_utc(now) if now is not None else utcnow()
     products = products or {}
     result = Scheduled()
     rows: list[dict[str, Any]] = []
-    with engine.connect() as connection:
-        for i, record in enumerate(_records(decisions)):
-            action = str(record.get("action") or "nothing")
-            channel = record.get("channel")
-            if action == "nothing" or _missing(channel):
-                continue
-            where = f"decisions, row {i}"
-            user = record.get("user_id")
-            if _missing(user):
-                raise BadInputError(f"{where}: user_id is empty; expected the customer's id")
-            user = str(user)
-            if _missing(record.get("send_at")):
-                raise BadInputError(f"{where}: send_at is empty; expected when the message goes out")
-            send_at = _timestamp(record["send_at"], where)
-            cart = None if _missing(record.get("cart_id")) else str(record["cart_id"])
-            contact = contacts.get(user)
-            address = contact.address(str(channel)) if contact else None
-            if not address:
-                reason = f"no {channel} address"
-                result.skipped[reason] = result.skipped.get(reason, 0) + 1
-                continue
-            percent = float(record.get("coupon") or 0.0)
-            recommended = str(record.get("recommended") or "").split()
-            if carts is not None:
-                items = [dict(item) for item in carts.get(cart or "", ())]
-            else:
-                items = cart_items(connection, user, cart)
-            for item in items:
-                item.update(
-                    {k: v for k, v in products.get(str(item.get("product_id")), {}).items() if k not in item}
-                )
-            decision_id = decision_key(user, cart, action, send_at)
-            payload: dict[str, Any] = {
-                "action": action,
-                "customer": {"user_id": user, "name": contact.name if contact else None},
-                "cart": {
-                    "id": cart,
-                    "items": items,
-                    "currency": currency,
-                    "value": round(
-                        sum(float(i.get("price") or 0) * int(i.get("quantity") or 1) for i in items), 2
-                    ),
-                },
-                "recommendations": [{"product_id": p, **products.get(p, {})} for p in recommended],
-                "coupon": None,
-            }
-            if percent > 0:
-                expires = send_at + timedelta(days=coupon_valid_days)
-                payload["coupon"] = {
-                    "code": coupon_code(),
-                    "percent": round(percent, 6),
-                    "expires_at": expires.isoformat(),
-                }
-            rows.append(
-                {
-                    "idempotency_key": idempotency_key(decision_id),
-                    "decision_id": decision_id,
-                    "user_id": user,
-                    "cart_id": cart,
-                    "channel": str(channel),
-                    "recipient": address,
-                    "template": "coupon" if percent > 0 else "reminder",
-                    "payload": json.dumps(payload, default=str),
-                    "utc_offset_minutes": contact.utc_offset_minutes if contact else 0,
-                    "send_at": send_at,
-                    "status": "scheduled",
-                    "attempts": 0,
-                    "next_attempt_at": send_at,
-                    "created_at": now,
-                    "updated_at": now,
-                }
+    for i, record in enumerate(_records(decisions)):
+        action = str(record.get("action") or "nothing")
+        channel = record.get("channel")
+        if action == "nothing" or _missing(channel):
+            continue
+        where = f"decisions, row {i}"
+        user = record.get("user_id")
+        if _missing(user):
+            raise BadInputError(f"{where}: user_id is empty; expected the customer's id")
+        user = str(user)
+        if _missing(record.get("send_at")):
+            raise BadInputError(f"{where}: send_at is empty; expected when the message goes out")
+        send_at = _timestamp(record["send_at"], where)
+        cart = None if _missing(record.get("cart_id")) else str(record["cart_id"])
+        contact = contacts.get(user)
+        address = contact.address(str(channel)) if contact else None
+        if not address:
+            reason = f"no {channel} address"
+            result.skipped[reason] = result.skipped.get(reason, 0) + 1
+            continue
+        percent = float(record.get("coupon") or 0.0)
+        recommended = str(record.get("recommended") or "").split()
+        if carts is not None:
+            items = [dict(item) for item in carts.get(cart or "", ())]
+        else:
+            items = cart_items(connection, user, cart)
+        for item in items:
+            item.update(
+                {k: v for k, v in products.get(str(item.get("product_id")), {}).items() if k not in item}
             )
+        decision_id = decision_key(user, cart, action, send_at)
+        payload: dict[str, Any] = {
+            "action": action,
+            "customer": {"user_id": user, "name": contact.name if contact else None},
+            "cart": {
+                "id": cart,
+                "items": items,
+                "currency": currency,
+                "value": round(
+                    sum(float(i.get("price") or 0) * int(i.get("quantity") or 1) for i in items), 2
+                ),
+            },
+            "recommendations": [{"product_id": p, **products.get(p, {})} for p in recommended],
+            "coupon": None,
+        }
+        if percent > 0:
+            expires = send_at + timedelta(days=coupon_valid_days)
+            payload["coupon"] = {
+                "code": coupon_code(),
+                "percent": round(percent, 6),
+                "expires_at": expires.isoformat(),
+            }
+        rows.append(
+            {
+                "idempotency_key": idempotency_key(decision_id),
+                "decision_id": decision_id,
+                "user_id": user,
+                "cart_id": cart,
+                "channel": str(channel),
+                "recipient": address,
+                "template": "coupon" if percent > 0 else "reminder",
+                "payload": json.dumps(payload, default=str),
+                "utc_offset_minutes": contact.utc_offset_minutes if contact else 0,
+                "send_at": send_at,
+                "status": "scheduled",
+                "attempts": 0,
+                "next_attempt_at": send_at,
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
     if not rows:
         return result
     keys = [r["idempotency_key"] for r in rows]
-    with write_transaction(engine) as connection:
-        insert = (
-            _insert(engine, outbox)
-            .on_conflict_do_nothing(index_elements=["idempotency_key"])
-            .returning(outbox.c.id, outbox.c.user_id, outbox.c.payload)
-        )
-        mine: list[Any] = []
-        for start in range(0, len(rows), _CHUNK):
-            mine += connection.execute(insert, rows[start : start + _CHUNK]).all()
-        result.ids = sorted(int(r.id) for r in mine)
-        result.scheduled = len(mine)
-        result.already = len(set(keys)) - len(mine)
-        codes = []
-        for row in mine:
-            coupon = json.loads(row.payload)["coupon"]
-            if coupon:
-                codes.append(
-                    {
-                        "code": coupon["code"],
-                        "user_id": row.user_id,
-                        "message_id": row.id,
-                        "percent": coupon["percent"],
-                        "status": "issued",
-                        "created_at": now,
-                        "expires_at": datetime.fromisoformat(coupon["expires_at"]),
-                    }
-                )
-        if codes:
-            connection.execute(
-                _insert(engine, coupons).on_conflict_do_nothing(index_elements=["message_id"]), codes
+    insert = (
+        _insert(connection, outbox)
+        .on_conflict_do_nothing(index_elements=["idempotency_key"])
+        .returning(outbox.c.id, outbox.c.user_id, outbox.c.payload)
+    )
+    mine: list[Any] = []
+    for start in range(0, len(rows), _CHUNK):
+        mine += connection.execute(insert, rows[start : start + _CHUNK]).all()
+    result.ids = sorted(int(r.id) for r in mine)
+    result.scheduled = len(mine)
+    result.already = len(set(keys)) - len(mine)
+    codes = []
+    for row in mine:
+        coupon = json.loads(row.payload)["coupon"]
+        if coupon:
+            codes.append(
+                {
+                    "code": coupon["code"],
+                    "user_id": row.user_id,
+                    "message_id": row.id,
+                    "percent": coupon["percent"],
+                    "status": "issued",
+                    "created_at": now,
+                    "expires_at": datetime.fromisoformat(coupon["expires_at"]),
+                }
             )
-        result.coupons = len(codes)
+    if codes:
+        connection.execute(
+            _insert(connection, coupons).on_conflict_do_nothing(index_elements=["message_id"]), codes
+        )
+    result.coupons = len(codes)
     return result
 
 
@@ -599,21 +617,25 @@ def release(engine: Engine, messages: Sequence[Message], worker: str) -> int:
 def cancel(engine: Engine, ids: Sequence[int], reason: str = "cancelled by hand") -> int:
     """Cancel scheduled (not yet claimed) messages; how many were."""
     with write_transaction(engine) as connection:
-        changed = (
-            connection.execute(
-                outbox.update()
-                .where(outbox.c.id.in_(list(ids)), outbox.c.status == "scheduled")
-                .values(status="cancelled", last_error=reason, updated_at=utcnow())
-                .returning(outbox.c.id)
-            )
-            .scalars()
-            .all()
-        )
-        if changed:
-            connection.execute(
-                coupons.update().where(coupons.c.message_id.in_(changed)).values(status="void")
-            )
-    return len(changed)
+        return len(cancel_in(connection, outbox.c.id.in_(list(ids)), reason))
+
+
+def cancel_in(connection: Connection, which: Any, reason: str) -> list[int]:
+    """Cancel the scheduled messages matching ``which`` (a condition on ``outbox``) in the caller's
+    transaction, their coupons void; the ids cancelled. Claimed messages are left to the worker's
+    send-time re-check."""
+    changed = [
+        int(i)
+        for i in connection.execute(
+            outbox.update()
+            .where(which, outbox.c.status == "scheduled")
+            .values(status="cancelled", last_error=reason[:2000], updated_at=utcnow())
+            .returning(outbox.c.id)
+        ).scalars()
+    ]
+    if changed:
+        connection.execute(coupons.update().where(coupons.c.message_id.in_(changed)).values(status="void"))
+    return changed
 
 
 def outbox_counts(engine: Engine) -> dict[str, int]:

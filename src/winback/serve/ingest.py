@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from winback.events.model import Event
+from winback.serve.db import EVENT_COLUMNS
 from winback.serve.db import events as events_table
 
 
@@ -32,7 +33,7 @@ class Stored:
 def _insert_sqlite(connection: sa.Connection, rows: list[dict[str, object]]) -> int:
     """One ``INSERT OR IGNORE`` executemany through the driver, values converted by SQLAlchemy's own bind
     processors (so reads through SQLAlchemy see the same types): about 1.5x SQLAlchemy's executemany."""
-    columns = list(events_table.columns)
+    columns = [events_table.c[name] for name in EVENT_COLUMNS]
     dialect = connection.dialect
     convert = [(c.name, c.type.bind_processor(dialect)) for c in columns]
     values = [[f(row[name]) if f else row[name] for name, f in convert] for row in rows]
@@ -48,7 +49,7 @@ def _insert_sqlite(connection: sa.Connection, rows: list[dict[str, object]]) -> 
 def _insert_postgresql(connection: sa.Connection, rows: list[dict[str, object]]) -> int:
     """COPY into a temporary table, then one INSERT ... ON CONFLICT DO NOTHING: about 15x the rows per
     second of a multi-row INSERT through the driver."""
-    columns = [c.name for c in events_table.columns]
+    columns = list(EVENT_COLUMNS)
     cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
     cursor.execute("CREATE TEMP TABLE IF NOT EXISTS incoming_events (LIKE events) ON COMMIT DELETE ROWS")
     with cursor.copy(f"COPY incoming_events ({', '.join(columns)}) FROM STDIN") as copy:
