@@ -44,7 +44,9 @@ def users(n: int, *, held: bool) -> list[str]:
     return [u for u, h in zip(candidates, in_holdout(candidates), strict=True) if h == held][:n]
 
 
-def add(user: str, cart: str | None, product: str, at: datetime, price: float = 20.0, **extra: Any) -> dict[str, Any]:
+def add(
+    user: str, cart: str | None, product: str, at: datetime, price: float = 20.0, **extra: Any
+) -> dict[str, Any]:
     event = {"event_id": f"{user}-{product}-{at.timestamp()}", "event_type": "add_to_cart", "user_id": user,
              "product_id": product, "price": price, "timestamp": at.isoformat(), **extra}  # fmt: skip
     if cart is not None:
@@ -59,7 +61,8 @@ def post(client: TestClient, auth: dict[str, str], body: list[dict[str, Any]]) -
 
 def consent(client: TestClient, auth: dict[str, str], user: str, **channels: bool) -> None:
     body = {"email": f"{user}@example.com", "phone": "+4915112345678", "time_zone": "Europe/Berlin",
-            "consent": channels or {"email": True}, "consent_at": (BASE - timedelta(days=30)).isoformat()}  # fmt: skip
+            "consent": channels or {"email": True},
+            "consent_at": (BASE - timedelta(days=30)).isoformat()}  # fmt: skip
     reply = client.put(f"/v1/customers/{user}", json=body, headers=auth)
     assert reply.status_code == 200, reply.text
 
@@ -87,13 +90,20 @@ def test_an_idle_cart_is_decided_once_at_its_threshold(
     engine = engine_of(client)
     (user,) = users(1, held=False)
     consent(client, auth, user)
-    post(client, auth, [add(user, "s1", "p1", BASE - timedelta(minutes=10)), add(user, "s1", "p2", BASE, 5.0)])
+    post(
+        client, auth, [add(user, "s1", "p1", BASE - timedelta(minutes=10)), add(user, "s1", "p2", BASE, 5.0)]
+    )
     post(client, auth, [{"event_id": "v1", "event_type": "view", "user_id": user, "session_id": "s1",
-                         "product_id": "p3", "timestamp": (BASE + timedelta(minutes=5)).isoformat()}])  # fmt: skip
+                         "product_id": "p3",
+                         "timestamp": (BASE + timedelta(minutes=5)).isoformat()}])  # fmt: skip
     assert detector.tick() == (3, 0)  # folded in; not idle yet
     (cart,) = rows(engine, carts)
     assert (cart["cart_id"], cart["user_key"], cart["status"], cart["n_items"], cart["value"]) == (
-        "s1", user, "open", 2, 25.0
+        "s1",
+        user,
+        "open",
+        2,
+        25.0,
     )
     due = BASE + timedelta(minutes=35)  # the view kept the cart alive: 30 minutes after it
     assert detector.next_due() == due
@@ -104,19 +114,26 @@ def test_an_idle_cart_is_decided_once_at_its_threshold(
     assert detector.tick() == (0, 1)
     assert detector.tick() == (0, 0)  # decided once
     (decision,) = rows(engine, decisions)
-    assert decision["cart_id"] == "s1" and decision["action"] == "reminder/email/10h"
-    assert decision["policy"] == "static-10h" and decision["propensity"] == 1.0 and not decision["holdout"]
+    assert decision["cart_id"] == "s1"
+    assert decision["action"] == "reminder/email/10h"
+    assert decision["policy"] == "static-10h"
+    assert decision["propensity"] == 1.0
+    assert not decision["holdout"]
     context = json.loads(decision["context"])
-    assert context["consent"] == ["email"] and context["n_items"] == 2 and context["value"] == 25.0
+    assert context["consent"] == ["email"]
+    assert context["n_items"] == 2
+    assert context["value"] == 25.0
     assert context["utc_offset_minutes"] == 60  # Europe/Berlin in November
     (message,) = rows(engine, outbox)
-    assert message["recipient"] == f"{user}@example.com" and message["cart_id"] == "s1"
+    assert message["recipient"] == f"{user}@example.com"
+    assert message["cart_id"] == "s1"
     assert message["idempotency_key"] == decision["message_key"]
     sent_at = message["send_at"].replace(tzinfo=UTC)
     assert sent_at == BASE + timedelta(minutes=5, hours=10)  # 10 h after the last activity
     assert [i["product_id"] for i in json.loads(message["payload"])["cart"]["items"]] == ["p1", "p2"]
     assert rows(engine, carts)[0]["status"] == "decided"
-    assert detector.stats.decided == 1 and detector.stats.actions == {"reminder/email/10h": 1}
+    assert detector.stats.decided == 1
+    assert detector.stats.actions == {"reminder/email/10h": 1}
 
 
 def test_holdout_and_unknown_consent_get_nothing(
@@ -132,9 +149,11 @@ def test_holdout_and_unknown_consent_get_nothing(
     clock.now = BASE + timedelta(minutes=31)
     detector.tick()
     found = {d["user_id"]: d for d in rows(engine, decisions)}
-    assert found[held]["action"] == "nothing" and found[held]["holdout"]
+    assert found[held]["action"] == "nothing"
+    assert found[held]["holdout"]
     assert "holdout" in json.loads(found[held]["reasons"])[0]
-    assert found[free]["action"] == "reminder/email/10h" and not found[free]["holdout"]
+    assert found[free]["action"] == "reminder/email/10h"
+    assert not found[free]["holdout"]
     assert found[silent]["action"] == "nothing"  # consent withdrawn
     assert {m["user_id"] for m in rows(engine, outbox)} == {free}  # the holdout on no channel
 
@@ -152,7 +171,8 @@ def test_a_purchase_of_its_items_cancels_the_message_at_once(
     clock.now = BASE + timedelta(minutes=31)
     coupon_detector.tick()
     (message,) = rows(engine, outbox)
-    assert message["status"] == "scheduled" and message["template"] == "coupon"
+    assert message["status"] == "scheduled"
+    assert message["template"] == "coupon"
     assert rows(engine, coupons)[0]["status"] == "issued"
     # two hours later, in another session, the customer buys p2
     later = BASE + timedelta(hours=2)
@@ -162,7 +182,8 @@ def test_a_purchase_of_its_items_cancels_the_message_at_once(
     clock.now = later
     coupon_detector.tick()
     (message,) = rows(engine, outbox)
-    assert message["status"] == "cancelled" and "purchased" in message["last_error"]
+    assert message["status"] == "cancelled"
+    assert "purchased" in message["last_error"]
     assert rows(engine, coupons)[0]["status"] == "void"
     assert coupon_detector.stats.cancelled == 1
     coupon_detector.close()
@@ -176,7 +197,8 @@ def test_a_purchase_before_the_threshold_ends_the_cart(
     consent(client, auth, user)
     post(client, auth, [add(user, "s1", "p1", BASE),
                         {"event_id": "o1", "event_type": "purchase", "user_id": user, "session_id": "s1",
-                         "product_id": "p1", "price": 20.0, "timestamp": (BASE + timedelta(minutes=3)).isoformat()}])  # fmt: skip
+                         "product_id": "p1", "price": 20.0,
+                         "timestamp": (BASE + timedelta(minutes=3)).isoformat()}])  # fmt: skip
     clock.now = BASE + timedelta(hours=1)
     assert detector.tick() == (2, 0)
     assert rows(engine, carts)[0]["status"] == "purchased"
@@ -194,7 +216,8 @@ def test_sessions_without_ids_are_numbered_like_the_batch_pipeline(
     detector.tick()
     found = {c["cart_id"]: c for c in rows(engine, carts)}
     assert set(found) == {f"{user}#1", f"{user}#2"}
-    assert found[f"{user}#1"]["n_items"] == 2 and found[f"{user}#2"]["n_items"] == 1
+    assert found[f"{user}#1"]["n_items"] == 2
+    assert found[f"{user}#2"]["n_items"] == 1
     assert {d["cart_id"] for d in rows(engine, decisions)} == {f"{user}#1"}  # #2 is not idle yet
 
 
@@ -227,7 +250,11 @@ def test_two_detectors_never_decide_a_cart_twice(
     people = users(60, held=False)
     for user in people:
         consent(client, auth, user)
-    post(client, auth, [add(u, f"s-{u}", f"p{i % 7}", BASE + timedelta(seconds=i)) for i, u in enumerate(people)])
+    post(
+        client,
+        auth,
+        [add(u, f"s-{u}", f"p{i % 7}", BASE + timedelta(seconds=i)) for i, u in enumerate(people)],
+    )
     clock.now = BASE + timedelta(minutes=40)
     detectors = [
         Detector(make_engine(service_settings.state_url), service_settings, clock=clock, recommend=False,
@@ -248,7 +275,8 @@ def test_two_detectors_never_decide_a_cart_twice(
         thread.join()
     both = decided[0] + decided[1]
     assert sorted(both) == sorted(f"s-{u}" for u in people)  # every cart once, by one of them
-    assert len(rows(engine, decisions)) == 60 and len(rows(engine, outbox)) == 60
+    assert len(rows(engine, decisions)) == 60
+    assert len(rows(engine, outbox)) == 60
     assert sum(d.stats.events for d in detectors) == 60  # each event folded in once
     for d in detectors:
         d.close()

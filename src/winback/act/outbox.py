@@ -39,6 +39,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from winback.errors import BadInputError
 from winback.serve.db import coupons, deliveries, events, outbox
+from winback.serve.profiles import Profile, read_profiles
 
 __all__ = [
     "Contact",
@@ -650,15 +651,16 @@ class SendFacts:
     """What the send-time re-check reads for a batch of customers."""
 
     purchases: dict[str, datetime]  # last purchase per customer
-    unsubscribed: dict[str, set[str]]  # channels ("*": all) per customer
+    unsubscribed: dict[str, dict[str, datetime]]  # per customer, channel ("*": all) -> last unsubscribe
     last_sent: dict[tuple[str, str], datetime]  # last delivery per (customer, channel)
+    profiles: dict[str, Profile] = field(default_factory=dict)  # the customers' stored profiles
 
 
 def send_facts(engine: Engine, users: Iterable[str]) -> SendFacts:
-    """Last purchases, unsubscribes and last deliveries of ``users`` (a few queries per batch)."""
+    """Last purchases, unsubscribes, last deliveries and profiles of ``users`` (a few queries per batch)."""
     users = sorted(set(users))
     purchases: dict[str, datetime] = {}
-    unsubscribed: dict[str, set[str]] = {}
+    unsubscribed: dict[str, dict[str, datetime]] = {}
     last_sent: dict[tuple[str, str], datetime] = {}
     with engine.connect() as connection:
         for start in range(0, len(users), _CHUNK):
@@ -669,20 +671,23 @@ def send_facts(engine: Engine, users: Iterable[str]) -> SendFacts:
                 .group_by(events.c.user_id)
             ):
                 purchases[user] = as_utc(at)
-            for user, properties in connection.execute(
-                sa.select(events.c.user_id, events.c.properties).where(
+            for user, at, properties in connection.execute(
+                sa.select(events.c.user_id, events.c.timestamp, events.c.properties).where(
                     events.c.user_id.in_(chunk), events.c.event_type == "unsubscribed"
                 )
             ):
                 try:
                     channel = (json.loads(properties) or {}).get("channel") if properties else None
-                except ValueError:
+                except (ValueError, AttributeError):
                     channel = None
-                unsubscribed.setdefault(user, set()).add(str(channel) if channel else "*")
+                mine = unsubscribed.setdefault(user, {})
+                key = str(channel) if channel else "*"
+                mine[key] = max(mine.get(key, as_utc(at)), as_utc(at))
             for user, channel, at in connection.execute(
                 sa.select(deliveries.c.user_id, deliveries.c.channel, sa.func.max(deliveries.c.sent_at))
                 .where(deliveries.c.user_id.in_(chunk))
                 .group_by(deliveries.c.user_id, deliveries.c.channel)
             ):
                 last_sent[(user, channel)] = as_utc(at)
-    return SendFacts(purchases, unsubscribed, last_sent)
+        profiles = read_profiles(connection, users)
+    return SendFacts(purchases, unsubscribed, last_sent, profiles)

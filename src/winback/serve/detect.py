@@ -60,6 +60,7 @@ from winback.act.outbox import (
     decision_key,
     idempotency_key,
     schedule_in,
+    send_facts,
     utcnow,
     write_transaction,
 )
@@ -76,7 +77,6 @@ from winback.serve.carts import Applied, IdleThresholds, apply_events
 from winback.serve.db import carts, decisions, events, outbox
 from winback.serve.feed import Cursor, read_cursor, read_events, save_cursor
 from winback.serve.metrics import DetectorMetrics
-from winback.serve.profiles import read_profiles
 
 __all__ = ["Decided", "Detector", "DetectorStats"]
 
@@ -313,26 +313,14 @@ class Detector:
     def _facts(
         self, connection: Connection, users: Sequence[str], now: datetime
     ) -> tuple[dict[str, CustomerConsent], dict[str, Contact], dict[str, dict[Channel, float]]]:
-        """Consent (profiles less unsubscribes since), contacts, and the last message per channel."""
-        profiles = read_profiles(connection, users)
-        unsubscribed: dict[str, dict[str, datetime]] = {}
-        for user, at, properties in connection.execute(
-            sa.select(events.c.user_id, events.c.timestamp, events.c.properties).where(
-                events.c.user_id.in_(list(profiles)), events.c.event_type == "unsubscribed"
-            )
-        ):
-            try:
-                channel = (json.loads(properties) or {}).get("channel") if properties else None
-            except (ValueError, AttributeError):
-                channel = None
-            mine = unsubscribed.setdefault(user, {})
-            key = str(channel) if channel else "*"
-            mine[key] = max(mine.get(key, as_utc(at)), as_utc(at))
+        """Consent (profiles less unsubscribes since), contacts, and the last message per channel
+        (scheduled or sent: what the frequency caps count)."""
+        facts = send_facts(self.engine, users)
         consent: dict[str, CustomerConsent] = {}
         contacts: dict[str, Contact] = {}
-        for user, profile in profiles.items():
+        for user, profile in facts.profiles.items():
             offset = profile.offset_at(now)
-            consent[user] = CustomerConsent(profile.channels(unsubscribed.get(user)), offset)
+            consent[user] = CustomerConsent(profile.channels(facts.unsubscribed.get(user)), offset)
             contacts[user] = Contact(profile.email, profile.phone, profile.push_token, offset, profile.name)
         last: dict[str, dict[Channel, float]] = {}
         for user, channel, at in connection.execute(
@@ -435,7 +423,11 @@ class Detector:
         rows = []
         for plan_row, log_row in zip(table.to_dict("records"), logged.to_dict("records"), strict=True):
             cart, user, action = str(plan_row["cart_id"]), str(plan_row["user_id"]), str(plan_row["action"])
-            send = None if pd.isna(plan_row["send_at"]) else pd.Timestamp(plan_row["send_at"]).to_pydatetime()
+            send = (
+                None
+                if pd.isna(plan_row["send_at"])
+                else pd.Timestamp(plan_row["send_at"]).floor("us").to_pydatetime()
+            )
             parsed = Action.parse(action)
             policy, version = str(log_row["policy"]), str(log_row["version"])
             profit = log_row["expected_profit"]
