@@ -146,15 +146,15 @@ def _insert(connection: Connection) -> Any:
     return postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
 
 
-def _select_in(connection: Connection, table: sa.Table, column: str, keys: Iterable[str]) -> list[Any]:
+def _select_in(
+    connection: Connection, table: sa.Table, column: str, keys: Iterable[str], *, lock: bool = False
+) -> list[Any]:
+    """Rows whose ``column`` is one of ``keys``; with ``lock``, locked for the transaction (PostgreSQL)."""
     wanted = sorted(set(keys))
     rows: list[Any] = []
     for start in range(0, len(wanted), _CHUNK):
-        rows += (
-            connection.execute(sa.select(table).where(table.c[column].in_(wanted[start : start + _CHUNK])))
-            .mappings()
-            .all()
-        )
+        query = sa.select(table).where(table.c[column].in_(wanted[start : start + _CHUNK]))
+        rows += connection.execute(query.with_for_update() if lock else query).mappings().all()
     return rows
 
 
@@ -233,15 +233,15 @@ def apply_events(
 
     # Carts of the sessions touched, and the other open or decided carts of customers who bought.
     buyers = {str(keys[id(r)]) for r in behaviour if r.event_type == "purchase"}
-    found = {
-        r["cart_id"]: dict(r) for r in _select_in(connection, carts, "cart_id", set(session_of.values()))
-    }
+    # Locked (PostgreSQL): a detector deciding one of them meanwhile skips it, and sees this batch's changes.
+    sessions = set(session_of.values())
+    found = {r["cart_id"]: dict(r) for r in _select_in(connection, carts, "cart_id", sessions, lock=True)}
     for start in range(0, len(sorted(buyers)), _CHUNK):
         chunk = sorted(buyers)[start : start + _CHUNK]
         for row in connection.execute(
-            sa.select(carts).where(
-                carts.c.user_key.in_(chunk), carts.c.status.in_(("open", "deciding", "decided"))
-            )
+            sa.select(carts)
+            .where(carts.c.user_key.in_(chunk), carts.c.status.in_(("open", "decided")))
+            .with_for_update()
         ).mappings():
             found.setdefault(row["cart_id"], dict(row))
     contents = {c: {i["product_id"]: i for i in json.loads(row["items"])} for c, row in found.items()}
@@ -263,7 +263,7 @@ def apply_events(
                 "value": 0.0, "checkout_started": False,
                 "returning_customer": first is not None and _utc(first) < at, "started_at": at,
                 "last_event_at": at, "idle_minutes": thresholds.default_minutes, "due_at": None,
-                "purchased_at": None, "claimed_by": None, "lease_until": None,
+                "purchased_at": None,
             }  # fmt: skip
             contents[cart_id] = {}
             done.carts_opened += 1
@@ -286,7 +286,7 @@ def apply_events(
             bought[key].append((at, {r.product_id} if r.product_id else set(), cart_id))
             if cart["purchased_at"] is None:
                 cart["purchased_at"] = at
-                if cart["status"] in ("open", "deciding"):
+                if cart["status"] == "open":
                     cart["status"] = "purchased"
                     done.carts_purchased += 1
         cart["last_event_at"] = max(_utc(cart["last_event_at"]), at)
@@ -296,7 +296,7 @@ def apply_events(
     cancel: list[tuple[str, str, datetime]] = []
     for key, orders in bought.items():
         for cart_id, cart in found.items():
-            if cart["user_key"] != key or cart["status"] not in ("open", "deciding", "decided"):
+            if cart["user_key"] != key or cart["status"] not in ("open", "decided"):
                 continue
             mine = {p for p, i in contents[cart_id].items() if i["quantity"] > 0}
             for at, products, where in orders:
@@ -324,9 +324,6 @@ def apply_events(
             cart["idle_minutes"] = thresholds.minutes(cart["value"], bool(cart["returning_customer"]))
             last = _utc(cart["last_event_at"])
             cart["due_at"] = last + timedelta(minutes=cart["idle_minutes"]) if cart["n_items"] > 0 else None
-        elif cart["status"] == "deciding" and cart["n_items"] > 0:  # active again: the claim is void
-            cart["status"], cart["claimed_by"], cart["lease_until"] = "open", None, None
-            cart["due_at"] = _utc(cart["last_event_at"]) + timedelta(minutes=cart["idle_minutes"])
         cart["updated_at"] = now
         records.append(cart)
     if records:

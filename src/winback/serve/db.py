@@ -267,10 +267,9 @@ visitors = sa.Table(
 )
 
 #: Statuses of a live cart. ``open`` waits for ``due_at`` (its idle threshold; none while it is empty);
-#: ``deciding`` is claimed by a detector until ``lease_until``; ``decided`` has its one decision;
-#: ``purchased`` was bought before it was abandoned; ``expired`` went idle too long ago to act on it in
-#: real time (left to ``winback plan``).
-CART_STATUSES = ("open", "deciding", "decided", "purchased", "expired")
+#: ``decided`` has its one decision; ``purchased`` was bought before it was abandoned; ``expired`` went
+#: idle too long ago to act on it in real time (left to ``winback plan``).
+CART_STATUSES = ("open", "decided", "purchased", "expired")
 
 #: Live carts, keyed like the batch pipeline's carts: the session id, else ``<user key>#<session number>``.
 carts = sa.Table(
@@ -289,8 +288,6 @@ carts = sa.Table(
     sa.Column("idle_minutes", sa.Float, nullable=False),
     sa.Column("due_at", sa.DateTime(timezone=True)),
     sa.Column("purchased_at", sa.DateTime(timezone=True)),
-    sa.Column("claimed_by", sa.String(100)),
-    sa.Column("lease_until", sa.DateTime(timezone=True)),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     sa.Index("ix_carts_due", "status", "due_at"),
     sa.Index("ix_carts_user", "user_key", "status"),

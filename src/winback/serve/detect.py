@@ -65,7 +65,7 @@ from winback.act.outbox import (
     write_transaction,
 )
 from winback.config import Settings
-from winback.decide.actions import NOTHING, Action, Channel
+from winback.decide.actions import Action, Channel
 from winback.decide.catalogue import Catalogue, load_catalogue
 from winback.decide.holdout import DEFAULT_SALT, DEFAULT_SHARE, in_holdout
 from winback.decide.log import decision_id
@@ -73,9 +73,9 @@ from winback.decide.plan import CustomerConsent, load_chooser, plan_decisions
 from winback.decide.policy import Policy, UpliftPolicy
 from winback.errors import BadInputError
 from winback.events.schema import EVENT_FIELDS, EVENT_SCHEMA
-from winback.serve.carts import Applied, IdleThresholds, apply_events
+from winback.serve.carts import BEHAVIOUR, Applied, IdleThresholds, apply_events
 from winback.serve.db import carts, decisions, events, outbox
-from winback.serve.feed import Cursor, read_cursor, read_events, save_cursor
+from winback.serve.feed import Cursor, ensure_cursor, read_cursor, read_events, save_cursor
 from winback.serve.metrics import DetectorMetrics
 
 __all__ = ["Decided", "Detector", "DetectorStats"]
@@ -83,6 +83,11 @@ __all__ = ["Decided", "Detector", "DetectorStats"]
 log = logging.getLogger("winback.detect")
 CURSOR = "detector"
 _LATENCIES = 100_000  # latencies kept for the stats' percentiles
+#: A claimed cart found active again is looked at after this (by then its events are folded in).
+_RECHECK = timedelta(seconds=1)
+#: Columns of the plan's table and of its decision-log rows that a stored decision takes.
+_PLANNED = ("cart_id", "user_id", "action", "send_at", "coupon", "recommended")
+_LOGGED = ("policy", "version", "propensity", "expected_profit", "holdout", "reasons", "context")
 
 
 @dataclass(frozen=True)
@@ -170,7 +175,6 @@ class Detector:
         max_late: timedelta = timedelta(hours=24),
         batch_events: int = 5_000,
         batch_carts: int = 200,
-        lease_seconds: float = 30.0,
         detector_id: str | None = None,
         recommend: bool = True,
         alerts: bool = True,
@@ -198,7 +202,6 @@ class Detector:
         self.max_late = max_late
         self.batch_events = batch_events
         self.batch_carts = batch_carts
-        self.lease = timedelta(seconds=lease_seconds)
         self.detector_id = detector_id or f"{socket.gethostname()}:{os.getpid()}"
         self.session_gap = timedelta(minutes=settings.session_gap_minutes)
         self.outcomes_every = outcomes_every
@@ -210,6 +213,8 @@ class Detector:
             if alerts and settings.alert_webhook_url
             else None
         )
+        with write_transaction(engine) as connection:
+            ensure_cursor(connection, CURSOR)
         self._last_outcomes = time.monotonic()
         self._last_gauges = 0.0
         self._last_summary = time.monotonic()
@@ -228,10 +233,13 @@ class Detector:
 
     def _apply_batch(self) -> Applied | None:
         """Fold the next batch of the feed in (None when another detector is folding)."""
-        with self.engine.connect() as connection:  # a cheap look first: most rounds find nothing
-            found, _ = read_events(connection, read_cursor(connection, CURSOR) or Cursor(), 1, ("event_id",))
-        if not found:
-            return Applied()
+        if self.engine.dialect.name == "sqlite":  # a cheap look first, before taking the write lock
+            with self.engine.connect() as connection:
+                found, _ = read_events(
+                    connection, read_cursor(connection, CURSOR) or Cursor(), 1, ("event_id",)
+                )
+            if not found:
+                return Applied()
         with write_transaction(self.engine) as connection:
             cursor = read_cursor(connection, CURSOR, lock=True)
             if cursor is None:
@@ -264,49 +272,42 @@ class Detector:
 
     # -- 2. claim ------------------------------------------------------------------------------------
 
-    def claim(self, now: datetime) -> list[dict[str, Any]]:
-        """Expire carts due too long ago, then claim up to ``batch_carts`` due carts (oldest first)."""
-        with write_transaction(self.engine) as connection:
-            expired = connection.execute(
-                carts.update()
-                .where(carts.c.status == "open", carts.c.due_at < now - self.max_late)
-                .values(status="expired", updated_at=now)
-            ).rowcount
-            due = sa.or_(
-                sa.and_(carts.c.status == "open", carts.c.due_at <= now),
-                sa.and_(carts.c.status == "deciding", carts.c.lease_until < now),
-            )
-            chosen = (
-                sa.select(carts.c.cart_id)
-                .where(due)
-                .order_by(carts.c.due_at)
-                .limit(self.batch_carts)
-                .with_for_update(skip_locked=True)
-            )
-            claimed = (
+    def due(self, now: datetime) -> list[dict[str, Any]]:
+        """Up to ``batch_carts`` open carts due by ``now`` (oldest first): a read, no lock taken."""
+        with self.engine.connect() as connection:
+            found = (
                 connection.execute(
-                    carts.update()
-                    .where(carts.c.cart_id.in_(chosen.scalar_subquery()))
-                    .values(
-                        status="deciding",
-                        claimed_by=self.detector_id,
-                        lease_until=now + self.lease,
-                        updated_at=now,
+                    sa.select(carts)
+                    .where(
+                        carts.c.status == "open",
+                        carts.c.due_at <= now,
+                        carts.c.due_at >= now - self.max_late,
                     )
-                    .returning(*carts.c)
+                    .order_by(carts.c.due_at)
+                    .limit(self.batch_carts)
                 )
                 .mappings()
                 .all()
             )
+        return [dict(r) for r in found]
+
+    def expire(self, now: datetime) -> int:
+        """Mark the open carts that went due longer than ``max_late`` ago ``expired``; how many."""
+        with write_transaction(self.engine) as connection:
+            expired = int(
+                connection.execute(
+                    carts.update()
+                    .where(carts.c.status == "open", carts.c.due_at < now - self.max_late)
+                    .values(status="expired", updated_at=now)
+                ).rowcount
+            )
         if expired:
-            self.stats.expired += int(expired)
-            self.metrics.expired.inc(int(expired))
+            self.stats.expired += expired
+            self.metrics.expired.inc(expired)
             log.info(
                 "expired carts=%d (due more than %s ago: left to `winback plan`)", expired, self.max_late
             )
-        self.stats.abandoned += len(claimed)
-        self.metrics.abandoned.inc(len(claimed))
-        return sorted((dict(r) for r in claimed), key=lambda r: (as_utc(r["due_at"]), r["cart_id"]))
+        return expired
 
     # -- 3. decide -----------------------------------------------------------------------------------
 
@@ -364,10 +365,58 @@ class Detector:
         columns["timestamp"] = [as_utc(t) for t in columns["timestamp"]]
         return with_policy_features(subjects, consent, pa.table(columns, schema=EVENT_SCHEMA))
 
+    def _active(
+        self, connection: Connection, claimed: Sequence[Mapping[str, Any]], now: datetime
+    ) -> set[str]:
+        """The claimed carts with events stored after their last activity that are not folded in yet (the
+        catch-up runs after deciding, to keep it off the path from threshold to decision): one query on
+        the customers' recent events."""
+        known = [c for c in claimed if not str(c["user_key"]).startswith("anonymous:")]
+        if not known:
+            return set()
+        since = min(as_utc(c["last_event_at"]) for c in known)
+        later: dict[tuple[str, str | None], list[datetime]] = {}
+        for user, session, at in connection.execute(
+            sa.select(events.c.user_id, events.c.session_id, events.c.timestamp).where(
+                events.c.user_id.in_(sorted({str(c["user_key"]) for c in known})),
+                events.c.timestamp > since,
+                events.c.timestamp <= now,
+                events.c.event_type.in_(sorted(BEHAVIOUR)),
+            )
+        ):
+            later.setdefault((user, session), []).append(as_utc(at))
+        active = set()
+        for cart in known:
+            last, user = as_utc(cart["last_event_at"]), str(cart["user_key"])
+            numbered = str(cart["cart_id"]).startswith(f"{user}#")  # a session by the gap, not the source's
+            times = later.get((user, None) if numbered else (user, str(cart["cart_id"])), [])
+            if any(last < t and (not numbered or t - last <= self.session_gap) for t in times):
+                active.add(str(cart["cart_id"]))
+        return active
+
+    def _postpone(self, cart_ids: set[str], now: datetime) -> None:
+        """Carts found active again: looked at once their events are folded in."""
+        with write_transaction(self.engine) as connection:
+            connection.execute(
+                carts.update()
+                .where(carts.c.cart_id.in_(sorted(cart_ids)), carts.c.status == "open", carts.c.due_at <= now)
+                .values(due_at=now + _RECHECK, updated_at=now)
+            )
+
     def decide(self, claimed: Sequence[Mapping[str, Any]], now: datetime) -> list[Decided]:
-        """Decide, log and schedule the claimed carts; the ones this detector stored."""
+        """Decide, log and schedule the due carts read by :meth:`due`; the ones this detector stored (a
+        cart another detector decided first, or that became active meanwhile, is left out)."""
         if not claimed:
             return []
+        self.stats.abandoned += len(claimed)
+        self.metrics.abandoned.inc(len(claimed))
+        with self.engine.connect() as connection:
+            active = self._active(connection, claimed, now)
+        if active:
+            self._postpone(active, now)
+            claimed = [c for c in claimed if c["cart_id"] not in active]
+            if not claimed:
+                return []
         subjects = pd.DataFrame(
             {
                 "cart_id": [c["cart_id"] for c in claimed],
@@ -420,17 +469,13 @@ class Detector:
         due = {c["cart_id"]: as_utc(c["due_at"]) for c in claimed}
         last = {c["cart_id"]: as_utc(c["last_event_at"]) for c in claimed}
         values = {c["cart_id"]: float(c["value"]) for c in claimed}
-        rows = []
-        for plan_row, log_row in zip(table.to_dict("records"), logged.to_dict("records"), strict=True):
-            cart, user, action = str(plan_row["cart_id"]), str(plan_row["user_id"]), str(plan_row["action"])
-            send = (
-                None
-                if pd.isna(plan_row["send_at"])
-                else pd.Timestamp(plan_row["send_at"]).floor("us").to_pydatetime()
-            )
+        rows, messages = [], []
+        planned = zip(*(table[c].tolist() for c in _PLANNED), strict=True)
+        chosen = zip(*(logged[c].tolist() for c in _LOGGED), strict=True)
+        for (cart, user, action, send_at, coupon, recommended), log_row in zip(planned, chosen, strict=True):
+            policy, version, propensity, profit, holdout, reasons, context = log_row
+            send = None if pd.isna(send_at) else pd.Timestamp(send_at).floor("us").to_pydatetime()
             parsed = Action.parse(action)
-            policy, version = str(log_row["policy"]), str(log_row["version"])
-            profit = log_row["expected_profit"]
             key = decision_key(user, cart, action, send) if parsed.is_message and send is not None else None
             rows.append(
                 {
@@ -445,27 +490,37 @@ class Detector:
                     "action": action,
                     "channel": parsed.channel,
                     "send_at": send,
-                    "propensity": log_row["propensity"],
+                    "propensity": propensity,
                     "expected_profit": None if pd.isna(profit) else float(profit),
-                    "holdout": bool(log_row["holdout"]),
+                    "holdout": bool(holdout),
                     "discount_reserved": round(parsed.coupon * values[cart], 2),
-                    "reasons": json.dumps(list(log_row["reasons"])),
-                    "context": json.dumps(log_row["context"], default=str, sort_keys=True),
+                    "reasons": json.dumps(list(reasons)),
+                    "context": json.dumps(context, default=str, sort_keys=True),
                     "message_key": idempotency_key(key) if key is not None else None,
-                    "updated_at": now,
+                    "updated_at": utcnow(),  # wall time: what `winback sync` reads changes by
                 }
             )
+            if key is not None:
+                messages.append(
+                    {"cart_id": cart, "user_id": user, "action": action, "channel": parsed.channel,
+                     "send_at": send, "coupon": coupon, "recommended": recommended}
+                )  # fmt: skip
         insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
         with write_transaction(self.engine) as connection:
+            still = (  # open and due still (not extended since it was read, nor decided by another)
+                sa.select(carts.c.cart_id)
+                .where(
+                    carts.c.cart_id.in_([r["cart_id"] for r in rows]),
+                    carts.c.status == "open",
+                    carts.c.due_at <= now,
+                )
+                .with_for_update(skip_locked=True)
+            )
             held = set(
                 connection.execute(
                     carts.update()
-                    .where(
-                        carts.c.cart_id.in_([r["cart_id"] for r in rows]),
-                        carts.c.status == "deciding",
-                        carts.c.claimed_by == self.detector_id,
-                    )
-                    .values(status="decided", claimed_by=None, lease_until=None, updated_at=now)
+                    .where(carts.c.cart_id.in_(still.scalar_subquery()))
+                    .values(status="decided", updated_at=now)
                     .returning(carts.c.cart_id)
                 ).scalars()
             )
@@ -480,10 +535,9 @@ class Detector:
                         mine,
                     ).scalars()
                 )
-            messages = table[table["cart_id"].astype(str).isin(stored) & (table["action"] != NOTHING.name)]
             scheduled = schedule_in(
                 connection,
-                messages,
+                [m for m in messages if m["cart_id"] in stored],
                 contacts,
                 carts={c: items[c] for c in stored},
                 coupon_valid_days=self.settings.coupon_valid_days,
@@ -550,28 +604,30 @@ class Detector:
         self._alerts.submit(post)
 
     def decide_due(self) -> list[Decided]:
-        """Claim and decide every cart due now (batch by batch)."""
+        """Decide every cart due now (batch by batch)."""
         out: list[Decided] = []
         while True:
             now = self.clock()
-            claimed = self.claim(now)
-            if not claimed:
+            found = self.due(now)
+            if not found:
                 return out
-            out += self.decide(claimed, now)
+            decided = self.decide(found, now)
+            out += decided
+            if not decided:  # what is left is another detector's, or active again: the next round
+                return out
 
     # -- the loop ------------------------------------------------------------------------------------
 
     def next_due(self) -> datetime | None:
-        """When the next open cart falls due (or a claim's lease ends)."""
+        """When the next open cart falls due (of those not too late to decide)."""
+        since = self.clock() - self.max_late
         with self.engine.connect() as connection:
             due = connection.execute(
-                sa.select(sa.func.min(carts.c.due_at)).where(carts.c.status == "open")
+                sa.select(sa.func.min(carts.c.due_at)).where(
+                    carts.c.status == "open", carts.c.due_at >= since
+                )
             ).scalar()
-            lease = connection.execute(
-                sa.select(sa.func.min(carts.c.lease_until)).where(carts.c.status == "deciding")
-            ).scalar()
-        found = [as_utc(t) for t in (due, lease) if t is not None]
-        return min(found) if found else None
+        return as_utc(due) if due is not None else None
 
     def record_outcomes(self) -> int:
         """Outcomes of the decisions whose window has closed (winback.serve.outcomes)."""
@@ -607,15 +663,17 @@ class Detector:
         self.metrics.queue_age.set((now - as_utc(oldest)).total_seconds() if oldest is not None else 0.0)
 
     def tick(self) -> tuple[int, int]:
-        """One round: catch up, decide what is due, and the periodic jobs; (events, carts decided)."""
-        applied = self.catch_up()
+        """One round: decide what is due, catch up, and the periodic jobs; (events, carts decided)."""
         decided = self.decide_due()
+        applied = self.catch_up()
+        decided += self.decide_due()
         moment = time.monotonic()
         if self.outcomes_every and moment - self._last_outcomes >= self.outcomes_every:
             self._last_outcomes = moment
             self.record_outcomes()
         if moment - self._last_gauges >= 5.0:
             self._last_gauges = moment
+            self.expire(self.clock())
             self._gauges()
         if moment - self._last_summary >= 60.0:
             self._last_summary = moment

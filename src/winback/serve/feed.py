@@ -34,7 +34,7 @@ from sqlalchemy.engine import Connection
 
 from winback.serve.db import EVENT_COLUMNS, events, feed_cursors
 
-__all__ = ["Cursor", "read_cursor", "read_events", "rewind", "save_cursor"]
+__all__ = ["Cursor", "ensure_cursor", "read_cursor", "read_events", "rewind", "save_cursor"]
 
 #: What a reader gets of each event: the stored columns.
 FEED_COLUMNS = EVENT_COLUMNS
@@ -49,22 +49,26 @@ class Cursor:
 
 
 def read_cursor(connection: Connection, name: str, *, lock: bool = False) -> Cursor | None:
-    """The cursor ``name`` (the start of the feed when new). With ``lock``, the cursor row is locked for
-    this transaction (created first if needed) and None is returned when another reader holds it:
-    one reader of a name at a time (PostgreSQL; SQLite writers take turns anyway)."""
+    """The cursor ``name`` (the start of the feed when new). With ``lock``, the cursor row (made by
+    :func:`ensure_cursor`) is locked for this transaction and None is returned when another reader holds
+    it: one reader of a name at a time (PostgreSQL; SQLite writers take turns anyway)."""
     query = sa.select(feed_cursors.c.position, feed_cursors.c.event_id).where(feed_cursors.c.name == name)
     if lock:
-        insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
-        connection.execute(
-            insert(feed_cursors)
-            .values(name=name, position=0, event_id="", updated_at=datetime.now(UTC))
-            .on_conflict_do_nothing(index_elements=["name"])
-        )
         query = query.with_for_update(skip_locked=True)
     row = connection.execute(query).first()
     if row is None:
         return None if lock else Cursor()
     return Cursor(int(row.position), str(row.event_id))
+
+
+def ensure_cursor(connection: Connection, name: str) -> None:
+    """Create the cursor ``name`` at the start of the feed, unless it exists."""
+    insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
+    connection.execute(
+        insert(feed_cursors)
+        .values(name=name, position=0, event_id="", updated_at=datetime.now(UTC))
+        .on_conflict_do_nothing(index_elements=["name"])
+    )
 
 
 def save_cursor(connection: Connection, name: str, cursor: Cursor) -> None:
@@ -112,22 +116,27 @@ def read_events(
     return found, Cursor(int(found[-1].txid))
 
 
+#: The horizon in one round trip, in this order: the next transaction id first, then the running ones
+#: read afresh (a transaction given an id after the first statement is above it anyway).
+_HORIZON = (
+    "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint; SELECT pg_stat_clear_snapshot(); "
+    "SELECT backend_xid::text::bigint FROM pg_stat_activity "
+    "WHERE datname = current_database() AND backend_xid IS NOT NULL AND pid <> pg_backend_pid()"
+)
+
+
 def _horizon(connection: Connection) -> int:
     """The oldest transaction id still running in this database (64-bit), else the next one to come."""
-    upper = int(
-        connection.exec_driver_sql(
-            "SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint"
-        ).scalar_one()
-    )
-    connection.exec_driver_sql("SELECT pg_stat_clear_snapshot()")  # read the backends afresh
-    running = connection.exec_driver_sql(
-        "SELECT backend_xid::text::bigint FROM pg_stat_activity "
-        "WHERE datname = current_database() AND backend_xid IS NOT NULL AND pid <> pg_backend_pid()"
-    ).scalars()
+    cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    cursor.execute(_HORIZON)
+    upper = int(cursor.fetchone()[0])
+    cursor.nextset()
+    cursor.nextset()
+    running = [int(xid) for (xid,) in cursor.fetchall()]
     epoch = upper & ~0xFFFFFFFF
     horizon = upper
     for xid in running:  # 32-bit ids: put them in the epoch of ``upper`` (or the one before)
-        full = epoch | int(xid)
+        full = epoch | xid
         horizon = min(horizon, full if full < upper else full - (1 << 32))
     return horizon
 

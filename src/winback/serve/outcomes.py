@@ -107,7 +107,7 @@ def record_outcomes(
                 recovered=sa.bindparam("recovered"), revenue=sa.bindparam("revenue"),
                 discount=sa.bindparam("discount"), margin=sa.bindparam("margin"),
                 attributed_revenue=sa.bindparam("attributed_revenue"),
-                outcome_observed_at=now, updated_at=now,
+                outcome_observed_at=now, updated_at=utcnow(),
             ),
             updates,
         )  # fmt: skip

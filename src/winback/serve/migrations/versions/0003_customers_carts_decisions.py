@@ -78,8 +78,6 @@ def upgrade() -> None:
         sa.Column("idle_minutes", sa.Float, nullable=False),
         sa.Column("due_at", sa.DateTime(timezone=True)),
         sa.Column("purchased_at", sa.DateTime(timezone=True)),
-        sa.Column("claimed_by", sa.String(100)),
-        sa.Column("lease_until", sa.DateTime(timezone=True)),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     )
     op.create_index("ix_carts_due", "carts", ["status", "due_at"])
