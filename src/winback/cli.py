@@ -1249,6 +1249,7 @@ def detect(
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda _signum, _frame: stop.set())
+    sys.setswitchinterval(0.001)  # the deciding thread waits at most 1 ms for the catch-up thread's turn
     with state_engine(settings) as engine:
         detector = Detector(
             engine, settings, policy=policy, catalogue=catalogue, holdout_share=holdout,

@@ -684,6 +684,24 @@ class SendFacts:
     profiles: dict[str, Profile] = field(default_factory=dict)  # the customers' stored profiles
 
 
+def unsubscribes(connection: Connection, users: Sequence[str]) -> dict[str, dict[str, datetime]]:
+    """Per customer of ``users``, their last ``unsubscribed`` event per channel (``*``: all channels)."""
+    found: dict[str, dict[str, datetime]] = {}
+    for user, at, properties in connection.execute(
+        sa.select(events.c.user_id, events.c.timestamp, events.c.properties).where(
+            events.c.user_id.in_(list(users)), events.c.event_type == "unsubscribed"
+        )
+    ):
+        try:
+            channel = (json.loads(properties) or {}).get("channel") if properties else None
+        except (ValueError, AttributeError):
+            channel = None
+        mine = found.setdefault(user, {})
+        key = str(channel) if channel else "*"
+        mine[key] = max(mine.get(key, as_utc(at)), as_utc(at))
+    return found
+
+
 def send_facts(engine: Engine, users: Iterable[str]) -> SendFacts:
     """Last purchases, unsubscribes, last deliveries and profiles of ``users`` (a few queries per batch)."""
     users = sorted(set(users))
@@ -699,18 +717,7 @@ def send_facts(engine: Engine, users: Iterable[str]) -> SendFacts:
                 .group_by(events.c.user_id)
             ):
                 purchases[user] = as_utc(at)
-            for user, at, properties in connection.execute(
-                sa.select(events.c.user_id, events.c.timestamp, events.c.properties).where(
-                    events.c.user_id.in_(chunk), events.c.event_type == "unsubscribed"
-                )
-            ):
-                try:
-                    channel = (json.loads(properties) or {}).get("channel") if properties else None
-                except (ValueError, AttributeError):
-                    channel = None
-                mine = unsubscribed.setdefault(user, {})
-                key = str(channel) if channel else "*"
-                mine[key] = max(mine.get(key, as_utc(at)), as_utc(at))
+            unsubscribed |= unsubscribes(connection, chunk)
             for user, channel, at in connection.execute(
                 sa.select(deliveries.c.user_id, deliveries.c.channel, sa.func.max(deliveries.c.sent_at))
                 .where(deliveries.c.user_id.in_(chunk))

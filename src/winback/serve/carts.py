@@ -32,8 +32,9 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -129,7 +130,7 @@ class Applied:
     messages_cancelled: int = 0
     identities: int = 0
     unsubscribes: int = 0
-    last_received_at: datetime | None = None
+    last_event_at: datetime | None = None
     touched: set[str] = field(default_factory=set)
 
 
@@ -140,10 +141,6 @@ def user_key(user_id: str | None, anonymous_id: str | None, linked: Mapping[str,
     if anonymous_id:
         return linked.get(anonymous_id) or f"anonymous:{anonymous_id}"
     return None
-
-
-def _insert(connection: Connection) -> Any:
-    return postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
 
 
 def _select_in(
@@ -164,6 +161,54 @@ def _cart_value(items: Sequence[Mapping[str, Any]]) -> tuple[int, float]:
     return n, round(value, 2)
 
 
+#: The event columns :func:`apply_events` reads.
+COLUMNS = (
+    "event_id", "event_type", "timestamp", "user_id", "anonymous_id", "session_id", "product_id", "category",
+    "price", "quantity", "properties",
+)  # fmt: skip
+
+
+class _Event(NamedTuple):
+    """A feed row as the fold reads it (attribute access on a tuple: cheaper than on a Row)."""
+
+    event_id: str
+    event_type: str
+    at: datetime  # the timestamp, in UTC
+    user_id: str | None
+    anonymous_id: str | None
+    session_id: str | None
+    product_id: str | None
+    category: str | None
+    price: float | None
+    quantity: int | None
+    properties: str | None
+
+
+@cache
+def _statements(dialect: str) -> dict[str, Any]:
+    """The fold's write statements, built once per dialect (building and cache-keying them per batch
+    cost more than running them)."""
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    cart = insert(carts)
+    person = insert(visitors)
+    return {
+        "carts": cart.on_conflict_do_update(
+            index_elements=["cart_id"],
+            set_={c.name: cart.excluded[c.name] for c in carts.columns if c.name != "cart_id"},
+        ),
+        "visitors": person.on_conflict_do_update(
+            index_elements=["user_key"],
+            set_={c: person.excluded[c] for c in ("session_no", "last_seen_at", "first_purchase_at")},
+        ),
+        "touch": carts.update()
+        .where(carts.c.cart_id == sa.bindparam("id"))
+        .values(
+            last_event_at=sa.bindparam("last"), due_at=sa.bindparam("due"),
+            idle_minutes=sa.bindparam("minutes"), version=carts.c.version + 1, updated_at=sa.bindparam("now"),
+        ),
+    }  # fmt: skip
+
+
 def apply_events(
     connection: Connection,
     rows: Sequence[Any],
@@ -172,15 +217,20 @@ def apply_events(
     session_gap: timedelta = timedelta(minutes=30),
     now: datetime | None = None,
 ) -> Applied:
-    """Fold ``rows`` (feed rows: ``event_id``, ``event_type``, ``timestamp``, ``user_id``,
-    ``anonymous_id``, ``session_id``, ``product_id``, ``category``, ``price``, ``quantity``,
-    ``properties``, ``received_at``) into the live state, in the caller's transaction."""
+    """Fold ``rows`` (feed rows with the :data:`COLUMNS`) into the live state, in the caller's
+    transaction."""
     now = now or datetime.now(UTC)
     done = Applied(events=len(rows))
     if not rows:
         return done
-    ordered = sorted(rows, key=lambda r: (_utc(r.timestamp), r.event_id))
-    done.last_received_at = max(_utc(r.received_at) for r in rows)
+    ordered = sorted(
+        (
+            _Event(r[0], r[1], _utc(r[2]), *r[3:])
+            for r in (tuple(getattr(x, c) for c in COLUMNS) for x in rows)
+        ),
+        key=lambda e: (e.at, e.event_id),
+    )
+    done.last_event_at = ordered[-1].at
 
     # Who is who: identities known, and new links from events carrying both ids.
     anonymous = {str(r.anonymous_id) for r in ordered if r.anonymous_id}
@@ -191,7 +241,7 @@ def apply_events(
     for r in ordered:
         if r.user_id and r.anonymous_id and r.anonymous_id not in linked:
             linked[r.anonymous_id] = r.user_id
-            new_links[r.anonymous_id] = (r.user_id, _utc(r.timestamp))
+            new_links[r.anonymous_id] = (r.user_id, r.at)
     save_identities(connection, new_links)
     done.identities = len(new_links)
 
@@ -208,7 +258,7 @@ def apply_events(
     session_of: dict[int, str] = {}
     for r in behaviour:
         key = str(keys[id(r)])
-        at = _utc(r.timestamp)
+        at = r.at
         if r.session_id:
             session_of[id(r)] = str(r.session_id)
         else:
@@ -245,11 +295,12 @@ def apply_events(
         ).mappings():
             found.setdefault(row["cart_id"], dict(row))
     contents = {c: {i["product_id"]: i for i in json.loads(row["items"])} for c, row in found.items()}
-    changed: set[str] = set()
+    changed: set[str] = set()  # carts whose state changed
+    reshaped: set[str] = set()  # ... in more than their last activity (new, items, status, checkout)
     bought: dict[str, list[tuple[datetime, set[str], str]]] = defaultdict(list)  # user: (at, products, cart)
 
     for r in behaviour:
-        cart_id, key, at = session_of[id(r)], str(keys[id(r)]), _utc(r.timestamp)
+        cart_id, key, at = session_of[id(r)], str(keys[id(r)]), r.at
         cart = found.get(cart_id)
         if cart is None:
             if r.event_type != "add_to_cart":
@@ -263,7 +314,7 @@ def apply_events(
                 "value": 0.0, "checkout_started": False,
                 "returning_customer": first is not None and _utc(first) < at, "started_at": at,
                 "last_event_at": at, "idle_minutes": thresholds.default_minutes, "due_at": None,
-                "purchased_at": None,
+                "purchased_at": None, "version": 0,
             }  # fmt: skip
             contents[cart_id] = {}
             done.carts_opened += 1
@@ -291,6 +342,8 @@ def apply_events(
                     done.carts_purchased += 1
         cart["last_event_at"] = max(_utc(cart["last_event_at"]), at)
         changed.add(cart_id)
+        if r.event_type != "view":
+            reshaped.add(cart_id)
 
     # A purchase of a cart's product elsewhere ends the open cart and cancels a decided one's messages.
     cancel: list[tuple[str, str, datetime]] = []
@@ -310,40 +363,42 @@ def apply_events(
                     cart["status"] = "purchased"
                     done.carts_purchased += 1
                 changed.add(cart_id)
+                reshaped.add(cart_id)
                 break
     done.messages_cancelled = _cancel_messages(connection, cancel)
 
-    # Write the carts back, with their due time.
-    records = []
+    # Write the carts back, with their due time: whole rows for the reshaped, last activity for the rest.
+    records, touched = [], []
     for cart_id in sorted(changed):
         cart = found[cart_id]
-        left = [i for i in contents[cart_id].values() if i["quantity"] > 0]
-        cart["items"] = json.dumps(left, separators=(",", ":"))
-        cart["n_items"], cart["value"] = _cart_value(left)
+        if cart_id in reshaped:
+            left = [i for i in contents[cart_id].values() if i["quantity"] > 0]
+            cart["items"] = json.dumps(left, separators=(",", ":"))
+            cart["n_items"], cart["value"] = _cart_value(left)
         if cart["status"] == "open":
             cart["idle_minutes"] = thresholds.minutes(cart["value"], bool(cart["returning_customer"]))
             last = _utc(cart["last_event_at"])
             cart["due_at"] = last + timedelta(minutes=cart["idle_minutes"]) if cart["n_items"] > 0 else None
         cart["updated_at"] = now
-        records.append(cart)
+        cart["version"] = int(cart["version"]) + 1
+        if cart_id in reshaped:
+            records.append(cart)
+        else:
+            touched.append(
+                {
+                    "id": cart_id,
+                    "last": cart["last_event_at"],
+                    "due": cart["due_at"],
+                    "minutes": cart["idle_minutes"],
+                }
+            )
+    statements = _statements(connection.dialect.name)
     if records:
-        statement = _insert(connection)(carts)
-        columns = [c.name for c in carts.columns if c.name != "cart_id"]
-        connection.execute(
-            statement.on_conflict_do_update(
-                index_elements=["cart_id"], set_={c: statement.excluded[c] for c in columns}
-            ),
-            records,
-        )
+        connection.execute(statements["carts"], records)
+    if touched:
+        connection.execute(statements["touch"], [dict(t, now=now) for t in touched])
     if changed_people:
-        statement = _insert(connection)(visitors)
-        connection.execute(
-            statement.on_conflict_do_update(
-                index_elements=["user_key"],
-                set_={c: statement.excluded[c] for c in ("session_no", "last_seen_at", "first_purchase_at")},
-            ),
-            [people[k] for k in sorted(changed_people)],
-        )
+        connection.execute(statements["visitors"], [people[k] for k in sorted(changed_people)])
     done.touched = changed
 
     # Unsubscribes withdraw consent as of their time.
@@ -358,7 +413,7 @@ def apply_events(
             except (ValueError, AttributeError):
                 channel = None
         channels = [channel] if channel in CHANNELS else list(CHANNELS)
-        at = _utc(r.timestamp)
+        at = r.at
         withdrawn.append(ProfileUpdate(r.user_id, {}, {c: (False, at) for c in channels}, "unsubscribe"))
     if withdrawn:
         upsert_profiles(connection, withdrawn, now)

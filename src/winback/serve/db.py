@@ -288,6 +288,7 @@ carts = sa.Table(
     sa.Column("idle_minutes", sa.Float, nullable=False),
     sa.Column("due_at", sa.DateTime(timezone=True)),
     sa.Column("purchased_at", sa.DateTime(timezone=True)),
+    sa.Column("version", sa.Integer, nullable=False, server_default="0"),  # +1 on every change
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     sa.Index("ix_carts_due", "status", "due_at"),
     sa.Index("ix_carts_user", "user_key", "status"),

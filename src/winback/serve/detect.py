@@ -1,31 +1,34 @@
 """The abandonment detector: keeps every cart's state from the stored events, notices each cart crossing
-its idle threshold, decides at that moment with the configured policy, logs the decision and schedules
-its message; on a schedule it records the decisions' outcomes.
+its idle threshold, decides then with the configured policy, logs the decision and schedules its
+message; on a schedule it records the decisions' outcomes.
 
-One :class:`Detector` loop (``winback detect``; several may run against PostgreSQL):
+One :class:`Detector` (``winback detect``; several may run against PostgreSQL) runs two threads:
 
-1. **Catch up.** Read the events stored since its cursor from the feed (winback.serve.feed, commit
-   order) and fold them into the live state (:func:`winback.serve.carts.apply_events`), cursor and state
-   in one transaction. The cursor row is locked while a batch is folded in, so several detectors never
-   apply an event twice (a detector finding it locked skips to deciding).
-2. **Claim.** Carts whose ``due_at`` (last event + idle threshold) has passed are claimed like the
-   outbox's messages: ``UPDATE carts ... WHERE cart_id IN (SELECT ... FOR UPDATE SKIP LOCKED)`` on
-   PostgreSQL, inside ``BEGIN IMMEDIATE`` on SQLite, with a lease (a detector that dies leaves its claims
-   to the others once the lease runs out). Carts due longer ago than ``max_late`` are ``expired``: a
-   message about them would be late; ``winback plan`` still sees them.
-3. **Decide**, outside any transaction, with :func:`winback.decide.plan.plan_decisions`, exactly as
-   ``winback plan`` does: the permanent holdout (:mod:`winback.decide.holdout`), the policy (a static
-   flow of the catalogue, ``random`` with exact propensities, or the ``uplift`` policy of ``winback train
-   policy``), and the guardrails -- consent and addresses from the customers' profiles less their
-   unsubscribes, frequency caps against the messages already scheduled or sent, quiet hours in the
-   customer's time zone, the largest coupon, and a monthly discount budget paced over the month.
-4. **Store**, one transaction: the claim still held (an event folded in meanwhile voids it), the
-   decision (unique per cart, so no cart is ever decided twice), and its message in the outbox
-   (:func:`winback.act.outbox.schedule_in`). Then, for big carts, a staff alert (winback.act.alerts),
-   sent from a background thread.
+1. **Fold** (catch-up thread). Read the events stored since its cursor from the feed
+   (winback.serve.feed, commit order) and fold them into the live state
+   (:func:`winback.serve.carts.apply_events`), cursor and state in one transaction. The cursor row is
+   locked while a batch is folded in, so several detectors never apply an event twice.
+2. **Prepare** (deciding thread). A cart's due time (last event + idle threshold) is known in advance,
+   so up to ``prepare_seconds`` (2 s) before it the decision is made, as of the due time, with
+   :func:`winback.decide.plan.plan_decisions` exactly as ``winback plan`` makes it: the permanent
+   holdout (:mod:`winback.decide.holdout`), the policy (a static flow of the catalogue, ``random``
+   with exact propensities, or the ``uplift`` policy of ``winback train policy``), and the guardrails
+   -- consent and addresses from the customers' profiles less their unsubscribes, frequency caps
+   against the messages already scheduled or sent, quiet hours in the customer's time zone, the largest
+   coupon, a monthly discount budget paced over the month.
+3. **Store**, at the due time: a check that no event of the cart is waiting to be folded in, then one
+   transaction -- the cart still open, due, and unchanged since the decision was prepared (its
+   ``version``; ``FOR UPDATE SKIP LOCKED``, so a cart another detector is storing is skipped), the
+   decision (unique per cart: no cart is ever decided twice), and its message in the outbox
+   (:func:`winback.act.outbox.schedule_in`). A cart that changed is prepared again for its new due
+   time; a due cart with no prepared decision (just started, or changed at the last moment) is decided
+   on the spot. Then, for big carts, a staff alert (winback.act.alerts) from a background thread.
 
-Between rounds it sleeps until the next cart falls due, at most ``poll_interval`` (events are caught up
-at least that often, so the catch-up at a due time is short). ``tick()`` runs one round.
+Carts due longer ago than ``max_late`` are ``expired``: a message about them would be late; ``winback
+plan`` still sees them. Between rounds the deciding thread sleeps until the next prepared decision
+falls due, at most ``poll_interval``; it does not prepare when a decision falls due within 0.1 s. The
+catch-up thread also runs the periodic jobs: outcomes (winback.serve.outcomes), expiry, the outbox
+gauges. ``tick()`` runs one round of everything in the calling thread.
 
 Why a process of its own rather than a loop in ``winback worker``: the worker spends its time in SMTP
 and webhook round trips (hundreds of milliseconds when a provider is slow) and scales with the sending
@@ -60,7 +63,7 @@ from winback.act.outbox import (
     decision_key,
     idempotency_key,
     schedule_in,
-    send_facts,
+    unsubscribes,
     utcnow,
     write_transaction,
 )
@@ -73,18 +76,21 @@ from winback.decide.plan import CustomerConsent, load_chooser, plan_decisions
 from winback.decide.policy import Policy, UpliftPolicy
 from winback.errors import BadInputError
 from winback.events.schema import EVENT_FIELDS, EVENT_SCHEMA
-from winback.serve.carts import BEHAVIOUR, Applied, IdleThresholds, apply_events
+from winback.serve.carts import BEHAVIOUR, COLUMNS, Applied, IdleThresholds, apply_events
 from winback.serve.db import carts, decisions, events, outbox
 from winback.serve.feed import Cursor, ensure_cursor, read_cursor, read_events, save_cursor
 from winback.serve.metrics import DetectorMetrics
+from winback.serve.profiles import read_profiles
 
 __all__ = ["Decided", "Detector", "DetectorStats"]
 
 log = logging.getLogger("winback.detect")
 CURSOR = "detector"
 _LATENCIES = 100_000  # latencies kept for the stats' percentiles
-#: A claimed cart found active again is looked at after this (by then its events are folded in).
+#: A due cart found active again is looked at after this (by then its events are folded in).
 _RECHECK = timedelta(seconds=1)
+#: No preparing when a prepared decision falls due within this many seconds (it could be late).
+_PREPARE_GUARD = 0.1
 #: Columns of the plan's table and of its decision-log rows that a stored decision takes.
 _PLANNED = ("cart_id", "user_id", "action", "send_at", "coupon", "recommended")
 _LOGGED = ("policy", "version", "propensity", "expected_profit", "holdout", "reasons", "context")
@@ -100,6 +106,21 @@ class Decided:
     holdout: bool
     due_at: datetime
     latency: float  # seconds from due_at to the decision stored (wall clock)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A decision made ahead of its cart's due time, stored then if the cart has not changed."""
+
+    cart: Mapping[str, Any]  # the cart as it was read
+    due_at: datetime
+    row: Mapping[str, Any]  # the decision as it is stored
+    message: Mapping[str, Any] | None  # its outbox message, if it sends one
+    contact: Contact | None
+
+    @property
+    def cart_id(self) -> str:
+        return str(self.cart["cart_id"])
 
 
 @dataclass
@@ -153,6 +174,8 @@ class Detector:
         None: no limit.
     max_late
         Carts that went due longer ago than this are expired, not decided.
+    prepare_seconds
+        How long before its due time a cart's decision is prepared.
     recommend
         Whether ``+recs`` messages carry products from the home's trained recommender (if there is one).
     outcomes_every
@@ -175,6 +198,7 @@ class Detector:
         max_late: timedelta = timedelta(hours=24),
         batch_events: int = 5_000,
         batch_carts: int = 200,
+        prepare_seconds: float = 2.0,
         detector_id: str | None = None,
         recommend: bool = True,
         alerts: bool = True,
@@ -202,6 +226,8 @@ class Detector:
         self.max_late = max_late
         self.batch_events = batch_events
         self.batch_carts = batch_carts
+        self.lead = timedelta(seconds=prepare_seconds)
+        self._prepared: dict[str, Prepared] = {}
         self.detector_id = detector_id or f"{socket.gethostname()}:{os.getpid()}"
         self.session_gap = timedelta(minutes=settings.session_gap_minutes)
         self.outcomes_every = outcomes_every
@@ -244,7 +270,7 @@ class Detector:
             cursor = read_cursor(connection, CURSOR, lock=True)
             if cursor is None:
                 return None
-            rows, after = read_events(connection, cursor, self.batch_events)
+            rows, after = read_events(connection, cursor, self.batch_events, COLUMNS)
             done = apply_events(
                 connection, rows, thresholds=self.thresholds, session_gap=self.session_gap, now=self.clock()
             )
@@ -265,31 +291,27 @@ class Detector:
             self.stats.cancelled += done.messages_cancelled
             self.metrics.events.inc(done.events)
             self.metrics.cancelled.inc(done.messages_cancelled)
-            if done.last_received_at is not None:
-                self.metrics.feed_lag.set(max((utcnow() - done.last_received_at).total_seconds(), 0.0))
+            if done.last_event_at is not None:
+                self.metrics.feed_lag.set(max((utcnow() - done.last_event_at).total_seconds(), 0.0))
             if done.events < self.batch_events:
                 return total
 
-    # -- 2. claim ------------------------------------------------------------------------------------
+    # -- 2. prepare ----------------------------------------------------------------------------------
+
+    def _open(self, since: datetime, until: datetime) -> list[dict[str, Any]]:
+        """Open carts due in ``[since, until]``, oldest first, at most ``batch_carts``: a read."""
+        with self.engine.connect() as connection:
+            found = connection.execute(
+                sa.select(carts)
+                .where(carts.c.status == "open", carts.c.due_at >= since, carts.c.due_at <= until)
+                .order_by(carts.c.due_at)
+                .limit(self.batch_carts)
+            )
+            return [dict(r) for r in found.mappings()]
 
     def due(self, now: datetime) -> list[dict[str, Any]]:
-        """Up to ``batch_carts`` open carts due by ``now`` (oldest first): a read, no lock taken."""
-        with self.engine.connect() as connection:
-            found = (
-                connection.execute(
-                    sa.select(carts)
-                    .where(
-                        carts.c.status == "open",
-                        carts.c.due_at <= now,
-                        carts.c.due_at >= now - self.max_late,
-                    )
-                    .order_by(carts.c.due_at)
-                    .limit(self.batch_carts)
-                )
-                .mappings()
-                .all()
-            )
-        return [dict(r) for r in found]
+        """Open carts due by ``now`` (not those too late to decide)."""
+        return self._open(now - self.max_late, now)
 
     def expire(self, now: datetime) -> int:
         """Mark the open carts that went due longer than ``max_late`` ago ``expired``; how many."""
@@ -298,7 +320,7 @@ class Detector:
                 connection.execute(
                     carts.update()
                     .where(carts.c.status == "open", carts.c.due_at < now - self.max_late)
-                    .values(status="expired", updated_at=now)
+                    .values(status="expired", version=carts.c.version + 1, updated_at=now)
                 ).rowcount
             )
         if expired:
@@ -309,19 +331,18 @@ class Detector:
             )
         return expired
 
-    # -- 3. decide -----------------------------------------------------------------------------------
-
     def _facts(
         self, connection: Connection, users: Sequence[str], now: datetime
     ) -> tuple[dict[str, CustomerConsent], dict[str, Contact], dict[str, dict[Channel, float]]]:
         """Consent (profiles less unsubscribes since), contacts, and the last message per channel
         (scheduled or sent: what the frequency caps count)."""
-        facts = send_facts(self.engine, users)
+        profiles = read_profiles(connection, users)
+        left = unsubscribes(connection, list(profiles))
         consent: dict[str, CustomerConsent] = {}
         contacts: dict[str, Contact] = {}
-        for user, profile in facts.profiles.items():
+        for user, profile in profiles.items():
             offset = profile.offset_at(now)
-            consent[user] = CustomerConsent(profile.channels(facts.unsubscribed.get(user)), offset)
+            consent[user] = CustomerConsent(profile.channels(left.get(user)), offset)
             contacts[user] = Contact(profile.email, profile.phone, profile.push_token, offset, profile.name)
         last: dict[str, dict[Channel, float]] = {}
         for user, channel, at in connection.execute(
@@ -365,6 +386,101 @@ class Detector:
         columns["timestamp"] = [as_utc(t) for t in columns["timestamp"]]
         return with_policy_features(subjects, consent, pa.table(columns, schema=EVENT_SCHEMA))
 
+    def plan(self, found: Sequence[Mapping[str, Any]], now: datetime) -> list[Prepared]:
+        """Decide for the carts ``found`` as of ``now`` (facts read now); nothing is written."""
+        if not found:
+            return []
+        subjects = pd.DataFrame(
+            {
+                "cart_id": [c["cart_id"] for c in found],
+                "user_id": [c["user_key"] for c in found],
+                "abandoned_at": [pd.Timestamp(as_utc(c["last_event_at"])) for c in found],
+                "value": [float(c["value"]) for c in found],
+                "n_items": [float(c["n_items"]) for c in found],
+                "idle_minutes": [float(c["idle_minutes"]) for c in found],
+                "checkout_started": [float(bool(c["checkout_started"])) for c in found],
+            }
+        )
+        items = {c["cart_id"]: json.loads(c["items"]) for c in found}
+        with self.engine.connect() as connection:
+            consent, contacts, last = self._facts(connection, list(subjects["user_id"]), now)
+            budget = self._budget(connection, now)
+            features: list[str] = []
+            if isinstance(self.policy, UpliftPolicy):
+                subjects, features = self._features(connection, subjects, consent)
+        plan = plan_decisions(
+            subjects, pd.Timestamp(now), self.policy, self.catalogue, budget=budget, consent=consent,
+            holdout_share=self.holdout_share, holdout_salt=self.holdout_salt, last_messages=last,
+            recommend=self._recommend(items), context_columns=("n_items", "idle_minutes", "checkout_started"),
+            feature_columns=features,
+        )  # fmt: skip
+        by_id = {c["cart_id"]: c for c in found}
+        out = []
+        planned = zip(*(plan.table[c].tolist() for c in _PLANNED), strict=True)
+        chosen = zip(*(plan.decisions[c].tolist() for c in _LOGGED), strict=True)
+        for (cart_id, user, action, send_at, coupon, recommended), logged in zip(
+            planned, chosen, strict=True
+        ):
+            policy, version, propensity, profit, holdout, reasons, context = logged
+            cart = by_id[cart_id]
+            send = None if pd.isna(send_at) else pd.Timestamp(send_at).floor("us").to_pydatetime()
+            parsed = Action.parse(action)
+            key = (
+                decision_key(user, cart_id, action, send) if parsed.is_message and send is not None else None
+            )
+            row = {
+                "decision_id": decision_id(cart_id, pd.Timestamp(now), policy, version),
+                "cart_id": cart_id,
+                "user_id": user,
+                "decided_at": now,
+                "abandoned_at": as_utc(cart["last_event_at"]),
+                "due_at": as_utc(cart["due_at"]),
+                "policy": policy,
+                "version": version,
+                "action": action,
+                "channel": parsed.channel,
+                "send_at": send,
+                "propensity": propensity,
+                "expected_profit": None if pd.isna(profit) else float(profit),
+                "holdout": bool(holdout),
+                "discount_reserved": round(parsed.coupon * float(cart["value"]), 2),
+                "reasons": json.dumps(list(reasons)),
+                "context": json.dumps(context, default=str, sort_keys=True),
+                "message_key": idempotency_key(key) if key is not None else None,
+            }
+            message = None
+            if key is not None:
+                message = {"cart_id": cart_id, "user_id": user, "action": action, "channel": parsed.channel,
+                           "send_at": send, "coupon": coupon, "recommended": recommended,
+                           "items": items[cart_id]}  # fmt: skip
+            out.append(Prepared(cart, as_utc(cart["due_at"]), row, message, contacts.get(user)))
+        return out
+
+    def prepare(self, now: datetime) -> int:
+        """Prepare the decisions of the carts due within ``prepare_seconds``; how many were new."""
+        found = [
+            c for c in self._open(now, now + self.lead)
+            if (p := self._prepared.get(c["cart_id"])) is None or p.cart["version"] != c["version"]
+        ]  # fmt: skip
+        if not found:
+            return 0
+        moment = max(as_utc(c["due_at"]) for c in found)  # decided as of the latest due time among them
+        for prepared in self.plan(found, moment):
+            self._prepared[prepared.cart_id] = prepared
+        return len(found)
+
+    def _recommend(self, items: Mapping[str, Sequence[Mapping[str, Any]]]) -> Any:
+        recommender = self.recommender
+        if recommender is None:
+            return None
+
+        def recommend(cart_id: str | None, user_id: str) -> tuple[list[str], str]:
+            products = [str(i["product_id"]) for i in items.get(cart_id or "", ())]
+            found = recommender.for_cart(products, 3, user_key=user_id)
+            return [c.product_id for c in found], found.reason
+
+        return recommend
+
     def _active(
         self, connection: Connection, claimed: Sequence[Mapping[str, Any]], now: datetime
     ) -> set[str]:
@@ -400,132 +516,42 @@ class Detector:
             connection.execute(
                 carts.update()
                 .where(carts.c.cart_id.in_(sorted(cart_ids)), carts.c.status == "open", carts.c.due_at <= now)
-                .values(due_at=now + _RECHECK, updated_at=now)
+                .values(due_at=now + _RECHECK, version=carts.c.version + 1, updated_at=now)
             )
 
-    def decide(self, claimed: Sequence[Mapping[str, Any]], now: datetime) -> list[Decided]:
-        """Decide, log and schedule the due carts read by :meth:`due`; the ones this detector stored (a
-        cart another detector decided first, or that became active meanwhile, is left out)."""
-        if not claimed:
+    # -- 3. store ------------------------------------------------------------------------------------
+
+    def store(self, ready: Sequence[Prepared], now: datetime) -> list[Decided]:
+        """Store the decisions ``ready`` (their carts due by ``now``) whose carts are still open, due and
+        unchanged, with their messages; the ones stored."""
+        if not ready:
             return []
-        self.stats.abandoned += len(claimed)
-        self.metrics.abandoned.inc(len(claimed))
         with self.engine.connect() as connection:
-            active = self._active(connection, claimed, now)
+            active = self._active(connection, [p.cart for p in ready], now)
         if active:
             self._postpone(active, now)
-            claimed = [c for c in claimed if c["cart_id"] not in active]
-            if not claimed:
+            ready = [p for p in ready if p.cart_id not in active]
+            if not ready:
                 return []
-        subjects = pd.DataFrame(
-            {
-                "cart_id": [c["cart_id"] for c in claimed],
-                "user_id": [c["user_key"] for c in claimed],
-                "abandoned_at": [pd.Timestamp(as_utc(c["last_event_at"])) for c in claimed],
-                "value": [float(c["value"]) for c in claimed],
-                "n_items": [float(c["n_items"]) for c in claimed],
-                "idle_minutes": [float(c["idle_minutes"]) for c in claimed],
-                "checkout_started": [float(bool(c["checkout_started"])) for c in claimed],
-            }
-        )
-        items = {c["cart_id"]: json.loads(c["items"]) for c in claimed}
-        with self.engine.connect() as connection:
-            consent, contacts, last = self._facts(connection, list(subjects["user_id"]), now)
-            budget = self._budget(connection, now)
-            features: list[str] = []
-            if isinstance(self.policy, UpliftPolicy):
-                subjects, features = self._features(connection, subjects, consent)
-        plan = plan_decisions(
-            subjects, pd.Timestamp(now), self.policy, self.catalogue, budget=budget, consent=consent,
-            holdout_share=self.holdout_share, holdout_salt=self.holdout_salt, last_messages=last,
-            recommend=self._recommend(items), context_columns=("n_items", "idle_minutes", "checkout_started"),
-            feature_columns=features,
-        )  # fmt: skip
-        return self._store(claimed, plan.table, plan.decisions, items, contacts, now)
-
-    def _recommend(self, items: Mapping[str, Sequence[Mapping[str, Any]]]) -> Any:
-        recommender = self.recommender
-        if recommender is None:
-            return None
-
-        def recommend(cart_id: str | None, user_id: str) -> tuple[list[str], str]:
-            products = [str(i["product_id"]) for i in items.get(cart_id or "", ())]
-            found = recommender.for_cart(products, 3, user_key=user_id)
-            return [c.product_id for c in found], found.reason
-
-        return recommend
-
-    # -- 4. store ------------------------------------------------------------------------------------
-
-    def _store(
-        self,
-        claimed: Sequence[Mapping[str, Any]],
-        table: pd.DataFrame,
-        logged: pd.DataFrame,
-        items: Mapping[str, Sequence[Mapping[str, Any]]],
-        contacts: Mapping[str, Contact],
-        now: datetime,
-    ) -> list[Decided]:
-        due = {c["cart_id"]: as_utc(c["due_at"]) for c in claimed}
-        last = {c["cart_id"]: as_utc(c["last_event_at"]) for c in claimed}
-        values = {c["cart_id"]: float(c["value"]) for c in claimed}
-        rows, messages = [], []
-        planned = zip(*(table[c].tolist() for c in _PLANNED), strict=True)
-        chosen = zip(*(logged[c].tolist() for c in _LOGGED), strict=True)
-        for (cart, user, action, send_at, coupon, recommended), log_row in zip(planned, chosen, strict=True):
-            policy, version, propensity, profit, holdout, reasons, context = log_row
-            send = None if pd.isna(send_at) else pd.Timestamp(send_at).floor("us").to_pydatetime()
-            parsed = Action.parse(action)
-            key = decision_key(user, cart, action, send) if parsed.is_message and send is not None else None
-            rows.append(
-                {
-                    "decision_id": decision_id(cart, pd.Timestamp(now), policy, version),
-                    "cart_id": cart,
-                    "user_id": user,
-                    "decided_at": now,
-                    "abandoned_at": last[cart],
-                    "due_at": due[cart],
-                    "policy": policy,
-                    "version": version,
-                    "action": action,
-                    "channel": parsed.channel,
-                    "send_at": send,
-                    "propensity": propensity,
-                    "expected_profit": None if pd.isna(profit) else float(profit),
-                    "holdout": bool(holdout),
-                    "discount_reserved": round(parsed.coupon * values[cart], 2),
-                    "reasons": json.dumps(list(reasons)),
-                    "context": json.dumps(context, default=str, sort_keys=True),
-                    "message_key": idempotency_key(key) if key is not None else None,
-                    "updated_at": utcnow(),  # wall time: what `winback sync` reads changes by
-                }
-            )
-            if key is not None:
-                messages.append(
-                    {"cart_id": cart, "user_id": user, "action": action, "channel": parsed.channel,
-                     "send_at": send, "coupon": coupon, "recommended": recommended}
-                )  # fmt: skip
         insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
+        version = {p.cart_id: p.cart["version"] for p in ready}
         with write_transaction(self.engine) as connection:
-            still = (  # open and due still (not extended since it was read, nor decided by another)
-                sa.select(carts.c.cart_id)
-                .where(
-                    carts.c.cart_id.in_([r["cart_id"] for r in rows]),
-                    carts.c.status == "open",
-                    carts.c.due_at <= now,
-                )
+            candidates = (  # open and due still, and unchanged; skipped if another transaction holds it
+                sa.select(carts.c.cart_id, carts.c.version)
+                .where(carts.c.cart_id.in_(sorted(version)), carts.c.status == "open", carts.c.due_at <= now)
                 .with_for_update(skip_locked=True)
             )
+            unchanged = [c for c, v in connection.execute(candidates) if version.get(c) == v]
             held = set(
                 connection.execute(
                     carts.update()
-                    .where(carts.c.cart_id.in_(still.scalar_subquery()))
-                    .values(status="decided", updated_at=now)
+                    .where(carts.c.cart_id.in_(unchanged), carts.c.status == "open")
+                    .values(status="decided", version=carts.c.version + 1, updated_at=now)
                     .returning(carts.c.cart_id)
                 ).scalars()
-            )
-            mine = [r for r in rows if r["cart_id"] in held]
-            stored = set()
+            ) if unchanged else set()  # fmt: skip
+            mine = [dict(p.row, updated_at=utcnow()) for p in ready if p.cart_id in held]  # wall time: sync
+            stored: set[str] = set()
             if mine:
                 stored = set(
                     connection.execute(
@@ -535,51 +561,61 @@ class Detector:
                         mine,
                     ).scalars()
                 )
+            messages = [p for p in ready if p.cart_id in stored and p.message is not None]
             scheduled = schedule_in(
                 connection,
-                [m for m in messages if m["cart_id"] in stored],
-                contacts,
-                carts={c: items[c] for c in stored},
+                [p.message for p in messages],
+                {str(p.row["user_id"]): p.contact for p in messages if p.contact is not None},
+                carts={p.cart_id: p.message["items"] for p in messages if p.message is not None},
                 coupon_valid_days=self.settings.coupon_valid_days,
                 currency=self.settings.default_currency,
                 now=now,
             )
         finished = time.time()
+        self.stats.abandoned += len(held)
+        self.metrics.abandoned.inc(len(held))
         out = []
-        for row in rows:
-            if row["cart_id"] not in stored:
+        for p in ready:
+            if p.cart_id not in stored:
                 continue
-            latency = finished - row["due_at"].timestamp()
+            row = p.row
+            latency = finished - p.due_at.timestamp()
             out.append(
-                Decided(row["cart_id"], row["user_id"], row["action"], row["holdout"], row["due_at"], latency)
+                Decided(
+                    p.cart_id,
+                    str(row["user_id"]),
+                    str(row["action"]),
+                    bool(row["holdout"]),
+                    p.due_at,
+                    latency,
+                )
             )
             self.stats.latencies.append(latency)
-            self.stats.actions[row["action"]] += 1
-            self.stats.holdout += int(row["holdout"])
+            self.stats.actions[str(row["action"])] += 1
+            self.stats.holdout += int(bool(row["holdout"]))
             self.metrics.latency.observe(max(latency, 0.0))
-            self.metrics.decisions.labels(row["action"], str(row["holdout"]).lower()).inc()
+            self.metrics.decisions.labels(str(row["action"]), str(bool(row["holdout"])).lower()).inc()
         self.stats.decided += len(out)
         self.stats.messages += scheduled.scheduled
         if self._alerts is not None and out:
-            self._alert([c for c in claimed if c["cart_id"] in stored], table)
+            self._alert([p for p in ready if p.cart_id in stored])
         return out
 
-    def _alert(self, decided: Sequence[Mapping[str, Any]], table: pd.DataFrame) -> None:
+    def _alert(self, decided: Sequence[Prepared]) -> None:
         """Staff alerts for the big carts just decided (never the holdout's), posted in the background."""
         from winback.act.alerts import find_alerts, send_alerts
 
-        held = set(table.loc[table["holdout"].astype(bool), "cart_id"].astype(str))
         frame = pd.DataFrame(
             [
                 {
-                    "cart_id": c["cart_id"],
-                    "user_id": c["user_key"],
-                    "cart_value": float(c["value"]),
-                    "reasons": f"idle {float(c['idle_minutes']):g} min; {int(c['n_items'])} items"
-                    + ("; checkout started" if c["checkout_started"] else ""),
+                    "cart_id": p.cart_id,
+                    "user_id": p.cart["user_key"],
+                    "cart_value": float(p.cart["value"]),
+                    "reasons": f"idle {float(p.cart['idle_minutes']):g} min; {int(p.cart['n_items'])} items"
+                    + ("; checkout started" if p.cart["checkout_started"] else ""),
                 }
-                for c in decided
-                if c["cart_id"] not in held and not str(c["user_key"]).startswith("anonymous:")
+                for p in decided
+                if not p.row["holdout"] and not str(p.cart["user_key"]).startswith("anonymous:")
             ]
         )
         if frame.empty:
@@ -603,15 +639,23 @@ class Detector:
 
         self._alerts.submit(post)
 
+    def store_prepared(self) -> list[Decided]:
+        """Store the prepared decisions whose carts are due now."""
+        now = self.clock()
+        ready = [p for p in self._prepared.values() if p.due_at <= now]
+        for p in ready:
+            del self._prepared[p.cart_id]
+        return self.store(ready, now)
+
     def decide_due(self) -> list[Decided]:
-        """Decide every cart due now (batch by batch)."""
+        """Decide on the spot the carts due now that have no prepared decision (batch by batch)."""
         out: list[Decided] = []
         while True:
             now = self.clock()
-            found = self.due(now)
+            found = [c for c in self.due(now) if c["cart_id"] not in self._prepared]
             if not found:
                 return out
-            decided = self.decide(found, now)
+            decided = self.store(self.plan(found, now), now)
             out += decided
             if not decided:  # what is left is another detector's, or active again: the next round
                 return out
@@ -662,11 +706,8 @@ class Detector:
             self.metrics.queue_depth.labels(status).set(int(counts.get(status, 0)))
         self.metrics.queue_age.set((now - as_utc(oldest)).total_seconds() if oldest is not None else 0.0)
 
-    def tick(self) -> tuple[int, int]:
-        """One round: decide what is due, catch up, and the periodic jobs; (events, carts decided)."""
-        decided = self.decide_due()
-        applied = self.catch_up()
-        decided += self.decide_due()
+    def _periodic(self) -> None:
+        """Outcomes, expiry and gauges, and a summary line, each on its own schedule."""
         moment = time.monotonic()
         if self.outcomes_every and moment - self._last_outcomes >= self.outcomes_every:
             self._last_outcomes = moment
@@ -684,32 +725,83 @@ class Detector:
                 " ".join(f"{k}={summary[k]}" for k in shown),
                 summary.get("latency_ms_p99", "-"),
             )
+
+    def tick(self) -> tuple[int, int]:
+        """One round of everything in the calling thread: store what is prepared and due, decide what is
+        due and not prepared, catch up, decide again, prepare what falls due soon, and the periodic jobs;
+        (events folded in, carts decided). :meth:`run` does the same in two threads."""
+        decided = self.store_prepared() + self.decide_due()
+        applied = self.catch_up()
+        decided += self.decide_due()
+        self.prepare(self.clock())
+        self._periodic()
         return applied, len(decided)
+
+    def _until_next(self) -> float | None:
+        """Seconds until the next prepared decision falls due (None: none prepared)."""
+        if not self._prepared:
+            return None
+        return (min(p.due_at for p in self._prepared.values()) - self.clock()).total_seconds()
+
+    def _fold(self, stop: threading.Event, poll_interval: float, failed: list[BaseException]) -> None:
+        """The catch-up thread: fold events in as they are stored."""
+        try:
+            while not stop.is_set():
+                try:
+                    applied = self.catch_up()
+                    self._periodic()
+                    if not applied:
+                        stop.wait(poll_interval)
+                except sa.exc.OperationalError as error:  # the database went away for a moment
+                    log.warning("detector %s: database error, retrying: %s", self.detector_id, error)
+                    stop.wait(max(poll_interval, 0.5))
+        except BaseException as error:  # stop the detector, which raises it
+            failed.append(error)
+            stop.set()
 
     def run(
         self, stop: threading.Event | None = None, *, once: bool = False, poll_interval: float = 0.05
     ) -> DetectorStats:
-        """Detect until ``stop`` is set; with ``once``, until nothing is left to fold in or decide now."""
+        """Detect until ``stop`` is set; with ``once``, until nothing is left to fold in or decide now.
+
+        Two threads: one folds the events in as they are stored (:meth:`catch_up`) and runs the periodic
+        jobs (outcomes, expiry, gauges); this one prepares decisions, sleeps until the next falls due and
+        stores it, so a due cart never waits for a catch-up in progress (its events not folded in yet
+        are found by the check before storing). ``once`` runs :meth:`tick` in this thread only."""
         stop = stop or threading.Event()
+        failed: list[BaseException] = []
+        folder = None
+        if not once:
+            folder = threading.Thread(
+                target=self._fold, args=(stop, poll_interval, failed), name="winback-fold", daemon=True
+            )
+            folder.start()
         try:
             while not stop.is_set():
                 try:
-                    applied, decided = self.tick()
+                    if once:
+                        applied, decided = self.tick()
+                        if not applied and not decided:
+                            break
+                        continue
+                    decided = len(self.store_prepared()) + len(self.decide_due())
+                    soon = self._until_next()
+                    if soon is None or soon > _PREPARE_GUARD:  # never prepare when a decision is due
+                        self.prepare(self.clock())
                 except sa.exc.OperationalError as error:  # the database went away for a moment
                     log.warning("detector %s: database error, retrying: %s", self.detector_id, error)
                     stop.wait(max(poll_interval, 0.5))
                     continue
-                if once and not applied and not decided:
-                    break
-                if applied or decided:
-                    continue
-                due = self.next_due()
-                wait = poll_interval
-                if due is not None:
-                    wait = min(max((due - self.clock()).total_seconds(), 0.0), poll_interval)
-                stop.wait(wait)
+                if not decided:
+                    soon = self._until_next()
+                    stop.wait(poll_interval if soon is None else min(max(soon, 0.0), poll_interval))
         finally:
+            stop.set()
+            if folder is not None:
+                folder.join()
             self.close()
+        if failed:
+            raise failed[0]
         return self.stats
 
     def close(self) -> None:

@@ -54,7 +54,7 @@ class DetectorMetrics:
             "winback_outcomes_recorded", "Decisions given their outcome", registry=self.registry
         )
         self.feed_lag = Gauge(
-            "winback_detector_lag_seconds", "Age of the newest event folded in (received) at the last look",
+            "winback_detector_lag_seconds", "Age of the newest event folded in (by its timestamp)",
             registry=self.registry,
         )  # fmt: skip
         self.queue_depth = Gauge(

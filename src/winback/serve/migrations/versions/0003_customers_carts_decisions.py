@@ -78,6 +78,7 @@ def upgrade() -> None:
         sa.Column("idle_minutes", sa.Float, nullable=False),
         sa.Column("due_at", sa.DateTime(timezone=True)),
         sa.Column("purchased_at", sa.DateTime(timezone=True)),
+        sa.Column("version", sa.Integer, nullable=False, server_default="0"),
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
     )
     op.create_index("ix_carts_due", "carts", ["status", "due_at"])
