@@ -295,3 +295,49 @@ def test_learned_thresholds_by_kind_of_cart(tmp_path: Any) -> None:
     bad.write_text("customer,threshold_minutes\nnew,10\n")
     with pytest.raises(Exception, match="missing columns"):
         IdleThresholds.load(bad)
+
+
+def test_a_prepared_decision_is_dropped_when_the_cart_changes(
+    client: TestClient, auth: dict[str, str], detector: Detector, clock: Clock
+) -> None:
+    engine = engine_of(client)
+    (user,) = users(1, held=False)
+    consent(client, auth, user)
+    post(client, auth, [add(user, "s1", "p1", BASE)])
+    due = BASE + timedelta(minutes=30)
+    clock.now = due - timedelta(seconds=1)
+    assert detector.tick() == (1, 0)  # folded in, and its decision prepared as of its due time
+    assert set(detector._prepared) == {"s1"}
+    # the customer comes back a moment before the threshold: the prepared decision no longer holds
+    post(client, auth, [add(user, "s1", "p2", due - timedelta(milliseconds=500))])
+    detector.catch_up()
+    clock.now = due
+    assert detector.store_prepared() == []
+    assert rows(engine, decisions) == []
+    clock.now = due + timedelta(minutes=30)  # 30 minutes after the second add
+    assert detector.tick() == (0, 1)
+    (decision,) = rows(engine, decisions)
+    assert json.loads(decision["context"])["n_items"] == 2
+
+
+def test_the_threaded_loop_decides_in_real_time(
+    client: TestClient, auth: dict[str, str], service_settings: Settings
+) -> None:
+    engine = engine_of(client)
+    people = users(5, held=False)
+    for user in people:
+        consent(client, auth, user)
+    now = datetime.now(UTC)
+    post(client, auth, [add(u, f"live-{u}", "p1", now - timedelta(seconds=1) + timedelta(seconds=i * 0.3))
+                        for i, u in enumerate(people)])  # fmt: skip
+    detector = Detector(
+        engine, service_settings, thresholds=IdleThresholds(2 / 60), recommend=False, outcomes_every=0
+    )
+    stop = threading.Event()
+    timer = threading.Timer(4.0, stop.set)
+    timer.start()
+    stats = detector.run(stop, poll_interval=0.02)
+    assert stats.decided == 5
+    assert len(stats.latencies) == 5
+    assert all(0 <= latency < 2.0 for latency in stats.latencies)  # within seconds of each threshold
+    assert {d["cart_id"] for d in rows(engine, decisions)} == {f"live-{u}" for u in people}
