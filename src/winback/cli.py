@@ -1243,6 +1243,7 @@ def detect(
 
     settings = _settings(home)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     catalogue = load_catalogue(catalogue_path)
     minutes = float(settings.abandon_idle_minutes if idle_minutes is None else idle_minutes)
     idle = IdleThresholds.load(thresholds, minutes) if thresholds else IdleThresholds(minutes)

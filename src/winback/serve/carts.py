@@ -209,6 +209,23 @@ def _statements(dialect: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _write(
+    connection: Connection,
+    records: list[dict[str, Any]],
+    touched: list[dict[str, Any]],
+    people: list[dict[str, Any]],
+    now: datetime,
+) -> None:
+    """Write carts (whole rows), carts' last activity (lighter), and visitors."""
+    statements = _statements(connection.dialect.name)
+    if records:
+        connection.execute(statements["carts"], records)
+    if touched:
+        connection.execute(statements["touch"], [dict(t, now=now) for t in touched])
+    if people:
+        connection.execute(statements["visitors"], people)
+
+
 def apply_events(
     connection: Connection,
     rows: Sequence[Any],
@@ -392,13 +409,7 @@ def apply_events(
                     "minutes": cart["idle_minutes"],
                 }
             )
-    statements = _statements(connection.dialect.name)
-    if records:
-        connection.execute(statements["carts"], records)
-    if touched:
-        connection.execute(statements["touch"], [dict(t, now=now) for t in touched])
-    if changed_people:
-        connection.execute(statements["visitors"], [people[k] for k in sorted(changed_people)])
+    _write(connection, records, touched, [people[k] for k in sorted(changed_people)], now)
     done.touched = changed
 
     # Unsubscribes withdraw consent as of their time.
