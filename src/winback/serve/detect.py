@@ -540,20 +540,23 @@ class Detector:
         insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
         version = {p.cart_id: p.cart["version"] for p in ready}
         with write_transaction(self.engine) as connection:
-            candidates = (  # open and due still, and unchanged; skipped if another transaction holds it
-                sa.select(carts.c.cart_id, carts.c.version)
-                .where(carts.c.cart_id.in_(sorted(version)), carts.c.status == "open", carts.c.due_at <= now)
+            unchanged = (  # open, due and unchanged still; skipped while another transaction holds it
+                sa.select(carts.c.cart_id)
+                .where(
+                    sa.tuple_(carts.c.cart_id, carts.c.version).in_(sorted(version.items())),
+                    carts.c.status == "open",
+                    carts.c.due_at <= now,
+                )
                 .with_for_update(skip_locked=True)
             )
-            unchanged = [c for c, v in connection.execute(candidates) if version.get(c) == v]
             held = set(
                 connection.execute(
                     carts.update()
-                    .where(carts.c.cart_id.in_(unchanged), carts.c.status == "open")
+                    .where(carts.c.cart_id.in_(unchanged.scalar_subquery()))
                     .values(status="decided", version=carts.c.version + 1, updated_at=now)
                     .returning(carts.c.cart_id)
                 ).scalars()
-            ) if unchanged else set()  # fmt: skip
+            )
             mine = [dict(p.row, updated_at=utcnow()) for p in ready if p.cart_id in held]  # wall time: sync
             stored: set[str] = set()
             if mine:
