@@ -1270,8 +1270,15 @@ def detect(
     if json_output:
         _print_json(stats)
         return
+
+    def took(ms: float) -> str:
+        return (
+            f"{ms / 60_000:.1f} min" if ms >= 60_000 else f"{ms / 1000:.1f} s" if ms >= 1000 else f"{ms:g} ms"
+        )
+
     latency = (
-        f"; threshold to decision p50 {stats['latency_ms_p50']:g} ms, p99 {stats['latency_ms_p99']:g} ms"
+        f"; stored {took(stats['latency_ms_p50'])} (p50), {took(stats['latency_ms_p99'])} (p99) after the "
+        "threshold"
         if "latency_ms_p50" in stats
         else ""
     )
