@@ -89,8 +89,10 @@ CURSOR = "detector"
 _LATENCIES = 100_000  # latencies kept for the stats' percentiles
 #: A due cart found active again is looked at after this (by then its events are folded in).
 _RECHECK = timedelta(seconds=1)
-#: No preparing when a prepared decision falls due within this many seconds (it could be late).
+#: No preparing when a prepared decision falls due within this many seconds (it could be late), and no
+#: catch-up (holding the database's locks, and this process's CPU) in the last ``_FOLD_GUARD`` before one.
 _PREPARE_GUARD = 0.1
+_FOLD_GUARD = 0.05
 #: Columns of the plan's table and of its decision-log rows that a stored decision takes.
 _PLANNED = ("cart_id", "user_id", "action", "send_at", "coupon", "recommended")
 _LOGGED = ("policy", "version", "propensity", "expected_profit", "holdout", "reasons", "context")
@@ -228,6 +230,7 @@ class Detector:
         self.batch_carts = batch_carts
         self.lead = timedelta(seconds=prepare_seconds)
         self._prepared: dict[str, Prepared] = {}
+        self._next_store: float | None = None  # when the next prepared decision is due (wall clock)
         self.detector_id = detector_id or f"{socket.gethostname()}:{os.getpid()}"
         self.session_gap = timedelta(minutes=settings.session_gap_minutes)
         self.outcomes_every = outcomes_every
@@ -540,6 +543,13 @@ class Detector:
         insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
         version = {p.cart_id: p.cart["version"] for p in ready}
         with write_transaction(self.engine) as connection:
+            if self.engine.dialect.name == "postgresql":
+                # Visible to every session at once, on disk within wal_writer_delay (200 ms). Lost only
+                # if PostgreSQL itself crashes before that, and then wholly: the cart is open again and
+                # decided again. No message of it can have gone out: the worker claims a message in a
+                # synchronous commit, which flushes the log up to it first. (SQLite runs
+                # synchronous=NORMAL, the same bargain.)
+                connection.exec_driver_sql("SET LOCAL synchronous_commit = off")
             unchanged = (  # open, due and unchanged still; skipped while another transaction holds it
                 sa.select(carts.c.cart_id)
                 .where(
@@ -745,15 +755,30 @@ class Detector:
         return applied, len(decided)
 
     def _until_next(self) -> float | None:
-        """Seconds until the next prepared decision falls due (None: none prepared)."""
+        """Seconds until the next prepared decision falls due (None: none prepared); also published for
+        the catch-up thread as ``_next_store`` (a wall-clock time)."""
         if not self._prepared:
+            self._next_store = None
             return None
-        return (min(p.due_at for p in self._prepared.values()) - self.clock()).total_seconds()
+        wait = (min(p.due_at for p in self._prepared.values()) - self.clock()).total_seconds()
+        self._next_store = time.time() + wait
+        return wait
 
     def _fold(self, stop: threading.Event, poll_interval: float, failed: list[BaseException]) -> None:
         """The catch-up thread: fold events in as they are stored."""
         try:
+            folded = time.monotonic()
             while not stop.is_set():
+                # A decision about to be stored goes first: no catch-up then, unless it has waited long.
+                soon = self._next_store
+                if (
+                    soon is not None
+                    and 0 <= soon - time.time() < _FOLD_GUARD
+                    and time.monotonic() - folded < 0.25
+                ):
+                    stop.wait(soon - time.time() + 0.005)
+                    continue
+                folded = time.monotonic()
                 try:
                     self.catch_up()  # everything stored so far (in batches of up to batch_events)
                     self._periodic()
