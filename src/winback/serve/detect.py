@@ -26,7 +26,7 @@ One :class:`Detector` (``winback detect``; several may run against PostgreSQL) r
 
 Carts due longer ago than ``max_late`` are ``expired``: a message about them would be late; ``winback
 plan`` still sees them. Between rounds the deciding thread sleeps until the next prepared decision
-falls due, at most ``poll_interval``; it prepares only as many carts as fit before then. The
+falls due, at most ``poll_interval``; it does not prepare when a decision falls due within 0.1 s. The
 catch-up thread also runs the periodic jobs: outcomes (winback.serve.outcomes), expiry, the outbox
 gauges. ``tick()`` runs one round of everything in the calling thread.
 
@@ -37,7 +37,6 @@ volume; the detector has a latency target measured in milliseconds and scales wi
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import os
@@ -90,10 +89,9 @@ CURSOR = "detector"
 _LATENCIES = 100_000  # latencies kept for the stats' percentiles
 #: A due cart found active again is looked at after this (by then its events are folded in).
 _RECHECK = timedelta(seconds=1)
-#: No catch-up (holding the database's locks, and this process's CPU) in the last ``_FOLD_GUARD`` seconds
-#: before a prepared decision is stored; preparing fits in the time before the next one (``prepare``).
-_PREPARE_BATCH = 16
-_PREPARE_MARGIN = 0.01
+#: No preparing when a prepared decision falls due within this many seconds (it could be late), and no
+#: catch-up (holding the database's locks, and this process's CPU) in the last ``_FOLD_GUARD`` before one.
+_PREPARE_GUARD = 0.1
 _FOLD_GUARD = 0.05
 #: Columns of the plan's table and of its decision-log rows that a stored decision takes.
 _PLANNED = ("cart_id", "user_id", "action", "send_at", "coupon", "recommended")
@@ -233,7 +231,6 @@ class Detector:
         self.lead = timedelta(seconds=prepare_seconds)
         self._prepared: dict[str, Prepared] = {}
         self._next_store: float | None = None  # when the next prepared decision is due (wall clock)
-        self._per_cart = 0.005  # seconds preparing takes per cart (a moving average)
         self.detector_id = detector_id or f"{socket.gethostname()}:{os.getpid()}"
         self.session_gap = timedelta(minutes=settings.session_gap_minutes)
         self.outcomes_every = outcomes_every
@@ -466,26 +463,17 @@ class Detector:
             out.append(Prepared(cart, as_utc(cart["due_at"]), row, message, contacts.get(user)))
         return out
 
-    def prepare(self, now: datetime, room: float | None = None) -> int:
-        """Prepare the decisions of the next carts due within ``prepare_seconds``, as many as fit in
-        ``room`` seconds (the time until the next prepared decision falls due; None: no limit) at the
-        pace preparing has had, at most 16: a long preparation would delay the decisions falling due
-        meanwhile. How many were prepared."""
-        fit = _PREPARE_BATCH if room is None else int((room - _PREPARE_MARGIN) / max(self._per_cart, 1e-4))
-        if fit < 1:
-            return 0
+    def prepare(self, now: datetime) -> int:
+        """Prepare the decisions of the carts due within ``prepare_seconds``; how many were new."""
         found = [
             c for c in self._open(now, now + self.lead)
             if (p := self._prepared.get(c["cart_id"])) is None or p.cart["version"] != c["version"]
-        ][: min(fit, _PREPARE_BATCH)]  # fmt: skip
+        ]  # fmt: skip
         if not found:
             return 0
         moment = max(as_utc(c["due_at"]) for c in found)  # decided as of the latest due time among them
-        started = time.perf_counter()
         for prepared in self.plan(found, moment):
             self._prepared[prepared.cart_id] = prepared
-        took = (time.perf_counter() - started) / len(found)
-        self._per_cart = 0.8 * self._per_cart + 0.2 * took
         return len(found)
 
     def _recommend(self, items: Mapping[str, Sequence[Mapping[str, Any]]]) -> Any:
@@ -813,9 +801,6 @@ class Detector:
         are found by the check before storing). ``once`` runs :meth:`tick` in this thread only."""
         stop = stop or threading.Event()
         failed: list[BaseException] = []
-        # What is loaded by now (libraries, models) lives as long as the process: keep it out of the
-        # garbage collector's full passes, which otherwise pause every thread for 150-300 ms here.
-        gc.freeze()
         folder = None
         if not once:
             folder = threading.Thread(
@@ -831,7 +816,9 @@ class Detector:
                             break
                         continue
                     decided = len(self.store_prepared()) + len(self.decide_due())
-                    self.prepare(self.clock(), self._until_next())
+                    soon = self._until_next()
+                    if soon is None or soon > _PREPARE_GUARD:  # never prepare when a decision is due
+                        self.prepare(self.clock())
                 except sa.exc.OperationalError as error:  # the database went away for a moment
                     log.warning("detector %s: database error, retrying: %s", self.detector_id, error)
                     stop.wait(max(poll_interval, 0.5))
