@@ -1257,6 +1257,172 @@ def worker(
         )
 
 
+@app.command(
+    epilog="Examples:\n\n  winback detect\n\n"
+    "  winback detect --policy random --holdout 0.1 --monthly-budget 2000 --metrics-port 9102\n\n"
+    "  WINBACK_DATABASE_URL=postgresql+psycopg://db/winback winback detect --thresholds thresholds.json"
+)
+def detect(
+    policy: Annotated[
+        str,
+        typer.Option(
+            "--policy",
+            help="static-10h, static-1h-24h-72h, coupon-everyone (or another flow of the catalogue), "
+            "random (randomised, exact propensities) or uplift (`winback train policy`).",
+        ),
+    ] = "static-10h",
+    holdout: Annotated[
+        float, typer.Option(help="Share of customers held out as control (never messaged).")
+    ] = 0.10,
+    monthly_budget: Annotated[
+        float | None,
+        typer.Option(
+            "--monthly-budget", min=0, help="Coupon face value per month, paced; 0: no coupons [no limit]."
+        ),
+    ] = None,
+    idle_minutes: Annotated[
+        float | None,
+        typer.Option(
+            "--idle-minutes", min=0.001, help="Idle time that abandons a cart [WINBACK_ABANDON_IDLE_MINUTES]."
+        ),
+    ] = None,
+    thresholds: Annotated[
+        Path | None,
+        typer.Option(
+            help="Learned idle thresholds per kind of cart (CSV/Parquet/JSON: value_from, value_to, "
+            "customer, threshold_minutes; e.g. `winback warnings --json`'s cart_thresholds)."
+        ),
+    ] = None,
+    max_late_hours: Annotated[
+        float, typer.Option(min=0.0, help="Carts due longer ago than this are expired, not decided.")
+    ] = 24.0,
+    poll_interval: Annotated[
+        float, typer.Option(min=0.001, help="Longest sleep between looks at the events (seconds).")
+    ] = 0.05,
+    outcomes_every: Annotated[
+        float, typer.Option(min=0.0, help="Seconds between outcome recordings (0: never).")
+    ] = 300.0,
+    once: Annotated[
+        bool, typer.Option("--once", help="Exit when nothing is left to fold in or decide.")
+    ] = False,
+    metrics_port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="Serve Prometheus metrics on this port.")
+    ] = None,
+    catalogue_path: CatalogueOption = None,
+    home: HomeOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Detect abandoned carts as they happen and decide at the trigger: keep every cart's state from the
+    stored events, decide each cart once when it has been idle past its threshold (holdout, the policy,
+    consent, caps, quiet hours, budget), log the decision and schedule its message in the outbox;
+    record the decisions' outcomes on a schedule. Several may run against PostgreSQL."""
+    import logging
+    import signal
+    import threading
+    from datetime import timedelta
+
+    from winback.decide.catalogue import load_catalogue
+    from winback.serve.carts import IdleThresholds
+    from winback.serve.db import state_engine
+    from winback.serve.detect import Detector
+
+    settings = _settings(home)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    catalogue = load_catalogue(catalogue_path)
+    minutes = float(settings.abandon_idle_minutes if idle_minutes is None else idle_minutes)
+    idle = IdleThresholds.load(thresholds, minutes) if thresholds else IdleThresholds(minutes)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda _signum, _frame: stop.set())
+    sys.setswitchinterval(0.001)  # the deciding thread waits at most 1 ms for the catch-up thread's turn
+    with state_engine(settings) as engine:
+        detector = Detector(
+            engine, settings, policy=policy, catalogue=catalogue, holdout_share=holdout,
+            thresholds=idle, monthly_budget=monthly_budget, max_late=timedelta(hours=max_late_hours),
+            outcomes_every=outcomes_every,
+        )  # fmt: skip
+        if metrics_port is not None:
+            from prometheus_client import start_http_server
+
+            start_http_server(metrics_port, addr="127.0.0.1", registry=detector.metrics.registry)
+        err.print(
+            f"winback detect: policy {detector.policy.name} ({detector.policy.version}), "
+            f"holdout {holdout:.0%}, idle {minutes:g} min on {engine.dialect.name}, ready",
+            highlight=False,
+        )
+        stats = detector.run(stop, once=once, poll_interval=poll_interval).as_dict()
+    if json_output:
+        _print_json(stats)
+        return
+
+    def took(ms: float) -> str:
+        return (
+            f"{ms / 60_000:.1f} min" if ms >= 60_000 else f"{ms / 1000:.1f} s" if ms >= 1000 else f"{ms:g} ms"
+        )
+
+    latency = (
+        f"; stored {took(stats['latency_ms_p50'])} (p50), {took(stats['latency_ms_p99'])} (p99) after the "
+        "threshold"
+        if "latency_ms_p50" in stats
+        else ""
+    )
+    print(
+        f"{stats['events']:,} events, {stats['carts_opened']:,} carts opened, {stats['decided']:,} decided "
+        f"({stats['messages']:,} messages scheduled, {stats['holdout']:,} holdout), {stats['expired']:,} "
+        f"expired, {stats['cancelled']:,} messages cancelled by purchases{latency}"
+    )
+
+
+@app.command(epilog="Examples:\n\n  winback sync\n\n  winback sync --full --json")
+def sync(
+    full: Annotated[
+        bool, typer.Option("--full", help="Read everything again (stores nothing twice).")
+    ] = False,
+    home: HomeOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Bring the service's events and decisions (with their outcomes) into the home's event store and
+    decision log, so training, `winback policies evaluate` and the reports see what the service saw and
+    did. Incremental and idempotent."""
+    from winback.serve.db import state_engine
+    from winback.serve.sync import sync_home
+
+    settings = _settings(home)
+    with state_engine(settings) as engine:
+        report = sync_home(engine, settings, full=full)
+    if json_output:
+        _print_json(report.as_dict())
+        return
+    print(
+        f"events: {report.events_read:,} read, {report.events_stored:,} new -> {settings.store_path}; "
+        f"decisions: {report.decisions_read:,} read, {report.decisions_logged:,} new, "
+        f"{report.outcomes_recorded:,} outcomes -> {settings.home / 'decisions.duckdb'}"
+    )
+
+
+@app.command(epilog="Examples:\n\n  winback erase u00042 --json")
+def erase(
+    user_id: Annotated[str, typer.Argument(help="The customer's id.")],
+    home: HomeOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Erase a customer everywhere this machine reaches: the service's database and the home's event
+    store and decision log (as DELETE /v1/customers/ID does); says what it could not reach."""
+    from winback.serve.db import state_engine
+    from winback.serve.routes.customers import erase_everywhere
+
+    settings = _settings(home)
+    with state_engine(settings) as engine:
+        erased = erase_everywhere(settings, engine, user_id)
+    if json_output:
+        _print_json(erased.model_dump())
+        return
+    print(", ".join(f"{table} {n:,}" for table, n in erased.erased.items() if n) or "nothing held")
+    for line in erased.not_reached:
+        print(f"not reached: {line}")
+
+
 def main() -> None:
     """Entry point: usage errors exit 2 (click's own), bad input 2, other failures 1."""
     try:

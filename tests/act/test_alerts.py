@@ -3,6 +3,8 @@ local HTTP receiver (signed, one key per subject, failures reported instead of r
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 from tests.act.receivers import WebhookReceiver
@@ -58,3 +60,48 @@ def test_alerts_are_posted_signed_and_failures_reported() -> None:
     assert unreachable.failed == 1
     with pytest.raises(BadInputError, match="WINBACK_ALERT_WEBHOOK_URL"):
         send_alerts(alerts, "ftp://example.com/x")
+
+
+def test_the_detector_alerts_staff_of_big_carts_at_their_threshold(database_url: str, tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from winback.act.outbox import write_transaction
+    from winback.config import load_settings
+    from winback.decide.holdout import in_holdout
+    from winback.events.model import Event
+    from winback.serve.db import make_engine, upgrade
+    from winback.serve.detect import Detector
+    from winback.serve.ingest import store_events
+    from winback.serve.profiles import ProfileUpdate, upsert_profiles
+
+    candidates = [f"a{i}" for i in range(100)]
+    held = next(u for u, h in zip(candidates, in_holdout(candidates), strict=True) if h)
+    big, small = [u for u, h in zip(candidates, in_holdout(candidates), strict=True) if not h][:2]
+    engine = make_engine(database_url)
+    upgrade(engine)
+    at = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
+    store_events(engine, [Event.model_validate(
+        {"event_id": f"e-{u}", "event_type": "add_to_cart", "user_id": u, "session_id": f"s-{u}",
+         "product_id": "p1", "price": price, "quantity": 2, "timestamp": at.isoformat()})
+        for u, price in ((big, 400.0), (small, 20.0), (held, 400.0))])  # fmt: skip
+    with write_transaction(engine) as connection:
+        upsert_profiles(connection, [ProfileUpdate(u, {"email": f"{u}@example.com"}, {"email": (True, at)})
+                                     for u in (big, small, held)])  # fmt: skip
+    with WebhookReceiver(SECRET) as receiver:
+        settings = load_settings(
+            home=tmp_path / "home", database_url=database_url, alert_webhook_url=receiver.url("/staff"),
+            webhook_secret=SECRET,
+        )  # fmt: skip
+        detector = Detector(
+            engine, settings, recommend=False, outcomes_every=0, clock=lambda: at + timedelta(hours=1)
+        )
+        assert detector.tick() == (3, 3)
+        detector.close()  # waits for the alerts posted in the background
+        assert receiver.distinct == 1  # the big cart; not the small one, not the holdout's
+        (body,) = receiver.bodies.values()
+    assert (
+        body["text"]
+        == f"Big cart abandoned: 800.00 by customer {big} (cart s-{big}). Why: idle 30 min; 2 items"
+    )
+    assert body["winback"]["probability"] is None
+    engine.dispose()

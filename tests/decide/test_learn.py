@@ -177,3 +177,48 @@ def test_training_says_what_the_log_lacks(home: Path, tmp_path: Path) -> None:
     done = run("outcomes", "--json", home=settings.home)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["recorded"] > 1000
+
+
+@pytest.mark.slow
+def test_the_detector_decides_with_the_trained_policy(shop: LoggedShop, home: Path, tmp_path: Path) -> None:
+    """`winback detect --policy uplift`: the policy trained on the log decides live carts, its features
+    computed from the customers' events in the service."""
+    from datetime import UTC, datetime, timedelta
+
+    import sqlalchemy as sa
+
+    from winback.act.outbox import write_transaction
+    from winback.events.model import Event
+    from winback.serve.db import decisions, make_engine, upgrade
+    from winback.serve.detect import Detector
+    from winback.serve.ingest import store_events
+    from winback.serve.profiles import ProfileUpdate, upsert_profiles
+
+    settings = _trained(home, tmp_path)
+    with open_source(settings) as source:
+        card = train_policy(settings, source.events.to_pyarrow())
+    service = load_settings(home=settings.home, database_url=f"sqlite:///{tmp_path / 'state.db'}")
+    engine = make_engine(service.state_url)
+    upgrade(engine)
+    people = [str(u) for u in shop.shop.customers.user_id.head(30)]
+    at = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
+    store_events(engine, [Event.model_validate(
+        {"event_id": f"live-{u}", "event_type": "add_to_cart", "user_id": u, "session_id": f"live-{u}",
+         "product_id": "p1", "price": 60.0, "timestamp": at.isoformat()}) for u in people])  # fmt: skip
+    with write_transaction(engine) as connection:
+        upsert_profiles(connection, [ProfileUpdate(u, {"email": f"{u}@example.com"}, {"email": (True, at)})
+                                     for u in people])  # fmt: skip
+    detector = Detector(engine, service, policy="uplift", holdout_share=0.0, recommend=False,
+                        outcomes_every=0, clock=lambda: at + timedelta(minutes=31))  # fmt: skip
+    assert detector.tick() == (30, 30)
+    detector.close()
+    with engine.connect() as connection:
+        made = pd.DataFrame(connection.execute(sa.select(decisions)).mappings().all())
+    engine.dispose()
+    assert set(made["policy"]) == {"uplift"}
+    assert set(made["version"]) == {card.version}
+    assert (made["propensity"] == 1.0).all()
+    assert set(made["action"]) <= set(SMALL_LOG)
+    messaged = made[made["action"] != "nothing"]
+    assert (messaged["expected_profit"] > 0).all()
+    assert {json.loads(c)["consent"][0] for c in made["context"]} == {"email"}

@@ -7,7 +7,8 @@ plus ``blocks``), which Slack, Mattermost, Rocket.Chat and most helpdesks accept
 alert as plain fields under ``winback``. When ``WINBACK_WEBHOOK_SECRET`` is set the body is signed like
 the SMS and push webhooks (``X-Winback-Signature``), and every alert has an ``Idempotency-Key`` of its
 subject, so a repeated call is recognisable. ``winback plan`` sends them for the carts and customers it
-plans (each is planned once, so each is alerted once).
+plans, and ``winback detect`` for the big carts it decides at their threshold (each cart is decided
+once, so each is alerted once).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class Alert:
     user_id: str
     cart_id: str | None
     value: float  # the cart's value, or the customer's expected lifetime value
-    probability: float  # of abandoning for good / of churning
+    probability: float | None  # of abandoning for good / of churning; None when no model scored it
     reasons: str
 
     @property
@@ -46,11 +47,13 @@ class Alert:
     def text(self) -> str:
         if self.kind == "abandoned_cart":
             head = f"Big cart abandoned: {self.value:,.2f} by customer {self.user_id} (cart {self.cart_id})"
-            odds = f"chance it stays abandoned: {self.probability:.0%}"
+            odds = (
+                f"chance it stays abandoned: {self.probability:.0%}" if self.probability is not None else ""
+            )
         else:
             head = f"Valuable customer at risk: {self.user_id}, expected lifetime value {self.value:,.2f}"
-            odds = f"churn probability: {self.probability:.0%}"
-        return f"{head}; {odds}" + (f". Why: {self.reasons}" if self.reasons else "")
+            odds = f"churn probability: {self.probability:.0%}" if self.probability is not None else ""
+        return head + (f"; {odds}" if odds else "") + (f". Why: {self.reasons}" if self.reasons else "")
 
     def payload(self) -> dict[str, Any]:
         """Slack's incoming-webhook JSON, with the alert's fields under ``winback``."""
@@ -74,17 +77,18 @@ def find_alerts(
     customer_value: float,
     churn_probability: float,
 ) -> list[Alert]:
-    """Abandoned carts worth at least ``cart_value`` (``cart_id, user_id, cart_value,
-    abandon_probability, reasons``) and customers with an expected lifetime value of at least
-    ``customer_value`` whose churn probability is at least ``churn_probability`` (``user_id, clv,
-    churn_probability, reasons``), most at stake first."""
+    """Abandoned carts worth at least ``cart_value`` (``cart_id, user_id, cart_value``, and
+    ``abandon_probability`` when a model scored them, ``reasons``) and customers with an expected
+    lifetime value of at least ``customer_value`` whose churn probability is at least
+    ``churn_probability`` (``user_id, clv, churn_probability, reasons``), most at stake first."""
     found: list[Alert] = []
     for row in carts.to_dict("records"):
         value = _number(row.get("cart_value"))
         if value >= cart_value:
+            odds = row.get("abandon_probability")
             found.append(
                 Alert("abandoned_cart", str(row["user_id"]), str(row["cart_id"]), value,
-                      _number(row.get("abandon_probability")), str(row.get("reasons") or ""))
+                      None if odds is None or pd.isna(odds) else _number(odds), str(row.get("reasons") or ""))
             )  # fmt: skip
     for row in customers.to_dict("records"):
         value, risk = _number(row.get("clv")), _number(row.get("churn_probability"))

@@ -27,6 +27,7 @@ import hashlib
 import json
 import math
 import secrets
+import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from winback.errors import BadInputError
 from winback.serve.db import coupons, deliveries, events, outbox
+from winback.serve.profiles import Profile, read_profiles
 
 __all__ = [
     "Contact",
@@ -55,6 +57,7 @@ __all__ = [
     "renew",
     "retry",
     "schedule",
+    "schedule_in",
 ]
 
 #: Characters of coupon codes: no 0/O or 1/I/L to misread.
@@ -152,13 +155,40 @@ def coupon_code() -> str:
     return "WB-" + "-".join(raw[i : i + 4] for i in range(0, CODE_LENGTH, 4))
 
 
+#: How long a writer waits for SQLite's write lock, and how often it looks while waiting.
+SQLITE_LOCK_WAIT = 30.0
+_SQLITE_POLL = (0.0002, 0.002)
+
+
+def _begin_immediate(connection: Connection) -> None:
+    """``BEGIN IMMEDIATE``, waiting for the write lock by looking every 0.2-2 ms. SQLite's own busy
+    handler sleeps 1, 2, 5, 10, 15, 20, 25 ... 100 ms between looks, so under a steady stream of other
+    writers a waiter can sleep tens of milliseconds past the moment the lock was free."""
+    connection.exec_driver_sql("PRAGMA busy_timeout = 0")
+    try:
+        deadline, pause = time.monotonic() + SQLITE_LOCK_WAIT, _SQLITE_POLL[0]
+        while True:
+            try:
+                connection.exec_driver_sql("BEGIN IMMEDIATE")
+                return
+            except sa.exc.OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() > deadline:
+                    raise
+                connection.rollback()
+                time.sleep(pause)
+                pause = min(pause * 1.5, _SQLITE_POLL[1])
+    finally:
+        connection.exec_driver_sql(f"PRAGMA busy_timeout = {int(SQLITE_LOCK_WAIT * 1000)}")
+
+
 @contextmanager
 def write_transaction(engine: Engine) -> Iterator[Connection]:
-    """A transaction that writes: on SQLite ``BEGIN IMMEDIATE`` takes the write lock first, so a read
-    followed by a write in it never fails on another writer's commit."""
+    """A transaction that writes: on SQLite ``BEGIN IMMEDIATE`` takes the write lock first (see
+    :func:`_begin_immediate`), so a read followed by a write in it never fails on another writer's
+    commit."""
     with engine.connect() as connection:
         if engine.dialect.name == "sqlite":
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            _begin_immediate(connection)
         try:
             yield connection
         except BaseException:
@@ -167,7 +197,7 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
         connection.commit()
 
 
-def _insert(engine: Engine, table: sa.Table) -> Any:
+def _insert(engine: Engine | Connection, table: sa.Table) -> Any:
     dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
     return dialect.insert(table)
 
@@ -280,117 +310,134 @@ def schedule(
         Counts, and the ids of the rows added. Scheduling the same decisions again adds nothing (the
         idempotency key is unique).
     """
+    with write_transaction(engine) as connection:
+        return schedule_in(
+            connection, decisions, contacts, carts=carts, products=products,
+            coupon_valid_days=coupon_valid_days, currency=currency, now=now,
+        )  # fmt: skip
+
+
+def schedule_in(
+    connection: Connection,
+    decisions: Any,
+    contacts: Mapping[str, Contact],
+    *,
+    carts: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+    products: Mapping[str, Mapping[str, Any]] | None = None,
+    coupon_valid_days: float = 7.0,
+    currency: str = "USD",
+    now: datetime | None = None,
+) -> Scheduled:
+    """:func:`schedule` in the caller's (write) transaction, e.g. with the decisions being logged."""
     now = as_utc(now) if now is not None else utcnow()
     products = products or {}
     result = Scheduled()
     rows: list[dict[str, Any]] = []
-    with engine.connect() as connection:
-        for i, record in enumerate(_records(decisions)):
-            action = str(record.get("action") or "nothing")
-            channel = record.get("channel")
-            if action == "nothing" or _missing(channel):
-                continue
-            where = f"decisions, row {i}"
-            user = record.get("user_id")
-            if _missing(user):
-                raise BadInputError(f"{where}: user_id is empty; expected the customer's id")
-            user = str(user)
-            if _missing(record.get("send_at")):
-                raise BadInputError(f"{where}: send_at is empty; expected when the message goes out")
-            send_at = _timestamp(record["send_at"], where)
-            cart = None if _missing(record.get("cart_id")) else str(record["cart_id"])
-            contact = contacts.get(user)
-            address = contact.address(str(channel)) if contact else None
-            if not address:
-                reason = f"no {channel} address"
-                result.skipped[reason] = result.skipped.get(reason, 0) + 1
-                continue
-            percent = float(record.get("coupon") or 0.0)
-            recommended = str(record.get("recommended") or "").split()
-            if carts is not None:
-                items = [dict(item) for item in carts.get(cart or "", ())]
-            else:
-                items = cart_items(connection, user, cart)
-            for item in items:
-                item.update(
-                    {k: v for k, v in products.get(str(item.get("product_id")), {}).items() if k not in item}
-                )
-            decision_id = decision_key(user, cart, action, send_at)
-            payload: dict[str, Any] = {
-                "action": action,
-                "customer": {"user_id": user, "name": contact.name if contact else None},
-                "cart": {
-                    "id": cart,
-                    "items": items,
-                    "currency": currency,
-                    "value": round(
-                        sum(float(i.get("price") or 0) * int(i.get("quantity") or 1) for i in items), 2
-                    ),
-                },
-                "recommendations": [{"product_id": p, **products.get(p, {})} for p in recommended],
-                "coupon": None,
-            }
-            if percent > 0:
-                expires = send_at + timedelta(days=coupon_valid_days)
-                payload["coupon"] = {
-                    "code": coupon_code(),
-                    "percent": round(percent, 6),
-                    "expires_at": expires.isoformat(),
-                }
-            rows.append(
-                {
-                    "idempotency_key": idempotency_key(decision_id),
-                    "decision_id": decision_id,
-                    "user_id": user,
-                    "cart_id": cart,
-                    "channel": str(channel),
-                    "recipient": address,
-                    "template": "coupon" if percent > 0 else "reminder",
-                    "payload": json.dumps(payload, default=str),
-                    "utc_offset_minutes": contact.utc_offset_minutes if contact else 0,
-                    "send_at": send_at,
-                    "status": "scheduled",
-                    "attempts": 0,
-                    "next_attempt_at": send_at,
-                    "created_at": now,
-                    "updated_at": now,
-                }
+    for i, record in enumerate(_records(decisions)):
+        action = str(record.get("action") or "nothing")
+        channel = record.get("channel")
+        if action == "nothing" or _missing(channel):
+            continue
+        where = f"decisions, row {i}"
+        user = record.get("user_id")
+        if _missing(user):
+            raise BadInputError(f"{where}: user_id is empty; expected the customer's id")
+        user = str(user)
+        if _missing(record.get("send_at")):
+            raise BadInputError(f"{where}: send_at is empty; expected when the message goes out")
+        send_at = _timestamp(record["send_at"], where)
+        cart = None if _missing(record.get("cart_id")) else str(record["cart_id"])
+        contact = contacts.get(user)
+        address = contact.address(str(channel)) if contact else None
+        if not address:
+            reason = f"no {channel} address"
+            result.skipped[reason] = result.skipped.get(reason, 0) + 1
+            continue
+        percent = float(record.get("coupon") or 0.0)
+        recommended = str(record.get("recommended") or "").split()
+        if carts is not None:
+            items = [dict(item) for item in carts.get(cart or "", ())]
+        else:
+            items = cart_items(connection, user, cart)
+        for item in items:
+            item.update(
+                {k: v for k, v in products.get(str(item.get("product_id")), {}).items() if k not in item}
             )
+        decision_id = decision_key(user, cart, action, send_at)
+        payload: dict[str, Any] = {
+            "action": action,
+            "customer": {"user_id": user, "name": contact.name if contact else None},
+            "cart": {
+                "id": cart,
+                "items": items,
+                "currency": currency,
+                "value": round(
+                    sum(float(i.get("price") or 0) * int(i.get("quantity") or 1) for i in items), 2
+                ),
+            },
+            "recommendations": [{"product_id": p, **products.get(p, {})} for p in recommended],
+            "coupon": None,
+        }
+        if percent > 0:
+            expires = send_at + timedelta(days=coupon_valid_days)
+            payload["coupon"] = {
+                "code": coupon_code(),
+                "percent": round(percent, 6),
+                "expires_at": expires.isoformat(),
+            }
+        rows.append(
+            {
+                "idempotency_key": idempotency_key(decision_id),
+                "decision_id": decision_id,
+                "user_id": user,
+                "cart_id": cart,
+                "channel": str(channel),
+                "recipient": address,
+                "template": "coupon" if percent > 0 else "reminder",
+                "payload": json.dumps(payload, default=str),
+                "utc_offset_minutes": contact.utc_offset_minutes if contact else 0,
+                "send_at": send_at,
+                "status": "scheduled",
+                "attempts": 0,
+                "next_attempt_at": send_at,
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
     if not rows:
         return result
     keys = [r["idempotency_key"] for r in rows]
-    with write_transaction(engine) as connection:
-        insert = (
-            _insert(engine, outbox)
-            .on_conflict_do_nothing(index_elements=["idempotency_key"])
-            .returning(outbox.c.id, outbox.c.user_id, outbox.c.payload)
-        )
-        mine: list[Any] = []
-        for start in range(0, len(rows), _CHUNK):
-            mine += connection.execute(insert, rows[start : start + _CHUNK]).all()
-        result.ids = sorted(int(r.id) for r in mine)
-        result.scheduled = len(mine)
-        result.already = len(set(keys)) - len(mine)
-        codes = []
-        for row in mine:
-            coupon = json.loads(row.payload)["coupon"]
-            if coupon:
-                codes.append(
-                    {
-                        "code": coupon["code"],
-                        "user_id": row.user_id,
-                        "message_id": row.id,
-                        "percent": coupon["percent"],
-                        "status": "issued",
-                        "created_at": now,
-                        "expires_at": datetime.fromisoformat(coupon["expires_at"]),
-                    }
-                )
-        if codes:
-            connection.execute(
-                _insert(engine, coupons).on_conflict_do_nothing(index_elements=["message_id"]), codes
+    insert = (
+        _insert(connection, outbox)
+        .on_conflict_do_nothing(index_elements=["idempotency_key"])
+        .returning(outbox.c.id, outbox.c.user_id, outbox.c.payload)
+    )
+    mine: list[Any] = []
+    for start in range(0, len(rows), _CHUNK):
+        mine += connection.execute(insert, rows[start : start + _CHUNK]).all()
+    result.ids = sorted(int(r.id) for r in mine)
+    result.scheduled = len(mine)
+    result.already = len(set(keys)) - len(mine)
+    codes = []
+    for row in mine:
+        coupon = json.loads(row.payload)["coupon"]
+        if coupon:
+            codes.append(
+                {
+                    "code": coupon["code"],
+                    "user_id": row.user_id,
+                    "message_id": row.id,
+                    "percent": coupon["percent"],
+                    "status": "issued",
+                    "created_at": now,
+                    "expires_at": datetime.fromisoformat(coupon["expires_at"]),
+                }
             )
-        result.coupons = len(codes)
+    if codes:
+        connection.execute(
+            _insert(connection, coupons).on_conflict_do_nothing(index_elements=["message_id"]), codes
+        )
+    result.coupons = len(codes)
     return result
 
 
@@ -599,21 +646,25 @@ def release(engine: Engine, messages: Sequence[Message], worker: str) -> int:
 def cancel(engine: Engine, ids: Sequence[int], reason: str = "cancelled by hand") -> int:
     """Cancel scheduled (not yet claimed) messages; how many were."""
     with write_transaction(engine) as connection:
-        changed = (
-            connection.execute(
-                outbox.update()
-                .where(outbox.c.id.in_(list(ids)), outbox.c.status == "scheduled")
-                .values(status="cancelled", last_error=reason, updated_at=utcnow())
-                .returning(outbox.c.id)
-            )
-            .scalars()
-            .all()
-        )
-        if changed:
-            connection.execute(
-                coupons.update().where(coupons.c.message_id.in_(changed)).values(status="void")
-            )
-    return len(changed)
+        return len(cancel_in(connection, outbox.c.id.in_(list(ids)), reason))
+
+
+def cancel_in(connection: Connection, which: Any, reason: str) -> list[int]:
+    """Cancel the scheduled messages matching ``which`` (a condition on ``outbox``) in the caller's
+    transaction, their coupons void; the ids cancelled. Claimed messages are left to the worker's
+    send-time re-check."""
+    changed = [
+        int(i)
+        for i in connection.execute(
+            outbox.update()
+            .where(which, outbox.c.status == "scheduled")
+            .values(status="cancelled", last_error=reason[:2000], updated_at=utcnow())
+            .returning(outbox.c.id)
+        ).scalars()
+    ]
+    if changed:
+        connection.execute(coupons.update().where(coupons.c.message_id.in_(changed)).values(status="void"))
+    return changed
 
 
 def outbox_counts(engine: Engine) -> dict[str, int]:
@@ -628,15 +679,34 @@ class SendFacts:
     """What the send-time re-check reads for a batch of customers."""
 
     purchases: dict[str, datetime]  # last purchase per customer
-    unsubscribed: dict[str, set[str]]  # channels ("*": all) per customer
+    unsubscribed: dict[str, dict[str, datetime]]  # per customer, channel ("*": all) -> last unsubscribe
     last_sent: dict[tuple[str, str], datetime]  # last delivery per (customer, channel)
+    profiles: dict[str, Profile] = field(default_factory=dict)  # the customers' stored profiles
+
+
+def unsubscribes(connection: Connection, users: Sequence[str]) -> dict[str, dict[str, datetime]]:
+    """Per customer of ``users``, their last ``unsubscribed`` event per channel (``*``: all channels)."""
+    found: dict[str, dict[str, datetime]] = {}
+    for user, at, properties in connection.execute(
+        sa.select(events.c.user_id, events.c.timestamp, events.c.properties).where(
+            events.c.user_id.in_(list(users)), events.c.event_type == "unsubscribed"
+        )
+    ):
+        try:
+            channel = (json.loads(properties) or {}).get("channel") if properties else None
+        except (ValueError, AttributeError):
+            channel = None
+        mine = found.setdefault(user, {})
+        key = str(channel) if channel else "*"
+        mine[key] = max(mine.get(key, as_utc(at)), as_utc(at))
+    return found
 
 
 def send_facts(engine: Engine, users: Iterable[str]) -> SendFacts:
-    """Last purchases, unsubscribes and last deliveries of ``users`` (a few queries per batch)."""
+    """Last purchases, unsubscribes, last deliveries and profiles of ``users`` (a few queries per batch)."""
     users = sorted(set(users))
     purchases: dict[str, datetime] = {}
-    unsubscribed: dict[str, set[str]] = {}
+    unsubscribed: dict[str, dict[str, datetime]] = {}
     last_sent: dict[tuple[str, str], datetime] = {}
     with engine.connect() as connection:
         for start in range(0, len(users), _CHUNK):
@@ -647,20 +717,12 @@ def send_facts(engine: Engine, users: Iterable[str]) -> SendFacts:
                 .group_by(events.c.user_id)
             ):
                 purchases[user] = as_utc(at)
-            for user, properties in connection.execute(
-                sa.select(events.c.user_id, events.c.properties).where(
-                    events.c.user_id.in_(chunk), events.c.event_type == "unsubscribed"
-                )
-            ):
-                try:
-                    channel = (json.loads(properties) or {}).get("channel") if properties else None
-                except ValueError:
-                    channel = None
-                unsubscribed.setdefault(user, set()).add(str(channel) if channel else "*")
+            unsubscribed |= unsubscribes(connection, chunk)
             for user, channel, at in connection.execute(
                 sa.select(deliveries.c.user_id, deliveries.c.channel, sa.func.max(deliveries.c.sent_at))
                 .where(deliveries.c.user_id.in_(chunk))
                 .group_by(deliveries.c.user_id, deliveries.c.channel)
             ):
                 last_sent[(user, channel)] = as_utc(at)
-    return SendFacts(purchases, unsubscribed, last_sent)
+        profiles = read_profiles(connection, users)
+    return SendFacts(purchases, unsubscribed, last_sent, profiles)

@@ -13,8 +13,12 @@ each message:
    applies them at planning, cancel it: the channel's frequency cap (against its last recorded
    delivery, and the messages this worker sent in the batch) and the largest coupon. (The worker reads
    the catalogue's ``Limits`` itself rather than importing the guardrails module, whose harvester
-   detector pulls in scipy and scikit-learn: 1.2 s more at every worker start.) Consent was checked
-   when the message was planned; the unsubscribes since then are what can withdraw it;
+   detector pulls in scipy and scikit-learn: 1.2 s more at every worker start.) When the customer has
+   a profile (winback.serve.profiles), it is read as it is now: consent withdrawn on the channel, or
+   no address on it any more, cancels the message; an unsubscribe cancels it unless consent was given
+   again after it; quiet hours are in the profile's time zone; a changed address is sent to. Without
+   a profile, consent was checked when the message was planned and the unsubscribes since then are
+   what can withdraw it;
 2. renders it (:class:`~winback.act.render.Renderer`);
 3. sends it through its channel with its idempotency key;
 4. records it: deliveries are written every ``record_every`` messages and at the end of the batch, in
@@ -38,7 +42,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -192,10 +196,25 @@ class Worker:
         bought = facts.purchases.get(user)
         if bought is not None and bought > message.created_at:
             return f"purchased at {bought.isoformat()}, after the message was scheduled", None
-        unsubscribed = facts.unsubscribed.get(user, set())
-        if "*" in unsubscribed or channel in unsubscribed:
-            return f"unsubscribed from {channel}", None
+        left = facts.unsubscribed.get(user, {})
+        unsubscribed = max((t for t in (left.get(channel), left.get("*")) if t is not None), default=None)
+        profile = facts.profiles.get(user)
         offset = message.utc_offset_minutes
+        if profile is not None:  # the customer's profile now: consent, address, time zone
+            label = CHANNEL_LABELS.get(channel, channel)
+            if profile.consent.get(channel) is False:
+                return f"no consent for {label} any more", None
+            given = profile.consent_at.get(channel)
+            if unsubscribed is not None and not (
+                profile.consent.get(channel) and given and given > unsubscribed
+            ):
+                return f"unsubscribed from {channel}", None
+            if not profile.address(channel):
+                return f"no {label} address any more", None
+            if profile.knows_time_zone:
+                offset = profile.offset_at(now, offset)
+        elif unsubscribed is not None:
+            return f"unsubscribed from {channel}", None
         quiet = self.catalogue.limits.quiet_hours
         now_s = now.timestamp()
         if quiet is not None and channel in quiet.channels:
@@ -271,6 +290,10 @@ class Worker:
                 ended.append((message, "dead", f"claimed {message.attempts} times without a result"))
                 stats.dead += 1
                 continue
+            profile = facts.profiles.get(message.user_id)
+            address = profile.address(message.channel) if profile is not None else None
+            if address and address != message.recipient:  # the customer's address changed since
+                message = replace(message, recipient=address)
             try:
                 rendered = self.renderer.render(message)
             except jinja2.TemplateError as error:

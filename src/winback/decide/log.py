@@ -172,6 +172,11 @@ class DecisionLog:
             raise
         return int(updated[0]) if updated else 0
 
+    def erase(self, user_id: str) -> int:
+        """Delete a customer's decisions (erasure); how many went."""
+        row = self.con.execute("DELETE FROM decisions WHERE user_id = ?", [user_id]).fetchone()
+        return int(row[0]) if row else 0
+
     def count(self) -> int:
         row = self.con.execute("SELECT count(*) FROM decisions").fetchone()
         return int(row[0]) if row else 0

@@ -74,6 +74,7 @@ __all__ = [
     "policy_candidates",
     "policy_names",
     "run_plan",
+    "with_policy_features",
 ]
 
 #: Columns of the plan file, in order.
@@ -554,7 +555,7 @@ def _customer_value(customers: pd.DataFrame, history: pd.DataFrame) -> pd.Series
     return per_order.fillna(past).fillna(0.0).clip(lower=0.0)
 
 
-def _with_policy_features(
+def with_policy_features(
     subjects: pd.DataFrame, consent: Mapping[str, CustomerConsent], events: Any
 ) -> tuple[pd.DataFrame, list[str]]:
     """``subjects`` (carts) with the uplift policy's features added, and the names of those it reads
@@ -719,7 +720,7 @@ def run_plan(
         features: list[str] = []
         if policy == "uplift" and len(subjects):
             stage("uplift", "customer histories")
-            subjects, features = _with_policy_features(
+            subjects, features = with_policy_features(
                 subjects, consent or {}, tables.source.events.to_pyarrow()
             )
         stage(chooser.name, "deciding")

@@ -724,6 +724,45 @@ class EventStore:
             report.duplicates += int(n)
             report.ingested -= int(n)
 
+    def erase(self, user_id: str, anonymous_ids: Iterable[str] = ()) -> int:
+        """Delete a customer's events (one transaction): those under ``user_id``, and those under any of
+        ``anonymous_ids`` or of the anonymous ids the store itself links to the customer (an event
+        carrying both) that no other customer claims. How many rows went."""
+        con = self.con
+        linked = {
+            str(a)
+            for (a,) in con.execute(
+                "SELECT anonymous_id FROM identity_map WHERE user_id = ?", [user_id]
+            ).fetchall()
+        }
+        anonymous = sorted(linked | {str(a) for a in anonymous_ids})
+        erased = 0
+        con.execute("BEGIN TRANSACTION")
+        try:
+            for name, columns in self._layout_tables().items():
+                where: list[str] = []
+                params: list[int | str] = []
+                mine = _stored_ids(columns.get("user_id"), [user_id])
+                if mine:
+                    where.append(f"user_id IN ({', '.join('?' * len(mine))})")
+                    params += mine
+                theirs = _stored_ids(columns.get("anonymous_id"), anonymous)
+                if theirs:  # under a linked anonymous id, unless the event names another customer
+                    test = f"anonymous_id IN ({', '.join('?' * len(theirs))})"
+                    if "user_id" in columns:
+                        test = f"({test} AND (user_id IS NULL OR user_id IN ({', '.join('?' * len(mine))})))"
+                        test = test.replace(" OR user_id IN ())", ")")
+                    where.append(test)
+                    params += theirs + (mine if "user_id" in columns else [])
+                if where:
+                    row = con.execute(f"DELETE FROM {name} WHERE {' OR '.join(where)}", params).fetchone()
+                    erased += int(row[0]) if row else 0
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        return erased
+
     def batches(self) -> list[dict[str, Any]]:
         """The load history, newest first."""
         cur = self.con.execute("SELECT * FROM ingest_batches ORDER BY batch_id DESC")
@@ -733,6 +772,24 @@ class EventStore:
 
 _BAD_ROW = "winback: a row breaks a rule"
 _NOT_INTEGER = "winback: an id is not an integer"
+
+
+def _stored_ids(column_type: str | None, ids: list[str]) -> list[int | str]:
+    """``ids`` as a layout column of ``column_type`` holds them (None: no such column): integers for a
+    BIGINT column, where only canonical integer text can match."""
+    if column_type is None:
+        return []
+    if column_type == "BIGINT":
+        return [int(i) for i in ids if _canonical_integer(i)]
+    return list(ids)
+
+
+def _canonical_integer(text: str) -> bool:
+    """Whether ``text`` is how an id stored as BIGINT reads back (``42``, not ``042`` or ``+42``)."""
+    try:
+        return str(int(text)) == text and abs(int(text)) < 2**63
+    except ValueError:
+        return False
 
 
 class _BadRowError(Exception):

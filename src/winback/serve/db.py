@@ -40,9 +40,22 @@ events = sa.Table(
     sa.Column("properties", sa.Text),
     sa.Column("source", sa.String(40), nullable=False),
     sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+    # The inserting transaction's id, filled by PostgreSQL itself (``pg_current_xact_id()``, migration
+    # 0003; NULL on SQLite, where the rowid serves): how winback.serve.feed reads events in commit order.
+    sa.Column("txid", sa.BigInteger),
     sa.Index("ix_events_user_time", "user_id", "timestamp"),
     sa.Index("ix_events_received", "received_at"),
+    sa.Index(
+        "ix_events_txid",
+        "txid",
+        "event_id",
+        postgresql_where=sa.text("txid IS NOT NULL"),
+        sqlite_where=sa.text("txid IS NOT NULL"),
+    ),
 )
+
+#: The columns an event fills when it is stored (``txid`` is the database's own).
+EVENT_COLUMNS: tuple[str, ...] = tuple(c.name for c in events.columns if c.name != "txid")
 
 #: API keys: only a hash of each secret is kept; the key itself is shown once, when created.
 api_keys = sa.Table(
@@ -201,4 +214,128 @@ coupons = sa.Table(
     sa.Column("sent_at", sa.DateTime(timezone=True)),
     sa.Column("redeemed_at", sa.DateTime(timezone=True)),
     sa.Index("ix_coupons_user", "user_id"),
+)
+
+
+# -- customers, live carts and decisions (winback.serve.profiles, .carts, .detect) -------------------------
+
+#: Customers: where they are reached and what they agreed to; from ``PUT /v1/customers/{id}``, Segment
+#: ``identify`` calls, Shopify ``customers/*`` webhooks and ``unsubscribed`` events. Consent per channel is
+#: True, False, or NULL (not known: never messaged), with the moment it was given or withdrawn, so that a
+#: later statement wins over an earlier one whatever order they arrive in.
+customers = sa.Table(
+    "customers",
+    metadata,
+    sa.Column("user_id", sa.String(200), primary_key=True),
+    sa.Column("name", sa.String(200)),
+    sa.Column("email", sa.String(320)),
+    sa.Column("phone", sa.String(40)),
+    sa.Column("push_token", sa.String(500)),
+    sa.Column("time_zone", sa.String(64)),
+    sa.Column("utc_offset_minutes", sa.Integer),
+    sa.Column("consent_email", sa.Boolean),
+    sa.Column("consent_email_at", sa.DateTime(timezone=True)),
+    sa.Column("consent_sms", sa.Boolean),
+    sa.Column("consent_sms_at", sa.DateTime(timezone=True)),
+    sa.Column("consent_push", sa.Boolean),
+    sa.Column("consent_push_at", sa.DateTime(timezone=True)),
+    sa.Column("source", sa.String(40), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+#: Anonymous ids known to belong to a customer (an event or identify call carrying both): the first
+#: customer seen with an anonymous id keeps it, as the event store's identity map does.
+identities = sa.Table(
+    "identities",
+    metadata,
+    sa.Column("anonymous_id", sa.String(200), primary_key=True),
+    sa.Column("user_id", sa.String(200), nullable=False),
+    sa.Column("first_seen_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_identities_user", "user_id"),
+)
+
+#: Per customer (or anonymous visitor), what sessionising their events needs: the number and last event
+#: of their current session without a source session id, and their first purchase.
+visitors = sa.Table(
+    "visitors",
+    metadata,
+    sa.Column("user_key", sa.String(220), primary_key=True),
+    sa.Column("session_no", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_seen_at", sa.DateTime(timezone=True)),
+    sa.Column("first_purchase_at", sa.DateTime(timezone=True)),
+)
+
+#: Statuses of a live cart. ``open`` waits for ``due_at`` (its idle threshold; none while it is empty);
+#: ``decided`` has its one decision; ``purchased`` was bought before it was abandoned; ``expired`` went
+#: idle too long ago to act on it in real time (left to ``winback plan``).
+CART_STATUSES = ("open", "decided", "purchased", "expired")
+
+#: Live carts, keyed like the batch pipeline's carts: the session id, else ``<user key>#<session number>``.
+carts = sa.Table(
+    "carts",
+    metadata,
+    sa.Column("cart_id", sa.String(220), primary_key=True),
+    sa.Column("user_key", sa.String(220), nullable=False),
+    sa.Column("status", sa.String(12), nullable=False),
+    sa.Column("items", sa.Text, nullable=False),
+    sa.Column("n_items", sa.Integer, nullable=False),
+    sa.Column("value", sa.Float, nullable=False),
+    sa.Column("checkout_started", sa.Boolean, nullable=False),
+    sa.Column("returning_customer", sa.Boolean, nullable=False),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("last_event_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("idle_minutes", sa.Float, nullable=False),
+    sa.Column("due_at", sa.DateTime(timezone=True)),
+    sa.Column("purchased_at", sa.DateTime(timezone=True)),
+    sa.Column("version", sa.Integer, nullable=False, server_default="0"),  # +1 on every change
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_carts_due", "status", "due_at"),
+    sa.Index("ix_carts_user", "user_key", "status"),
+)
+
+#: The decisions the service made at the trigger (one per cart), with what the policy saw, the action
+#: and its propensity, and -- once the attribution window has closed -- the outcome. ``winback sync``
+#: copies them into the home's decision log.
+decisions = sa.Table(
+    "decisions",
+    metadata,
+    sa.Column("decision_id", sa.String(64), primary_key=True),
+    sa.Column("cart_id", sa.String(220), unique=True),
+    sa.Column("user_id", sa.String(220), nullable=False),
+    sa.Column("decided_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("abandoned_at", sa.DateTime(timezone=True)),
+    sa.Column("due_at", sa.DateTime(timezone=True)),
+    sa.Column("policy", sa.String(100), nullable=False),
+    sa.Column("version", sa.String(100), nullable=False),
+    sa.Column("action", sa.String(60), nullable=False),
+    sa.Column("channel", sa.String(10)),
+    sa.Column("send_at", sa.DateTime(timezone=True)),
+    sa.Column("propensity", sa.Float),
+    sa.Column("expected_profit", sa.Float),
+    sa.Column("holdout", sa.Boolean, nullable=False),
+    sa.Column("discount_reserved", sa.Float, nullable=False, server_default="0"),
+    sa.Column("reasons", sa.Text, nullable=False),
+    sa.Column("context", sa.Text, nullable=False),
+    sa.Column("message_key", sa.String(64)),
+    sa.Column("outcome_observed_at", sa.DateTime(timezone=True)),
+    sa.Column("recovered", sa.Boolean),
+    sa.Column("revenue", sa.Float),
+    sa.Column("discount", sa.Float),
+    sa.Column("margin", sa.Float),
+    sa.Column("attributed_revenue", sa.Float),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_decisions_user", "user_id"),
+    sa.Index("ix_decisions_updated", "updated_at"),
+    sa.Index("ix_decisions_pending", "outcome_observed_at", "decided_at"),
+)
+
+#: How far each reader of the events feed (the detector, ``winback sync``) has read (winback.serve.feed).
+feed_cursors = sa.Table(
+    "feed_cursors",
+    metadata,
+    sa.Column("name", sa.String(100), primary_key=True),
+    sa.Column("position", sa.BigInteger, nullable=False),
+    sa.Column("event_id", sa.String(200), nullable=False, server_default=""),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )

@@ -6,8 +6,14 @@ stores them with :func:`store_events`: a whole request or nothing, each ``event_
 from the source (Segment's ``messageId``, Shopify's ``X-Shopify-Event-Id`` or ``X-Shopify-Webhook-Id``,
 GA4's ``event_id`` event parameter; ``:N`` appended for line item N), so a source that retries a
 delivery stores nothing twice.
-Calls the adapters drop on purpose (a Segment ``identify``, a Shopify ``orders/paid``, a GA4
-``page_view``) are answered 200 and counted as ``ignored``, so the source does not retry them.
+Calls the adapters drop on purpose (a Segment ``page``, a Shopify ``orders/paid``, a GA4 ``page_view``)
+are answered 200 and counted as ``ignored``, so the source does not retry them.
+
+Identify payloads fill the customers' profiles (:mod:`winback.serve.profiles`): a Segment ``identify``
+(traits: e-mail, phone, name, consent per channel; the time zone and push token from its context; the
+anonymous id it links) and Shopify's ``customers/create`` and ``customers/update`` (e-mail, phone,
+name, e-mail and SMS marketing consent), counted as ``customers``. They are saved after the request's
+events, in their own transaction: a source retrying a failed request stores nothing twice.
 
 Authentication: a write-scoped API key, as for ``/v1/events``. Shopify cannot add headers to its
 webhooks; it signs them instead. When ``WINBACK_SHOPIFY_WEBHOOK_SECRET`` is set, every Shopify request
@@ -21,6 +27,7 @@ import base64
 import hashlib
 import hmac
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -28,6 +35,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
+from winback.act.outbox import write_transaction
 from winback.errors import BadInputError
 from winback.events.adapters.ga4 import GA4
 from winback.events.adapters.payloads import records_events
@@ -36,6 +44,14 @@ from winback.events.adapters.segment import SEGMENT
 from winback.events.adapters.shopify import SHOPIFY
 from winback.serve.deps import AppState, State, WriteKey, log, require
 from winback.serve.ingest import store_events
+from winback.serve.profiles import (
+    SHOPIFY_CUSTOMER_TOPICS,
+    ProfileUpdate,
+    from_segment,
+    from_shopify,
+    save_identities,
+    upsert_profiles,
+)
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 
@@ -52,6 +68,7 @@ class WebhookResult(BaseModel):
     stored: int
     duplicates: int
     ignored: int  # payloads dropped on purpose (not behaviour events winback reads)
+    customers: int = 0  # customer profiles the identify payloads updated
 
 
 def _json(body: bytes) -> Any:
@@ -75,12 +92,29 @@ def _records(data: Any, batch_key: str | None, limit: int) -> list[Any]:
     raise HTTPException(422, f"request body: found {shape}, expected a payload object or a list of them")
 
 
+def _save_profiles(
+    state: AppState, updates: list[ProfileUpdate], links: dict[str, tuple[str, datetime]]
+) -> int:
+    with write_transaction(state.engine) as connection:
+        save_identities(connection, links)
+        return upsert_profiles(connection, updates)
+
+
 async def _ingest(
-    state: AppState, source: str, mapper: RecordMapper, records: list[Any], where: str = "body"
+    state: AppState,
+    source: str,
+    mapper: RecordMapper,
+    records: list[Any],
+    where: str = "body",
+    *,
+    profiles: list[ProfileUpdate] | None = None,
+    links: dict[str, tuple[str, datetime]] | None = None,
 ) -> WebhookResult:
     try:
-        events, ignored = records_events(
-            mapper, records, default_currency=state.settings.default_currency, where=where
+        events, ignored = (
+            records_events(mapper, records, default_currency=state.settings.default_currency, where=where)
+            if records
+            else ([], 0)
         )
     except BadInputError as error:
         state.metrics.events_in.labels(source, "rejected").inc()
@@ -94,7 +128,12 @@ async def _ingest(
     state.metrics.events_in.labels(source, "stored").inc(new)
     state.metrics.events_in.labels(source, "duplicate").inc(len(events) - new)
     state.metrics.events_in.labels(source, "ignored").inc(ignored)
-    return WebhookResult(received=len(events), stored=new, duplicates=len(events) - new, ignored=ignored)
+    changed = 0
+    if profiles or links:
+        changed = await run_in_threadpool(_save_profiles, state, profiles or [], links or {})
+    return WebhookResult(
+        received=len(events), stored=new, duplicates=len(events) - new, ignored=ignored, customers=changed
+    )
 
 
 @router.post("/segment", response_model=WebhookResult, responses=RESPONSES)
@@ -102,9 +141,21 @@ async def segment(request: Request, state: State, _key: WriteKey) -> WebhookResu
     """Segment calls (e-commerce spec v2): one call as the Webhooks destination sends it, a list, or
     ``{"batch": [...]}`` as Segment's HTTP API batches them."""
     data = _json(await request.body())
-    return await _ingest(
-        state, "segment", SEGMENT.mapper, _records(data, "batch", state.settings.max_batch_events)
-    )
+    records = _records(data, "batch", state.settings.max_batch_events)
+    profiles: list[ProfileUpdate] = []
+    links: dict[str, tuple[str, datetime]] = {}
+    calls = []
+    now = datetime.now(UTC)
+    for record in records:
+        if isinstance(record, dict) and record.get("type") == "identify":
+            update, link = from_segment(record, now)
+            if update is not None:
+                profiles.append(update)
+            if link is not None:
+                links.setdefault(link[0], (link[1], now))
+        else:
+            calls.append(record)
+    return await _ingest(state, "segment", SEGMENT.mapper, calls, profiles=profiles, links=links)
 
 
 def shopify_signature(secret: str, body: bytes) -> str:
@@ -143,6 +194,12 @@ async def shopify(request: Request, state: State) -> WebhookResult:
             422, f"request body: found {type(data).__name__}, expected a webhook payload object"
         )
     topic = request.headers.get("x-shopify-topic")
+    wrapped = data.get("topic") if topic is None and isinstance(data.get("payload"), dict) else None
+    if topic in SHOPIFY_CUSTOMER_TOPICS or wrapped in SHOPIFY_CUSTOMER_TOPICS:
+        update = from_shopify(data if wrapped is None else data["payload"])
+        if update is None:
+            raise HTTPException(422, f"request body: a {topic or wrapped} payload needs the customer's id")
+        return await _ingest(state, "shopify", SHOPIFY.mapper, [], profiles=[update])
     record: dict[str, Any] = data
     if topic is not None:
         # X-Shopify-Event-Id is the same on retries and across subscriptions; older deliveries have only
