@@ -38,9 +38,9 @@ from winback.recommend.ranker import Recommender
 from winback.recommend.sources import BasketRules, ItemNeighbours, Popularity
 from winback.recommend.tasks import evaluate_lists
 from winback.sim import simulate
-from winback.sim.catalogue import Catalogue
 from winback.sim.config import ShopConfig
-from winback.sim.customers import Customers
+from winback.sim.sessions import view_shares
+from winback.sim.shop import _Run
 
 RETAILROCKET = (
     Path(__file__).resolve().parents[1].parent
@@ -124,30 +124,21 @@ def evaluate(
 
 
 def oracle_lists(customers: int, days: int, seed: int, users: list[str], k: int = K) -> dict[str, list[str]]:
-    """The simulator's own choice model, which no recommender can see: each customer's true category
-    affinities (70% focus category, 15% its complements, 15% another favourite) times the products'
-    true popularity within their category. Its recall is the ceiling of taste-based recommendations."""
+    """The simulator's own choice model, which no recommender can see: each customer's true probability
+    of viewing each product (:func:`winback.sim.sessions.view_shares`: their category affinities, price
+    tier, staples and the products' complement links). Its recall is the ceiling of taste-based
+    recommendations."""
     config = ShopConfig(customers=customers, days=days)
-    world, _ = np.random.SeedSequence(seed).spawn(2)
-    catalogue_seed, customer_seed = world.spawn(2)
-    catalogue = Catalogue.generate(
-        config.products, config.n_categories, np.random.default_rng(catalogue_seed)
-    )
-    people = Customers.generate(config, catalogue, np.random.default_rng(customer_seed))
-    cdf = people.affinity_cdf.astype(float)
-    affinity = np.diff(np.concatenate([np.zeros((people.size, 1)), cdf], axis=1), axis=1)
-    n = catalogue.category_weight.size
-    complements = np.zeros((n, n))
-    for c in range(n):
-        for j in range(catalogue.n_complements[c]):
-            complements[c, catalogue.complements[c, j]] += 1 / catalogue.n_complements[c]
-    ids = np.asarray(catalogue.product_ids().to_numpy(zero_copy_only=False)).astype(str)
-    index = {str(u): i for i, u in enumerate(people.user_ids())}
+    run = _Run(config, seed, None)  # the same customers and catalogue, before any day is simulated
+    ids = np.asarray(run.catalogue.product_ids().to_numpy(zero_copy_only=False)).astype(str)
+    index = {str(u): i for i, u in enumerate(run.user_ids)}
+    rows = np.array([index[user] for user in users], dtype=np.int64)
     lists = {}
-    for user in users:
-        a = affinity[index[user]]
-        share = 0.85 * a + 0.15 * a @ complements
-        lists[user] = list(ids[np.argsort(-share[catalogue.category] * catalogue.popularity)[:k]])
+    for lo in range(0, rows.size, 1000):
+        shares = view_shares(run.people, run.catalogue, rows[lo : lo + 1000], config.views_per_session)
+        top = np.argsort(-shares, axis=1, kind="stable")[:, :k]
+        for user, best in zip(users[lo : lo + 1000], top, strict=True):
+            lists[user] = list(ids[best])
     return lists
 
 

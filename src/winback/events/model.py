@@ -59,6 +59,7 @@ class Event(BaseModel):
     session_id: str | None = Id
     product_id: str | None = Id
     category: str | None = Field(default=None, min_length=1, max_length=500)
+    brand: str | None = Field(default=None, min_length=1, max_length=500)
     price: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     quantity: int | None = Field(default=None, ge=1, le=1_000_000)
     order_id: str | None = Id
@@ -119,6 +120,6 @@ class Event(BaseModel):
 
 def content_id(event: Event) -> str:
     """A stable id of an event's content (for events sent without one): 32 hex digits."""
-    body = event.model_dump(mode="json", exclude={"event_id"})
+    body = event.model_dump(mode="json", exclude={"event_id", "brand"})  # brand: as in the store
     digest = hashlib.md5(orjson.dumps(body, option=orjson.OPT_SORT_KEYS), usedforsecurity=False)
     return "content:" + digest.hexdigest()

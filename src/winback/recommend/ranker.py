@@ -46,6 +46,7 @@ from winback.recommend.sources import (
     Popularity,
     _factorised,
     _pairs,
+    catalogue_rows,
     check_k,
     shared_codes,
 )
@@ -410,11 +411,7 @@ class Recommender:
         self.now_ = float(frame["ts"].max())
         self.neighbours_ = ItemNeighbours().fit(frame)
         self.rules_ = BasketRules().fit(frame)
-        catalogue = (
-            frame
-            if products is None
-            else pd.concat([frame[["product_id", "category", "price", "ts"]], products])
-        )
+        catalogue = frame if products is None else pd.concat([catalogue_rows(frame), products])
         self.content_ = ContentNeighbours().fit(catalogue)
         self.popularity_ = Popularity(self.half_life_days).fit(frame)
         self.affinity_ = CategoryAffinity().fit(frame)
@@ -462,7 +459,7 @@ class Recommender:
             return self
         self.neighbours_.learn_new(frame)
         catalogue = self.content_.products_.reset_index().assign(ts=-np.inf)
-        self.content_.fit(pd.concat([catalogue, frame[["product_id", "category", "price", "ts"]]]))
+        self.content_.fit(pd.concat([catalogue, catalogue_rows(frame)]))
         self.repeat_.learn_new(frame)
         self.histories_.add(frame)
         self.now_ = max(self.now_, float(frame["ts"].max()))

@@ -3,7 +3,8 @@
 - :class:`ItemNeighbours`: item-to-item cosine on the user x item weight matrix (co-views, co-carts,
   co-purchases), with :meth:`ItemNeighbours.learn_new` to add interactions without a full retrain;
 - :class:`BasketRules`: association rules on purchase baskets (support, confidence, lift): complements;
-- :class:`ContentNeighbours`: same category, nearest price: substitutes, and neighbours of cold items;
+- :class:`ContentNeighbours`: same category, nearest price, same brand: substitutes, and neighbours of
+  cold items;
 - :class:`Popularity`: by category and recency (exponential decay): the fallback.
 
 Each follows scikit-learn's contract (``__init__`` stores hyperparameters, ``fit(interactions)``
@@ -490,10 +491,21 @@ class BasketRules:
         return self.for_items([product_id], k)
 
 
+#: What the content neighbours know of a product (``brand`` optional), and when (``ts``, optional).
+CATALOGUE_COLUMNS = ("product_id", "category", "brand", "price", "ts")
+
+
+def catalogue_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """The columns of ``frame`` (interactions or a product table) that describe products."""
+    return frame[[c for c in CATALOGUE_COLUMNS if c in frame.columns]]
+
+
 def _catalogue(frame: pd.DataFrame) -> pd.DataFrame:
-    """The last known category and price of each product (from interactions or a product table)."""
+    """The last known category, brand and price of each product (from interactions or a product table)."""
     if "product_id" not in frame.columns or "category" not in frame.columns:
-        raise BadInputError("products: missing columns; expected 'product_id', 'category' and 'price'")
+        raise BadInputError(
+            "products: missing columns; expected 'product_id', 'category' and 'price' (and 'brand' if known)"
+        )
     codes, ids = _factorised(frame["product_id"])
     # The last non-null value of each column per product, in time order (the table's order without ts).
     order = (
@@ -504,7 +516,7 @@ def _catalogue(frame: pd.DataFrame) -> pd.DataFrame:
     rank = np.empty(len(frame), dtype=np.int64)
     rank[order] = np.arange(len(frame))
     columns = {}
-    for column in ("category", "price"):
+    for column in ("category", "brand", "price"):
         if column not in frame.columns:
             continue
         values = frame[column].reset_index(drop=True)
@@ -517,6 +529,8 @@ def _catalogue(frame: pd.DataFrame) -> pd.DataFrame:
     out.index.name = "product_id"
     if "price" not in out.columns:
         out["price"] = np.nan
+    if "brand" not in out.columns:
+        out["brand"] = pd.Series(None, index=out.index, dtype="object")
     return out
 
 
@@ -531,24 +545,29 @@ def _first_k(scores: np.ndarray, k: int) -> np.ndarray:
 
 
 class ContentNeighbours:
-    """Products of the same category, nearest in price: substitutes, and the neighbours of cold items.
+    """Products of the same category, nearest in price, of the same brand: substitutes, and the
+    neighbours of cold items.
 
     The score of a product ``j`` for ``i`` is ``exp(-|ln(price_j / price_i)| / ln(1 + price_tolerance))``:
     1 at the same price, 1/e at ``price_tolerance`` dearer (or as much cheaper); 0.5 when a price is
-    unknown.
+    unknown; times ``1 / (1 + brand_weight)`` when ``j`` is not known to be of ``i``'s brand. So at the
+    same price a product of the same brand comes first, and "same brand as X" is its reason.
 
     Parameters
     ----------
     price_tolerance
         Relative price difference at which the score falls to 1/e.
+    brand_weight
+        How much more a product of the same brand counts (0: brand ignored).
 
     Attributes
     ----------
-    products_ : DataFrame indexed by product_id (category, price)
+    products_ : DataFrame indexed by product_id (category, brand, price)
     """
 
-    def __init__(self, price_tolerance: float = 0.5) -> None:
+    def __init__(self, price_tolerance: float = 0.5, brand_weight: float = 0.5) -> None:
         self.price_tolerance = price_tolerance
+        self.brand_weight = brand_weight
 
     def fit(self, products: pd.DataFrame) -> ContentNeighbours:
         """Learn categories and prices from a product table or interactions (last value seen)."""
@@ -556,20 +575,24 @@ class ContentNeighbours:
             raise BadInputError(f"products: expected a pandas DataFrame, got {type(products).__name__}")
         if not self.price_tolerance > 0:
             raise BadInputError(f"price_tolerance {self.price_tolerance!r}: expected a number > 0")
+        if not self.brand_weight >= 0:
+            raise BadInputError(f"brand_weight {self.brand_weight!r}: expected a number >= 0")
         self.products_ = _catalogue(products)
         # Plain arrays, per product and per category (products sorted by id): a query touches no pandas.
         self._ids = self.products_.index.to_numpy(object)
         self._prices = self.products_["price"].to_numpy(float)
         self._categories = self.products_["category"].to_numpy(object)
+        brands = self.products_["brand"].astype("object").where(self.products_["brand"].notna(), None)
+        self._brands = brands.to_numpy(object)
         self._row = {p: i for i, p in enumerate(self._ids.tolist())}
         known = np.flatnonzero(self.products_["category"].notna().to_numpy())
         codes, names = pd.factorize(self.products_["category"].iloc[known])
         grouped = known[np.argsort(codes, kind="stable")]
         bounds = np.r_[0, np.cumsum(np.bincount(codes, minlength=len(names)))]
-        self._by_category: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._by_category: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         for g, name in enumerate(names):
             rows = grouped[bounds[g] : bounds[g + 1]]
-            self._by_category[str(name)] = (self._ids[rows], self._prices[rows])
+            self._by_category[str(name)] = (self._ids[rows], self._prices[rows], self._brands[rows])
         return self
 
     def similar(self, product_id: str, k: int = 10, *, cheaper: bool = False) -> Candidates:
@@ -582,7 +605,7 @@ class ContentNeighbours:
         category, price = self._categories[row], float(self._prices[row])
         if category is None or (isinstance(category, float) and np.isnan(category)):
             return Candidates(reason=f"product {p} has no category: no content to compare")
-        ids, all_prices = self._by_category[str(category)]
+        ids, all_prices, all_brands = self._by_category[str(category)]
         if cheaper:
             if np.isnan(price):
                 return Candidates(reason=f"product {p} has no price: cannot find cheaper ones")
@@ -596,13 +619,21 @@ class ContentNeighbours:
         prices = all_prices[peers]
         with np.errstate(divide="ignore", invalid="ignore"):
             distance = np.abs(np.log(prices / price)) / np.log1p(self.price_tolerance)
-        scores = np.where(np.isnan(distance), 0.5, np.exp(-distance))
+        brand = self._brands[row]
+        same = all_brands[peers] == brand if brand is not None else np.zeros(peers.size, dtype=bool)
+        scores = np.where(np.isnan(distance), 0.5, np.exp(-distance)) / np.where(
+            same, 1.0, 1 + self.brand_weight
+        )
         order = _first_k(scores, k)  # peers are sorted by id: equal scores go to the smaller id
         if not order.size:
             return Candidates(reason=f"no other product in {category!s}" + (" is cheaper" if cheaper else ""))
         return Candidates(
             Candidate(
-                str(ids[peers[j]]), round(float(scores[j]), 6), _price_reason(p, price, prices[j], category)
+                str(ids[peers[j]]),
+                round(float(scores[j]), 6),
+                _price_reason(
+                    p, price, prices[j], category, brand if same[j] and self.brand_weight else None
+                ),
             )
             for j in order
         )
@@ -622,13 +653,15 @@ class ContentNeighbours:
         return Candidates(list(out.values())[:k])
 
 
-def _price_reason(p: str, price: float, other: float, category: object) -> str:
+def _price_reason(p: str, price: float, other: float, category: object, brand: object = None) -> str:
+    """Why a content neighbour: "similar to p1, 12% cheaper", "same brand as p1 (Acme), same price"..."""
+    like = f"same brand as {p} ({brand})" if brand is not None else f"similar to {p}"
     if np.isnan(price) or np.isnan(other):
-        return f"also in {category}, like {p}"
+        return f"{like}, also in {category}" if brand is not None else f"also in {category}, like {p}"
     change = other / price - 1
     if abs(change) < 0.005:
-        return f"similar to {p}, same price"
-    return f"similar to {p}, {_fraction(abs(change))} {'cheaper' if change < 0 else 'dearer'}"
+        return f"{like}, same price"
+    return f"{like}, {_fraction(abs(change))} {'cheaper' if change < 0 else 'dearer'}"
 
 
 class Popularity:
