@@ -11,7 +11,8 @@ Mapped ``event_name`` values (GA4's recommended e-commerce events):
 Each gives one row per element of ``items`` (``_item`` ``/items/N``): ``item_id`` -> product_id,
 ``item_category`` -> category, ``item_brand`` -> brand, ``price``, ``quantity``; ``item_name``,
 ``item_brand`` (kept there too), ``item_variant`` in properties. Without items, one row whose ``value``
-is ``ecommerce.purchase_revenue`` (else the ``value`` event parameter). ``(not set)``, GA4's placeholder, counts as missing.
+is ``ecommerce.purchase_revenue`` (else the ``value`` event parameter). ``(not set)``, GA4's
+placeholder, counts as missing.
 
 Every other event is dropped on purpose and counted nowhere: the automatically collected ones
 (``session_start``, ``first_visit``, ``page_view`` -- a page view is not a product view --,

@@ -12,9 +12,10 @@ brackets accepted too):
 Product events take the product from ``properties``: one row, ``_item`` ``/properties``; a product's
 ``brand`` is the canonical brand (and stays among its properties, with ``sku``, ``name``, ``variant``).
 Checkout and order events give one row per element of ``properties.products`` (``_item``
-``/properties/products/N``) with the order-level ``order_id`` on each and ``total``, ``subtotal``, ``revenue``, ``discount``,
-``coupon``, ``tax``, ``shipping``, ``affiliation``, ``checkout_id`` in its properties; without products
-they give one row whose ``value`` is ``revenue`` (else ``total``, else ``value``).
+``/properties/products/N``) with the order-level ``order_id`` on each and ``total``, ``subtotal``,
+``revenue``, ``discount``, ``coupon``, ``tax``, ``shipping``, ``affiliation``, ``checkout_id`` in its
+properties; without products they give one row whose ``value`` is ``revenue`` (else ``total``, else
+``value``).
 
 Every other call is dropped on purpose and counted nowhere: ``identify``, ``page``, ``screen``,
 ``group`` and ``alias`` calls (a page view is not a product view), and track events outside the list
