@@ -128,6 +128,32 @@ def test_cold_item_gets_content_neighbours(shop: pd.DataFrame) -> None:
     assert {c.product_id for c in content.similar("a")} == {"b"}
 
 
+def test_a_product_of_the_same_brand_comes_first_and_says_so() -> None:
+    catalogue = pd.DataFrame(
+        {
+            "product_id": ["phone", "case-a", "case-b", "case-c", "case-d"],
+            "category": ["phones"] + ["cases"] * 4,
+            "brand": ["Acme", "Acme", "Bolt", None, "Acme"],
+            "price": [300.0, 20.0, 20.0, 20.0, 22.0],
+        }
+    )
+    content = ContentNeighbours().fit(catalogue)
+    recs = content.similar("case-b", k=3)
+    assert [c.product_id for c in recs] == ["case-a", "case-c", "case-d"]  # no brand in common
+    assert recs[0].reason == "similar to case-b, same price"
+    recs = content.similar("case-a", k=3)
+    assert [c.product_id for c in recs] == ["case-d", "case-b", "case-c"]  # same brand, a little dearer
+    assert recs[0].reason == "same brand as case-a (Acme), 10% dearer"
+    assert recs[0].score == pytest.approx(np.exp(-np.log(1.1) / np.log(1.5)), abs=1e-6)
+    assert recs[1].score == pytest.approx(1 / 1.5, abs=1e-6)  # another brand at the same price
+    blind = ContentNeighbours(brand_weight=0).fit(catalogue)
+    assert [c.product_id for c in blind.similar("case-a", k=1)] == ["case-b"]
+    without = ContentNeighbours().fit(catalogue.drop(columns="brand")).similar("case-a", k=1)
+    assert without[0].reason == "similar to case-a, same price"
+    with pytest.raises(BadInputError, match="brand_weight"):
+        ContentNeighbours(brand_weight=-1).fit(catalogue)
+
+
 def test_popularity_decays_with_age() -> None:
     frame = with_weights(
         pd.DataFrame(
@@ -191,6 +217,9 @@ def test_interactions_from_the_store(sim_shop) -> None:  # type: ignore[no-untyp
     assert (before["ts"] < cut.timestamp()).all()
     assert len(before) < len(everything)
     assert set(everything["product_id"]) <= set(result.products["product_id"])
+    brands = everything.drop_duplicates("product_id").set_index("product_id")["brand"]
+    known = result.products.set_index("product_id")["brand"]
+    assert brands.to_dict() == known.reindex(brands.index).to_dict()
     split = time_split(everything, cut)
     assert len(split.train) == len(before)
     assert not split.test.duplicated().any()
