@@ -123,12 +123,11 @@ def evaluate(
     return table
 
 
-def oracle_lists(customers: int, days: int, seed: int, users: list[str], k: int = K) -> dict[str, list[str]]:
+def oracle_lists(config: ShopConfig, seed: int, users: list[str], k: int = K) -> dict[str, list[str]]:
     """The simulator's own choice model, which no recommender can see: each customer's true probability
     of viewing each product (:func:`winback.sim.sessions.view_shares`: their category affinities, price
     tier, staples and the products' complement links). Its recall is the ceiling of taste-based
     recommendations."""
-    config = ShopConfig(customers=customers, days=days)
     run = _Run(config, seed, None)  # the same customers and catalogue, before any day is simulated
     ids = np.asarray(run.catalogue.product_ids().to_numpy(zero_copy_only=False)).astype(str)
     index = {str(u): i for i, u in enumerate(run.user_ids)}
@@ -151,17 +150,18 @@ def split_by_days(frame: pd.DataFrame, test_days: float) -> TimeSplit:
     return time_split(frame, float(frame["ts"].max()) - test_days * 86_400)
 
 
-def simulated(customers: int, days: int, seed: int, test_days: float, home: Path) -> tuple[TimeSplit, str]:
+def simulated(config: ShopConfig, seed: int, test_days: float, home: Path) -> tuple[TimeSplit, str]:
     settings = load_settings(home=home / "sim")
     start = time.perf_counter()
-    result = simulate(customers=customers, days=days, seed=seed)
+    result = simulate(seed=seed, config=config)
     with EventStore(settings) as store:
         store.append(result.events, source="simulated")
     with open_source(settings) as source:
         frame = interactions(FeatureTables(source, settings))
     took = time.perf_counter() - start
     info = (
-        f"simulator: {customers:,} customers x {days} days (seed {seed}), {len(frame):,} interactions, "
+        f"simulator: {config.customers:,} customers x {config.days} days (seed {seed}), "
+        f"{len(frame):,} interactions, "
         f"{frame['product_id'].nunique():,} products, last {test_days:g} days tested; built in {took:.0f} s"
     )
     return split_by_days(frame, test_days), info
@@ -211,14 +211,16 @@ def main() -> None:
     )
     parser.add_argument("--customers", type=int, default=3000)
     parser.add_argument("--days", type=int, default=120)
+    parser.add_argument("--products", type=int, default=None, help="catalogue size (default: customers / 10)")
     parser.add_argument("--test-days", type=float, default=30)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--rr-test-share", type=float, default=0.3)
     parser.add_argument("--skip-retailrocket", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        split, info = simulated(args.customers, args.days, args.seed, args.test_days, Path(tmp))
-        oracle = oracle_lists(args.customers, args.days, args.seed, sorted(split.truth()))
+        config = ShopConfig(customers=args.customers, days=args.days, n_products=args.products)
+        split, info = simulated(config, args.seed, args.test_days, Path(tmp))
+        oracle = oracle_lists(config, args.seed, sorted(split.truth()))
         show(info, split, args.seed, oracle)
         if not args.skip_retailrocket:
             split, info = retailrocket(Path(tmp), args.rr_test_share)
