@@ -42,8 +42,8 @@ BEHAVIOUR_TYPES = ("view", "add_to_cart", "remove_from_cart", "checkout_start", 
 
 #: Physical storage: one table per *layout*, the set of optional fields a source has, named by the
 #: bitmask of those fields (``event_rows_0112_n0112_usd``: user, product and order ids, all integers,
-#: and the currency USD). A narrow file (RetailRocket) writes 6 columns, not 16: DuckDB pays for every
-#: column of every row group it writes, NULL or not, and the ten a narrow file lacks cost more than its
+#: and the currency USD). A narrow file (RetailRocket) writes 6 columns, not 17: DuckDB pays for every
+#: column of every row group it writes, NULL or not, and the eleven a narrow file lacks cost more than its
 #: own six. A source without a currency has the default one at load time for all its rows, so it is a
 #: constant of the table (its name's suffix), not a column. ``event_log`` is the view that unions them
 #: under one schema.
