@@ -38,6 +38,7 @@ from winback.recommend.ranker import Recommender
 from winback.recommend.sources import BasketRules, ItemNeighbours, Popularity
 from winback.recommend.tasks import evaluate_lists
 from winback.sim import simulate
+from winback.sim.catalogue import LINKS
 from winback.sim.config import ShopConfig
 from winback.sim.sessions import view_shares
 from winback.sim.shop import _Run
@@ -141,6 +142,43 @@ def oracle_lists(config: ShopConfig, seed: int, users: list[str], k: int = K) ->
     return lists
 
 
+def complement_links(split: TimeSplit, config: ShopConfig, seed: int) -> pd.DataFrame:
+    """The cart use against the simulator's truth: for a cart of one product, how many of the product's
+    true complement links (:attr:`winback.sim.catalogue.Catalogue.links`) each list holds in its top 3
+    and top 10, averaged over the products seen in training."""
+    run = _Run(config, seed, None)
+    ids = np.asarray(run.catalogue.product_ids().to_numpy(zero_copy_only=False)).astype(str)
+    links = {ids[i]: set(ids[run.catalogue.links[i]]) for i in range(ids.size)}
+    train = split.train
+    ranker = Recommender().fit(train)
+    popular = [c.product_id for c in Popularity(half_life_days=7).fit(train, now=split.at).top(10)]
+    lists: dict[str, Callable[[str], list[str]]] = {
+        "winback (`cart` use)": lambda p: [c.product_id for c in ranker.for_cart([p], 10)],
+        "complements (other categories viewed in the same visits)": lambda p: [
+            c.product_id for c in ranker.complements_.for_items([p], 10)
+        ],
+        "basket rules (orders)": lambda p: [c.product_id for c in ranker.rules_.for_items([p], 10)],
+        "item neighbours": lambda p: [c.product_id for c in ranker.neighbours_.similar(p, 10)],
+        "popularity (shop)": lambda p: popular,
+    }
+    products = sorted(set(train["product_id"]) & set(links))
+    rows = []
+    for name, recommend in lists.items():
+        shown = [recommend(p) for p in products]
+        rows.append(
+            {
+                "list": name,
+                "links in top 3": np.mean(
+                    [len(set(s[:3]) & links[p]) / len(links[p]) for p, s in zip(products, shown, strict=True)]
+                ),
+                "links in top 10": np.mean(
+                    [len(set(s) & links[p]) / len(links[p]) for p, s in zip(products, shown, strict=True)]
+                ),
+            }
+        )
+    return pd.DataFrame(rows).set_index("list")
+
+
 def _history(train: pd.DataFrame) -> pd.DataFrame:
     """Each customer's products with their summed interaction weights."""
     return train.groupby(["user_key", "product_id"], sort=False)["weight"].sum().reset_index()
@@ -222,6 +260,12 @@ def main() -> None:
         split, info = simulated(config, args.seed, args.test_days, Path(tmp))
         oracle = oracle_lists(config, args.seed, sorted(split.truth()))
         show(info, split, args.seed, oracle)
+        print(
+            f"\ncart use: a one-product cart's {LINKS} true complement products (the simulator's links) "
+            "in its list"
+        )
+        with pd.option_context("display.width", 160, "display.float_format", "{:.3f}".format):
+            print(complement_links(split, config, args.seed).to_string())
         if not args.skip_retailrocket:
             split, info = retailrocket(Path(tmp), args.rr_test_share)
             show(info, split, args.seed)

@@ -78,6 +78,12 @@ def test_cart_gets_complements_never_its_own_items(model: Recommender) -> None:
     assert [c.product_id for c in recs][:2] == ["case", "charger"]
     assert recs[0].reason.startswith("often bought with phone")
     assert "phone" not in [c.product_id for c in recs]
+    # Visits that view a phone view its accessories: complements from visits, never another phone.
+    visits = model.complements_.for_items(["phone-pro"], k=3)
+    assert not visits  # u9's one visit with it: too few
+    complements = model.complements_.for_items(["phone"], k=3)
+    assert {c.product_id for c in complements} == {"case", "charger"}
+    assert complements[0].reason.startswith("often viewed with phone (100% of its visits")
 
 
 def test_cart_by_id_and_cheaper_substitutes_for_the_price_sensitive(model: Recommender) -> None:

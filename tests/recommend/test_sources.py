@@ -110,6 +110,34 @@ def test_rules_for_items_always_bought_together(shop: pd.DataFrame) -> None:
     assert BasketRules(min_support=0.6).fit(shop).rules_.empty
 
 
+def test_complements_are_products_of_other_categories_viewed_in_the_same_visits() -> None:
+    """A phone's page links its case: visits that view the phone view the case (another category) more
+    than the other phones (its own category), which the complements leave out."""
+    visits = [["phone", "case"]] * 4 + [["phone", "phone-lite"]] * 6 + [["phone-lite"]] * 2
+    rows = [
+        {"user_key": f"u{n}", "product_id": p, "ts": n * DAY + i, "kind": "view", "session_key": f"s{n}"}
+        for n, visit in enumerate(visits)
+        for i, p in enumerate(visit)
+    ]
+    frame = with_weights(pd.DataFrame(rows))
+    frame["category"] = frame["product_id"].map({"phone": "phones", "phone-lite": "phones", "case": "cases"})
+    complements = BasketRules(
+        kinds=("view",), baskets=("session_key",), across_categories=True, min_count=3
+    ).fit(frame)
+    pairs = zip(complements.rules_["antecedent"], complements.rules_["consequent"], strict=True)
+    assert set(pairs) == {
+        ("phone", "case"),
+        ("case", "phone"),
+    }
+    recs = complements.for_items(["phone"], k=3)
+    assert [c.product_id for c in recs] == ["case"]
+    assert recs[0].reason == "often viewed with phone (40% of its visits, lift 1.2)"
+    everything = BasketRules(kinds=("view",), baskets=("session_key",)).fit(frame)
+    assert everything.for_items(["phone"], k=1)[0].product_id == "phone-lite"  # in more of its visits
+    with pytest.raises(BadInputError, match="baskets"):
+        BasketRules(baskets=("cart_id",)).fit(frame)
+
+
 def test_cold_item_gets_content_neighbours(shop: pd.DataFrame) -> None:
     catalogue = pd.DataFrame(
         {
