@@ -91,7 +91,6 @@ class Catalogue:
     by_category: np.ndarray  # products ordered by category, then price
     rank: np.ndarray  # product -> position in ``by_category``
     category_start: np.ndarray  # (categories + 1) boundaries in ``by_category``
-    cumulative: np.ndarray  # along ``by_category``: category + cumulative popularity within it
     median: np.ndarray  # (categories,) the plausible median price of each category
     brand: np.ndarray  # product -> brand
     brand_names: tuple[str, ...]
@@ -136,8 +135,6 @@ class Catalogue:
         popularity = np.empty(n_products)
         popularity[order] = 1.0 / (position + 1.0) ** 1.1
         popularity /= np.bincount(category, weights=popularity)[category]
-        cumulative = category[by_category] + _segment_cumsum(popularity[by_category], start)
-        cumulative[start[1:] - 1] = np.arange(1, k + 1)  # exact upper bounds against rounding
         n_complements = rng.integers(1, 4, k)
         others = np.argsort(rng.random((k, k)) + np.eye(k), axis=1)[:, :3]  # never the category itself
         complements = np.where(np.arange(3) < n_complements[:, None], others, -1)
@@ -158,7 +155,7 @@ class Catalogue:
         )
         catalogue = cls(
             category, price, popularity, tuple(names), weight, complements, n_complements,
-            by_category, rank, start, cumulative, medians, brand, brand_names, tier_share, tier_cumulative,
+            by_category, rank, start, medians, brand, brand_names, tier_share, tier_cumulative,
             np.zeros((n_products, LINKS), dtype=np.int64),
         )  # fmt: skip
         return replace(catalogue, links=catalogue._draw_links(details))
@@ -180,12 +177,9 @@ class Catalogue:
         step = TIER_GRID[1] - TIER_GRID[0]
         return np.clip(np.rint((log_ratio - TIER_GRID[0]) / step), 0, TIER_GRID.size - 1).astype(np.int64)
 
-    def sample(self, categories: np.ndarray, u: np.ndarray, tiers: np.ndarray | None = None) -> np.ndarray:
-        """One product per entry of ``categories`` (``u`` uniform in [0, 1)): by popularity within it, or,
-        given each entry's tier (an index into :data:`TIER_GRID`), by :attr:`tier_share`."""
-        if tiers is None:
-            index = np.searchsorted(self.cumulative, categories + u, side="right")
-            return self.by_category[np.minimum(index, self.size - 1)]
+    def sample(self, categories: np.ndarray, u: np.ndarray, tiers: np.ndarray) -> np.ndarray:
+        """One product per entry of ``categories`` for a customer of each entry's tier (an index into
+        :data:`TIER_GRID`), by :attr:`tier_share` (``u`` uniform in [0, 1))."""
         k = self.category_weight.size
         index = np.searchsorted(self.tier_cumulative, tiers * k + categories + u, side="right")
         return self.by_category[np.minimum(index - tiers * self.size, self.size - 1)]
@@ -229,7 +223,7 @@ def _segment_cumsum(values: np.ndarray, start: np.ndarray) -> np.ndarray:
 
 
 def _exact_bounds(cumulative: np.ndarray, start: np.ndarray) -> np.ndarray:
-    """``cumulative`` with each segment's last value exactly 1 (against rounding)."""
+    """``cumulative`` with each segment's last value exactly 1 (exact upper bounds against rounding)."""
     cumulative[start[1:] - 1] = 1.0
     return cumulative
 
