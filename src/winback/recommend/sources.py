@@ -423,44 +423,38 @@ class BasketRules:
             raise BadInputError("min_support and min_confidence: expected shares from 0 to 1")
         if self.min_count < 1:
             raise BadInputError(f"min_count {self.min_count!r}: expected an integer >= 1")
-        chosen = frame["kind"].isin(self.kinds).to_numpy()
-        rows = frame[chosen]
-        basket = np.empty(len(rows), dtype=object)
-        missing = np.ones(len(rows), dtype=bool)
         unknown = set(self.baskets) - {"order_id", "session_key"}
         if unknown:
             raise BadInputError(f"baskets {sorted(unknown)}: expected 'order_id' and/or 'session_key'")
-        for column in self.baskets:  # an order beats a session beats a day
-            if column in rows.columns:
-                given = missing & rows[column].notna().to_numpy()
-                basket[given] = rows[column][given].astype(str).to_numpy(object)
-                missing &= ~given
-        if missing.any():
-            day = rows["user_key"][missing].astype(str) + "@" + (rows["ts"][missing] // 86_400).astype(str)
-            basket[missing] = day.to_numpy(object)
-        basket_index = pd.factorize(basket)[0]
+        chosen = frame["kind"].isin(self.kinds).to_numpy()
+        basket_index, self.n_baskets_ = self._baskets_of(frame, chosen)
         all_items, every_item = _factorised(frame["product_id"])
-        used, item_index = np.unique(all_items[chosen], return_inverse=True)
-        items = every_item[used]
-        pairs = np.unique(basket_index.astype(np.int64) * max(len(items), 1) + item_index)
-        self.n_baskets_ = int(basket_index.max()) + 1 if basket_index.size else 0
+        present = np.bincount(all_items[chosen], minlength=len(every_item)) > 0
+        item_index = (np.cumsum(present) - 1)[all_items[chosen]]
+        items = every_item[present]
         self.items_ = items
+        # One entry per (basket, item): the conversion sums repeats, which are then counted once.
         matrix = sp.csr_matrix(
-            (np.ones(len(pairs)), (pairs // max(len(items), 1), pairs % max(len(items), 1))),
-            shape=(self.n_baskets_, len(items)),
+            (np.ones(basket_index.size), (basket_index, item_index)), shape=(self.n_baskets_, len(items))
         )
-        counts = (matrix.T @ matrix).tocoo()
+        matrix.data[:] = 1.0
         item_counts = np.asarray(matrix.sum(axis=0)).ravel()
-        off = counts.row != counts.col
-        a, b, n = counts.row[off], counts.col[off], counts.data[off]
+        if self.across_categories:
+            codes = pd.factorize(_catalogue(frame)["category"].reindex(items))[0]  # -1: unknown
+            # Only baskets with products of two known categories or more can hold a rule: the others
+            # (most visits of a one-category shopper) are left out of the product below.
+            matrix = matrix[_baskets_across(matrix, codes)]
+        counts = (matrix.T @ matrix).tocoo()
+        # The cheap tests first, on every pair; the measures only on the pairs that pass them.
+        first = (counts.row != counts.col) & (counts.data >= self.min_count)
+        a, b, n = counts.row[first], counts.col[first], counts.data[first]
+        if self.across_categories:
+            across = (codes[a] >= 0) & (codes[b] >= 0) & (codes[a] != codes[b])
+            a, b, n = a[across], b[across], n[across]
         support = n / max(self.n_baskets_, 1)
         confidence = n / item_counts[a]
         lift = confidence / (item_counts[b] / max(self.n_baskets_, 1))
-        keep = (n >= self.min_count) & (support >= self.min_support) & (confidence >= self.min_confidence)
-        if self.across_categories:
-            category = _catalogue(frame)["category"].reindex(items).to_numpy(object)
-            known = pd.notna(category)
-            keep &= known[a] & known[b] & (category[a] != category[b])
+        keep = (support >= self.min_support) & (confidence >= self.min_confidence)
         a, b, n, support, confidence, lift = (x[keep] for x in (a, b, n, support, confidence, lift))
         # By antecedent, best confidence, then lift, then consequent (codes sort as the ids do).
         order = np.lexsort((b, -lift, -confidence, a))
@@ -484,6 +478,28 @@ class BasketRules:
             for i, j in zip(starts.tolist(), ends.tolist(), strict=True)
         }
         return self
+
+    def _baskets_of(self, frame: pd.DataFrame, chosen: np.ndarray) -> tuple[np.ndarray, int]:
+        """The basket of each chosen row as a code, and the number of baskets: the first of
+        :attr:`baskets` a row has (each column's values apart), else its user's day."""
+        code = np.full(int(np.count_nonzero(chosen)), -1, dtype=np.int64)
+        n = 0
+        for column in self.baskets:  # an order beats a session beats a day
+            if column not in frame.columns:
+                continue
+            values, names = pd.factorize(frame[column])
+            values = values[chosen]
+            given = (code < 0) & (values >= 0)
+            code[given] = n + values[given]
+            n += len(names)
+        missing = code < 0
+        if missing.any():
+            users, _ = _factorised(frame["user_key"])
+            day = (frame["ts"].to_numpy(float)[chosen][missing] // 86_400).astype(np.int64)
+            code[missing] = n + pd.factorize(users[chosen][missing].astype(np.int64) * (1 << 24) + day)[0]
+        # Renumber: only the baskets some row is in count.
+        code, kept = pd.factorize(code)
+        return code.astype(np.int64), len(kept)
 
     def for_items(self, product_ids: Sequence[str], k: int = 10, exclude: Iterable[str] = ()) -> Candidates:
         """Complements of the ``product_ids`` (a cart, a customer's purchases): the consequents of
@@ -528,17 +544,40 @@ class BasketRules:
 CATALOGUE_COLUMNS = ("product_id", "category", "brand", "price", "ts")
 
 
+def _baskets_across(matrix: sp.csr_matrix, codes: np.ndarray) -> np.ndarray:
+    """Rows of the baskets x items ``matrix`` holding items of two or more known categories (``codes``
+    per item, -1 unknown)."""
+    category = codes[matrix.indices]
+    known = category >= 0
+    basket = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))[known]
+    per_basket = sp.csr_matrix(
+        (np.ones(basket.size), (basket, category[known])),
+        shape=(matrix.shape[0], int(codes.max(initial=-1)) + 1),
+    )  # repeats are summed: one entry per (basket, category)
+    return np.flatnonzero(np.diff(per_basket.indptr) >= 2)
+
+
 def catalogue_rows(frame: pd.DataFrame) -> pd.DataFrame:
     """The columns of ``frame`` (interactions or a product table) that describe products."""
     return frame[[c for c in CATALOGUE_COLUMNS if c in frame.columns]]
 
 
 def _catalogue(frame: pd.DataFrame) -> pd.DataFrame:
-    """The last known category, brand and price of each product (from interactions or a product table)."""
+    """The last known category, brand and price of each product (from interactions or a product table;
+    within :func:`shared_codes` computed once per frame)."""
     if "product_id" not in frame.columns or "category" not in frame.columns:
         raise BadInputError(
             "products: missing columns; expected 'product_id', 'category' and 'price' (and 'brand' if known)"
         )
+    # Keyed on the id and category columns (their arrays keep their identity; a float column's do not):
+    # within shared_codes nothing changes the frame.
+    return _once(
+        "catalogue", (frame["product_id"].array, frame["category"].array), lambda: _last_known(frame)
+    )
+
+
+def _last_known(frame: pd.DataFrame) -> pd.DataFrame:
+    """:func:`_catalogue`, computed."""
     codes, ids = _factorised(frame["product_id"])
     # The last non-null value of each column per product, in time order (the table's order without ts).
     order = (
@@ -555,7 +594,9 @@ def _catalogue(frame: pd.DataFrame) -> pd.DataFrame:
         values = frame[column].reset_index(drop=True)
         valid = values.notna().to_numpy()
         last = np.full(len(ids), -1, dtype=np.int64)
-        np.maximum.at(last, codes[valid], rank[valid])
+        if valid.any():  # a group-by: many times quicker than np.maximum.at on large logs
+            latest = pd.Series(rank[valid]).groupby(codes[valid], sort=False).max()
+            last[latest.index.to_numpy()] = latest.to_numpy()
         rows = np.where(last >= 0, order[np.maximum(last, 0)], -1)
         columns[column] = values.reindex(rows).set_axis(ids)  # row -1: no value (NaN)
     out = pd.DataFrame(columns)
