@@ -25,7 +25,7 @@ def test_rees46_sample_is_detected_mapped_and_idempotent(store: EventStore, data
     assert by_type == expected
 
     row = store.con.execute(
-        "SELECT user_id, session_id, product_id, category, price, currency, properties, timestamp "
+        "SELECT user_id, session_id, product_id, category, price, currency, properties, timestamp, event_id "
         "FROM events WHERE product_id = '3900821'"
     ).fetchone()
     assert row is not None
@@ -38,6 +38,7 @@ def test_rees46_sample_is_detected_mapped_and_idempotent(store: EventStore, data
         "USD",
     )
     assert '"brand":"aqua"' in row[6]  # kept in properties, as before brand was a canonical field
+    assert row[8] == "c300422d5e7e14bce083ead061af4c7a"  # the id this event had before brand existed
     brands = dict(store.con.execute("SELECT product_id, brand FROM events").fetchall())
     assert brands["3900821"] == "aqua"
     assert brands == raw.dropna(subset=["brand"]).set_index("product_id")["brand"].to_dict() | {
