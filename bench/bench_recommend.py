@@ -48,7 +48,7 @@ from bench_features import OUT, peak_rss_mib
 from winback.recommend.affinity import CategoryAffinity
 from winback.recommend.factors import ALSFactors
 from winback.recommend.interactions import COLUMNS, with_weights
-from winback.recommend.ranker import Histories, Recommender, _open_carts
+from winback.recommend.ranker import COMPLEMENT_RULES, Histories, Recommender, _open_carts
 from winback.recommend.repeat import RepeatPurchases
 from winback.recommend.sources import (
     BasketRules,
@@ -230,6 +230,7 @@ def breakdown(model: Recommender, frame: pd.DataFrame) -> dict[str, float]:
         ),
         "ItemNeighbours": lambda: ItemNeighbours().fit(frame),
         "BasketRules": lambda: BasketRules().fit(frame),
+        "BasketRules (complements from visits)": lambda: BasketRules(**COMPLEMENT_RULES).fit(frame),
         "ContentNeighbours": lambda: ContentNeighbours().fit(frame),
         "Popularity": lambda: Popularity(model.half_life_days).fit(frame),
         "CategoryAffinity": lambda: CategoryAffinity().fit(frame),

@@ -133,7 +133,7 @@ def churn_ceiling(
         copies = Customers(**{f.name: getattr(people, f.name)[who] for f in fields(Customers) if f.init})
         sessions, items = browse(
             np.arange(who.size), np.full(who.size, int(t0)), copies, catalogue, config, rng,
-            np.zeros(0, np.int64),
+            np.zeros(0, np.int64), rng,
         )  # fmt: skip
         value = np.bincount(
             items.session[~items.removed],

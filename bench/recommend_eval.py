@@ -38,9 +38,10 @@ from winback.recommend.ranker import Recommender
 from winback.recommend.sources import BasketRules, ItemNeighbours, Popularity
 from winback.recommend.tasks import evaluate_lists
 from winback.sim import simulate
-from winback.sim.catalogue import Catalogue
+from winback.sim.catalogue import LINKS
 from winback.sim.config import ShopConfig
-from winback.sim.customers import Customers
+from winback.sim.sessions import view_shares
+from winback.sim.shop import _Run
 
 RETAILROCKET = (
     Path(__file__).resolve().parents[1].parent
@@ -123,32 +124,59 @@ def evaluate(
     return table
 
 
-def oracle_lists(customers: int, days: int, seed: int, users: list[str], k: int = K) -> dict[str, list[str]]:
-    """The simulator's own choice model, which no recommender can see: each customer's true category
-    affinities (70% focus category, 15% its complements, 15% another favourite) times the products'
-    true popularity within their category. Its recall is the ceiling of taste-based recommendations."""
-    config = ShopConfig(customers=customers, days=days)
-    world, _ = np.random.SeedSequence(seed).spawn(2)
-    catalogue_seed, customer_seed = world.spawn(2)
-    catalogue = Catalogue.generate(
-        config.products, config.n_categories, np.random.default_rng(catalogue_seed)
-    )
-    people = Customers.generate(config, catalogue, np.random.default_rng(customer_seed))
-    cdf = people.affinity_cdf.astype(float)
-    affinity = np.diff(np.concatenate([np.zeros((people.size, 1)), cdf], axis=1), axis=1)
-    n = catalogue.category_weight.size
-    complements = np.zeros((n, n))
-    for c in range(n):
-        for j in range(catalogue.n_complements[c]):
-            complements[c, catalogue.complements[c, j]] += 1 / catalogue.n_complements[c]
-    ids = np.asarray(catalogue.product_ids().to_numpy(zero_copy_only=False)).astype(str)
-    index = {str(u): i for i, u in enumerate(people.user_ids())}
+def oracle_lists(config: ShopConfig, seed: int, users: list[str], k: int = K) -> dict[str, list[str]]:
+    """The simulator's own choice model, which no recommender can see: each customer's true probability
+    of viewing each product (:func:`winback.sim.sessions.view_shares`: their category affinities, price
+    tier, staples and the products' complement links). Its recall is the ceiling of taste-based
+    recommendations."""
+    run = _Run(config, seed, None)  # the same customers and catalogue, before any day is simulated
+    ids = np.asarray(run.catalogue.product_ids().to_numpy(zero_copy_only=False)).astype(str)
+    index = {str(u): i for i, u in enumerate(run.user_ids)}
+    rows = np.array([index[user] for user in users], dtype=np.int64)
     lists = {}
-    for user in users:
-        a = affinity[index[user]]
-        share = 0.85 * a + 0.15 * a @ complements
-        lists[user] = list(ids[np.argsort(-share[catalogue.category] * catalogue.popularity)[:k]])
+    for lo in range(0, rows.size, 1000):
+        shares = view_shares(run.people, run.catalogue, rows[lo : lo + 1000], config.views_per_session)
+        top = np.argsort(-shares, axis=1, kind="stable")[:, :k]
+        for user, best in zip(users[lo : lo + 1000], top, strict=True):
+            lists[user] = list(ids[best])
     return lists
+
+
+def complement_links(split: TimeSplit, config: ShopConfig, seed: int) -> pd.DataFrame:
+    """The cart use against the simulator's truth: for a cart of one product, how many of the product's
+    true complement links (:attr:`winback.sim.catalogue.Catalogue.links`) each list holds in its top 3
+    and top 10, averaged over the products seen in training."""
+    run = _Run(config, seed, None)
+    ids = np.asarray(run.catalogue.product_ids().to_numpy(zero_copy_only=False)).astype(str)
+    links = {ids[i]: set(ids[run.catalogue.links[i]]) for i in range(ids.size)}
+    train = split.train
+    ranker = Recommender().fit(train)
+    popular = [c.product_id for c in Popularity(half_life_days=7).fit(train, now=split.at).top(10)]
+    lists: dict[str, Callable[[str], list[str]]] = {
+        "winback (`cart` use)": lambda p: [c.product_id for c in ranker.for_cart([p], 10)],
+        "complements (other categories viewed in the same visits)": lambda p: [
+            c.product_id for c in ranker.complements_.for_items([p], 10)
+        ],
+        "basket rules (orders)": lambda p: [c.product_id for c in ranker.rules_.for_items([p], 10)],
+        "item neighbours": lambda p: [c.product_id for c in ranker.neighbours_.similar(p, 10)],
+        "popularity (shop)": lambda p: popular,
+    }
+    products = sorted(set(train["product_id"]) & set(links))
+    rows = []
+    for name, recommend in lists.items():
+        shown = [recommend(p) for p in products]
+        rows.append(
+            {
+                "list": name,
+                "links in top 3": np.mean(
+                    [len(set(s[:3]) & links[p]) / len(links[p]) for p, s in zip(products, shown, strict=True)]
+                ),
+                "links in top 10": np.mean(
+                    [len(set(s) & links[p]) / len(links[p]) for p, s in zip(products, shown, strict=True)]
+                ),
+            }
+        )
+    return pd.DataFrame(rows).set_index("list")
 
 
 def _history(train: pd.DataFrame) -> pd.DataFrame:
@@ -160,17 +188,18 @@ def split_by_days(frame: pd.DataFrame, test_days: float) -> TimeSplit:
     return time_split(frame, float(frame["ts"].max()) - test_days * 86_400)
 
 
-def simulated(customers: int, days: int, seed: int, test_days: float, home: Path) -> tuple[TimeSplit, str]:
+def simulated(config: ShopConfig, seed: int, test_days: float, home: Path) -> tuple[TimeSplit, str]:
     settings = load_settings(home=home / "sim")
     start = time.perf_counter()
-    result = simulate(customers=customers, days=days, seed=seed)
+    result = simulate(seed=seed, config=config)
     with EventStore(settings) as store:
         store.append(result.events, source="simulated")
     with open_source(settings) as source:
         frame = interactions(FeatureTables(source, settings))
     took = time.perf_counter() - start
     info = (
-        f"simulator: {customers:,} customers x {days} days (seed {seed}), {len(frame):,} interactions, "
+        f"simulator: {config.customers:,} customers x {config.days} days (seed {seed}), "
+        f"{len(frame):,} interactions, "
         f"{frame['product_id'].nunique():,} products, last {test_days:g} days tested; built in {took:.0f} s"
     )
     return split_by_days(frame, test_days), info
@@ -220,15 +249,23 @@ def main() -> None:
     )
     parser.add_argument("--customers", type=int, default=3000)
     parser.add_argument("--days", type=int, default=120)
+    parser.add_argument("--products", type=int, default=None, help="catalogue size (default: customers / 10)")
     parser.add_argument("--test-days", type=float, default=30)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--rr-test-share", type=float, default=0.3)
     parser.add_argument("--skip-retailrocket", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        split, info = simulated(args.customers, args.days, args.seed, args.test_days, Path(tmp))
-        oracle = oracle_lists(args.customers, args.days, args.seed, sorted(split.truth()))
+        config = ShopConfig(customers=args.customers, days=args.days, n_products=args.products)
+        split, info = simulated(config, args.seed, args.test_days, Path(tmp))
+        oracle = oracle_lists(config, args.seed, sorted(split.truth()))
         show(info, split, args.seed, oracle)
+        print(
+            f"\ncart use: a one-product cart's {LINKS} true complement products (the simulator's links) "
+            "in its list"
+        )
+        with pd.option_context("display.width", 160, "display.float_format", "{:.3f}".format):
+            print(complement_links(split, config, args.seed).to_string())
         if not args.skip_retailrocket:
             split, info = retailrocket(Path(tmp), args.rr_test_share)
             show(info, split, args.seed)

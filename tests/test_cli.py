@@ -155,7 +155,7 @@ def test_demo_runs_end_to_end_and_a_rerun_adds_nothing(tmp_path: Path) -> None:
     text = run("demo", "--customers", "400", "--days", "45", home=home)
     assert "summary" in text.stdout
     assert str(home / "events.duckdb") in text.stdout
-    assert "148 training and 44 test carts; simulate a larger shop" in text.stdout
+    assert "147 training and 44 test carts; simulate a larger shop" in text.stdout
 
 
 def test_demo_compares_the_static_flows_with_the_uplift_policy(tmp_path: Path) -> None:

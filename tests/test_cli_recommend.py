@@ -4,6 +4,7 @@ and a product, the batch file, cold start, JSON and exit codes."""
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -123,3 +124,19 @@ def test_bad_requests_are_usage_errors(trained_home: Path, tmp_path: Path) -> No
     untrained = run("recommend", "--user", "u1", home=fresh)
     assert untrained.returncode == 2
     assert "train one first with `winback train recommend`" in untrained.stderr
+
+
+def test_a_recommender_saved_before_brand_is_refused_with_the_way_out(
+    trained_home: Path, tmp_path: Path
+) -> None:
+    """A model saved by an earlier winback, trained on interactions without ``brand``: retrain, no crash."""
+    home = tmp_path / "home"
+    shutil.copytree(trained_home / "models", home / "models")
+    version = (home / "models" / "recommend" / "current").read_text().strip()
+    card_path = home / "models" / "recommend" / version / "card.json"
+    card = json.loads(card_path.read_text())
+    card["features"] = [f for f in card["features"] if f != "brand"]
+    card_path.write_text(json.dumps(card))
+    old = run("recommend", "--user", "u000001", home=home)
+    assert old.returncode == 2
+    assert "retrain it with `winback train recommend`" in old.stderr

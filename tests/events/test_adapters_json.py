@@ -60,8 +60,8 @@ BAD_MESSAGES = {
 BAD_SPLIT = {"segment": (2, 5), "ga4": (2, 6), "shopify": (2, 6)}
 
 COLUMNS = (
-    "event_id, event_type, timestamp, user_id, anonymous_id, session_id, product_id, category, price, "
-    "quantity, order_id, value, currency, properties"
+    "event_id, event_type, timestamp, user_id, anonymous_id, session_id, product_id, category, brand, "
+    "price, quantity, order_id, value, currency, properties"
 )
 
 
@@ -223,6 +223,7 @@ def test_segment_rows_follow_the_ecommerce_spec(store: EventStore) -> None:
     assert viewed["properties"]["campaign"]["name"] == "spring_sale"
     assert viewed["properties"]["page_url"] == "https://shop.example.com/monopoly"
     assert viewed["properties"]["sku"] == "G-32"
+    assert viewed["brand"] == viewed["properties"]["brand"] == "Hasbro"  # a product's brand, kept there too
     assert "userAgent" not in json.dumps(viewed["properties"])  # context is kept selectively
     assert rows["msg-a-002"]["quantity"] == 2
     assert rows["msg-a-002"]["properties"]["cart_id"] == "skdjsidjsdkdj29j"
@@ -230,9 +231,9 @@ def test_segment_rows_follow_the_ecommerce_spec(store: EventStore) -> None:
     assert rows["msg-b-002"]["event_type"] == "add_to_cart"  # snake_case "product_added"
 
     order = [rows["msg-a-007:0"], rows["msg-a-007:1"]]
-    assert [pick(r, "product_id price quantity") for r in order] == [
-        ("507f1f77bcf86cd799439011", 18.99, 1),
-        ("505bd76785ebb509fc183733", 3.0, 2),
+    assert [pick(r, "product_id price quantity brand") for r in order] == [
+        ("507f1f77bcf86cd799439011", 18.99, 1, "Hasbro"),
+        ("505bd76785ebb509fc183733", 3.0, 2, "Mattel"),
     ]
     for line in order:
         assert pick(line, "event_type order_id value") == ("purchase", "50314b8e9bcf000000000000", None)
@@ -277,6 +278,7 @@ def test_ga4_rows_follow_the_bigquery_export(store: EventStore) -> None:
     assert pick(first, "user_id anonymous_id") == ("u-1001", "1197596843.1709280000")
     assert first["session_id"] == "1197596843.1709280000:1709280000"
     assert pick(first, "product_id category price quantity") == ("SKU_12345", "Apparel", 9.99, 1)
+    assert first["brand"] == first["properties"]["item_brand"] == "Google"
     assert first["properties"]["item_name"] == "Stan and Friends Tee"
     assert first["properties"]["page_location"] == "https://shop.example.com/p/stan-tee"
     assert rows[1]["timestamp"] == at(2024, 3, 1, 10, 1)  # event_timestamp as a JSON integer
@@ -327,7 +329,14 @@ def test_shopify_rows_follow_the_webhooks(store: EventStore) -> None:
     created = rows["b54557e4-bdd9-4b37-8a5f-bf7d70bcd043:0"]  # a guest's checkouts/create
     assert pick(created, "event_type timestamp") == ("checkout_start", at(2024, 3, 6, 15, 15))
     assert pick(created, "user_id anonymous_id session_id") == (None, cart, None)
-    assert pick(created, "product_id price quantity currency") == ("632910392", 199.0, 1, "USD")
+    assert pick(created, "product_id price quantity currency brand") == (
+        "632910392",
+        199.0,
+        1,
+        "USD",
+        "Apple",
+    )
+    assert created["properties"]["vendor"] == "Apple"  # the line's vendor is its brand, kept there too
     assert created["properties"]["checkout_token"] == token
     assert created["properties"]["sku"] == "IPOD2008PINK"
     assert created["properties"]["abandoned_checkout_url"].startswith(

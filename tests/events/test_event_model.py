@@ -37,7 +37,7 @@ def valid_events(draw: st.DrawFn) -> dict[str, Any]:
     if kind in PRODUCT_EVENT_TYPES or draw(st.booleans()):
         event["product_id"] = draw(ids)
     for name, strategy in (
-        ("event_id", ids), ("session_id", ids), ("order_id", ids), ("category", ids),
+        ("event_id", ids), ("session_id", ids), ("order_id", ids), ("category", ids), ("brand", ids),
         ("price", st.floats(0, 1e7)), ("value", st.floats(0, 1e7)), ("quantity", st.integers(1, 1_000_000)),
         ("currency", st.sampled_from(["USD", "EUR", "JPY"])),
         ("properties", st.dictionaries(st.text(max_size=8), json_values, max_size=4)),
@@ -210,3 +210,13 @@ def test_common_bodies_take_the_fast_path() -> None:
         body = orjson.dumps([event]).replace(b"10:00:00.25", stamp)
         assert fast_rows(body) is None, body
         assert _model_rows(body) is not None
+
+
+def test_a_brand_is_kept_and_is_not_part_of_an_events_identity() -> None:
+    """As in the store: the brand describes the product, and events sent before the field existed keep
+    their content ids."""
+    raw = {"event_type": "view", "timestamp": "2024-05-01T10:00:00Z", "user_id": "u1", "product_id": "p1"}
+    branded = Event.model_validate(raw | {"brand": " Acme "})
+    assert branded.brand == "Acme"
+    assert branded.event_id == Event.model_validate(raw).event_id
+    assert _problems(raw | {"brand": ""}) is not None

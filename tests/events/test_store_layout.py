@@ -102,7 +102,7 @@ def test_a_version_1_store_is_migrated_in_place_with_the_same_keys(
     con = duckdb.connect(str(old_home / "events.duckdb"))
     con.execute(V1_DDL)
     con.execute(f"ATTACH '{settings.store_path}' AS v2 (READ_ONLY)")
-    con.execute("INSERT INTO event_log SELECT * FROM v2.event_log")
+    con.execute("INSERT INTO event_log SELECT * EXCLUDE (brand) FROM v2.event_log")  # v1 had no brand
     con.execute("INSERT INTO ingest_batches SELECT * FROM v2.ingest_batches")
     con.close()
 
@@ -169,3 +169,19 @@ def test_an_id_that_is_not_an_integer_text_after_the_sample_keeps_the_column_tex
     assert column_types(store) == {"user_id": "VARCHAR", "product_id": "VARCHAR"}
     assert store.con.execute("SELECT count(*) FROM events WHERE user_id = '0042'").fetchone() == (1,)
     assert store.con.execute("SELECT count(*) FROM events WHERE user_id = '4321'").fetchone() == (0,)
+
+
+def test_a_brand_column_is_the_brand_and_stays_among_the_properties(
+    store: EventStore, tmp_path: Path
+) -> None:
+    """``brand`` became a canonical field after files with a brand column had been loaded (into their
+    properties, which are part of an event's identity): they keep it there, so their events keep the
+    identity they had and a reload still adds nothing."""
+    branded = write(tmp_path / "b.csv", "timestamp,user_id,event_type,product_id,brand\n"
+                    "2024-03-01T10:00:00Z,u1,view,p1,Acme\n2024-03-01T10:05:00Z,u2,view,p2,\n")  # fmt: skip
+    assert ingest_files(store, [branded]).as_dict()["ingested"] == 2
+    (columns,) = layout_columns(store).values()
+    assert "brand" in columns
+    rows = store.con.execute("SELECT user_id, brand, properties FROM events ORDER BY user_id").fetchall()
+    assert rows == [("u1", "Acme", '{"brand":"Acme"}'), ("u2", None, '{"brand":null}')]
+    assert ingest_files(store, [branded]).as_dict()["duplicates"] == 2

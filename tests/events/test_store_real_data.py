@@ -25,7 +25,7 @@ def test_rees46_sample_is_detected_mapped_and_idempotent(store: EventStore, data
     assert by_type == expected
 
     row = store.con.execute(
-        "SELECT user_id, session_id, product_id, category, price, currency, properties, timestamp "
+        "SELECT user_id, session_id, product_id, category, price, currency, properties, timestamp, event_id "
         "FROM events WHERE product_id = '3900821'"
     ).fetchone()
     assert row is not None
@@ -37,7 +37,13 @@ def test_rees46_sample_is_detected_mapped_and_idempotent(store: EventStore, data
         33.20,
         "USD",
     )
-    assert '"brand":"aqua"' in row[6]
+    assert '"brand":"aqua"' in row[6]  # kept in properties, as before brand was a canonical field
+    assert row[8] == "c300422d5e7e14bce083ead061af4c7a"  # the id this event had before brand existed
+    brands = dict(store.con.execute("SELECT product_id, brand FROM events").fetchall())
+    assert brands["3900821"] == "aqua"
+    assert brands == raw.dropna(subset=["brand"]).set_index("product_id")["brand"].to_dict() | {
+        p: None for p in raw.loc[raw["brand"].isna(), "product_id"]
+    }
     assert row[7].isoformat() == "2019-10-01T00:00:00+00:00"
     # Rows without a category_code fall back to the numeric category_id.
     no_code = store.con.execute("SELECT category FROM events WHERE product_id = '44600062'").fetchone()

@@ -6,11 +6,13 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
 from winback.config import Settings, load_settings
 from winback.errors import BadInputError
-from winback.features.engine import open_source
+from winback.features.engine import export_for_spark, open_source
 from winback.features.tables import FeatureTables
 from winback.models import tasks
 from winback.sim import SimulationResult
@@ -76,3 +78,19 @@ def test_a_spark_events_path_that_is_not_canonical_events_is_refused(tmp_path: P
         open_source(settings, "spark"),
     ):
         pass
+
+
+def test_spark_events_written_before_brand_existed_still_open(
+    sim_shop: tuple[Settings, SimulationResult], tmp_path: Path
+) -> None:
+    """Parquet events exported by an earlier winback lack ``brand``: read as unknown, not refused."""
+    exported = pq.read_table(export_for_spark(sim_shop[0]))
+    older = exported.drop_columns(["brand"])
+    pq.write_table(older, tmp_path / "older.parquet")
+    settings = load_settings(home=tmp_path / "home", spark_events=tmp_path / "older.parquet")
+    with open_source(settings, "spark") as source:
+        counts = source.execute(
+            source.events.aggregate(n=source.events.count(), branded=source.events.brand.count())
+        )
+    assert counts.to_dict("records") == [{"n": older.num_rows, "branded": 0}]
+    assert pc.count(exported["brand"]).as_py() > 0  # the simulator's events do have brands

@@ -78,6 +78,12 @@ def test_cart_gets_complements_never_its_own_items(model: Recommender) -> None:
     assert [c.product_id for c in recs][:2] == ["case", "charger"]
     assert recs[0].reason.startswith("often bought with phone")
     assert "phone" not in [c.product_id for c in recs]
+    # Visits that view a phone view its accessories: complements from visits, never another phone.
+    visits = model.complements_.for_items(["phone-pro"], k=3)
+    assert not visits  # u9's one visit with it: too few
+    complements = model.complements_.for_items(["phone"], k=3)
+    assert {c.product_id for c in complements} == {"case", "charger"}
+    assert complements[0].reason.startswith("often viewed with phone (100% of its visits")
 
 
 def test_cart_by_id_and_cheaper_substitutes_for_the_price_sensitive(model: Recommender) -> None:
@@ -198,3 +204,42 @@ def test_category_affinity_follows_what_a_customer_browses(shop: pd.DataFrame) -
     assert model.for_items(["case"], k=1)[0].product_id == "charger"
     assert "cold start" in model.for_user("nobody").reason
     assert "known category" in model.for_items(["nothing-like-it"]).reason
+
+
+def test_category_affinity_ranks_a_category_at_the_customers_price_level() -> None:
+    """Two customers browse the same category, one among its cheap products, one among its dear ones:
+    each is offered the products at their own price level; a newcomer and a shop without prices get
+    the plain popular ones."""
+    prices = {"cheap": 10.0, "budget": 12.0, "mid": 20.0, "posh": 35.0, "premium": 40.0}
+    rows = []
+    for n, (user, liked) in enumerate([("thrifty", ["cheap", "budget"]), ("lavish", ["posh", "premium"])]):
+        for day in range(4):
+            rows += [(user, p, day * DAY + n) for p in liked]
+    rows += [(f"v{i}", "mid", 5 * DAY + i) for i in range(8)]  # the most viewed: the mid-priced one
+    rows += [("thrifty", "other", 6 * DAY)]
+    frame = with_weights(
+        pd.DataFrame(rows, columns=["user_key", "product_id", "ts"]).assign(
+            kind="view",
+            session_key=lambda f: f["user_key"] + "@" + (f["ts"] // DAY).astype(str),
+            category=lambda f: np.where(f["product_id"] == "other", "elsewhere", "shoes"),
+            price=lambda f: f["product_id"].map(prices).fillna(5.0),
+        )
+    )
+    model = CategoryAffinity(prior=0.0).fit(frame)
+    assert model.price_width_ is not None
+    assert 0.05 < model.price_width_ < 1.0
+    assert [c.product_id for c in model.for_user("thrifty", k=2)] == ["cheap", "budget"]
+    assert [c.product_id for c in model.for_user("lavish", k=2)] == ["premium", "posh"]
+    thrifty, lavish = model.price_level("thrifty"), model.price_level("lavish")
+    assert thrifty is not None
+    assert lavish is not None
+    assert thrifty < 0 < lavish
+    assert [c.product_id for c in model.for_user("v0", k=1)] == ["mid"]
+    plain = CategoryAffinity(prior=0.0).fit(frame.assign(price=np.nan))
+    assert plain.price_width_ is None
+    assert plain.price_level("thrifty") is None
+    assert [c.product_id for c in plain.for_user("thrifty", k=1)] == ["mid"]
+    assert [
+        c.product_id
+        for c in CategoryAffinity(prior=0.0, price_prior=None).fit(frame).for_user("thrifty", k=1)
+    ] == ["mid"]

@@ -110,6 +110,34 @@ def test_rules_for_items_always_bought_together(shop: pd.DataFrame) -> None:
     assert BasketRules(min_support=0.6).fit(shop).rules_.empty
 
 
+def test_complements_are_products_of_other_categories_viewed_in_the_same_visits() -> None:
+    """A phone's page links its case: visits that view the phone view the case (another category) more
+    than the other phones (its own category), which the complements leave out."""
+    visits = [["phone", "case"]] * 4 + [["phone", "phone-lite"]] * 6 + [["phone-lite"]] * 2
+    rows = [
+        {"user_key": f"u{n}", "product_id": p, "ts": n * DAY + i, "kind": "view", "session_key": f"s{n}"}
+        for n, visit in enumerate(visits)
+        for i, p in enumerate(visit)
+    ]
+    frame = with_weights(pd.DataFrame(rows))
+    frame["category"] = frame["product_id"].map({"phone": "phones", "phone-lite": "phones", "case": "cases"})
+    complements = BasketRules(
+        kinds=("view",), baskets=("session_key",), across_categories=True, min_count=3
+    ).fit(frame)
+    pairs = zip(complements.rules_["antecedent"], complements.rules_["consequent"], strict=True)
+    assert set(pairs) == {
+        ("phone", "case"),
+        ("case", "phone"),
+    }
+    recs = complements.for_items(["phone"], k=3)
+    assert [c.product_id for c in recs] == ["case"]
+    assert recs[0].reason == "often viewed with phone (40% of its visits, lift 1.2)"
+    everything = BasketRules(kinds=("view",), baskets=("session_key",)).fit(frame)
+    assert everything.for_items(["phone"], k=1)[0].product_id == "phone-lite"  # in more of its visits
+    with pytest.raises(BadInputError, match="baskets"):
+        BasketRules(baskets=("cart_id",)).fit(frame)
+
+
 def test_cold_item_gets_content_neighbours(shop: pd.DataFrame) -> None:
     catalogue = pd.DataFrame(
         {
@@ -126,6 +154,32 @@ def test_cold_item_gets_content_neighbours(shop: pd.DataFrame) -> None:
     assert recs[1].reason == "similar to cold, 20% cheaper"
     assert [c.product_id for c in content.similar("cold", cheaper=True)] == ["c"]
     assert {c.product_id for c in content.similar("a")} == {"b"}
+
+
+def test_a_product_of_the_same_brand_comes_first_and_says_so() -> None:
+    catalogue = pd.DataFrame(
+        {
+            "product_id": ["phone", "case-a", "case-b", "case-c", "case-d"],
+            "category": ["phones"] + ["cases"] * 4,
+            "brand": ["Acme", "Acme", "Bolt", None, "Acme"],
+            "price": [300.0, 20.0, 20.0, 20.0, 22.0],
+        }
+    )
+    content = ContentNeighbours().fit(catalogue)
+    recs = content.similar("case-b", k=3)
+    assert [c.product_id for c in recs] == ["case-a", "case-c", "case-d"]  # no brand in common
+    assert recs[0].reason == "similar to case-b, same price"
+    recs = content.similar("case-a", k=3)
+    assert [c.product_id for c in recs] == ["case-d", "case-b", "case-c"]  # same brand, a little dearer
+    assert recs[0].reason == "same brand as case-a (Acme), 10% dearer"
+    assert recs[0].score == pytest.approx(np.exp(-np.log(1.1) / np.log(1.5)), abs=1e-6)
+    assert recs[1].score == pytest.approx(1 / 1.5, abs=1e-6)  # another brand at the same price
+    blind = ContentNeighbours(brand_weight=0).fit(catalogue)
+    assert [c.product_id for c in blind.similar("case-a", k=1)] == ["case-b"]
+    without = ContentNeighbours().fit(catalogue.drop(columns="brand")).similar("case-a", k=1)
+    assert without[0].reason == "similar to case-a, same price"
+    with pytest.raises(BadInputError, match="brand_weight"):
+        ContentNeighbours(brand_weight=-1).fit(catalogue)
 
 
 def test_popularity_decays_with_age() -> None:
@@ -191,6 +245,9 @@ def test_interactions_from_the_store(sim_shop) -> None:  # type: ignore[no-untyp
     assert (before["ts"] < cut.timestamp()).all()
     assert len(before) < len(everything)
     assert set(everything["product_id"]) <= set(result.products["product_id"])
+    brands = everything.drop_duplicates("product_id").set_index("product_id")["brand"]
+    known = result.products.set_index("product_id")["brand"]
+    assert brands.to_dict() == known.reindex(brands.index).to_dict()
     split = time_split(everything, cut)
     assert len(split.train) == len(before)
     assert not split.test.duplicated().any()

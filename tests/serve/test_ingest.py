@@ -27,7 +27,7 @@ def _events() -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for i, text in enumerate(ODD_TEXTS):
         event = {"event_id": f"e{i}-{text}", "event_type": "add_to_cart", "user_id": text,
-                 "product_id": f"p{i}", "category": text,
+                 "product_id": f"p{i}", "category": text, "brand": text,
                  "timestamp": f"2024-05-0{i + 1}T10:00:0{i}.{i * 123457:06d}+0{i}:30",
                  "price": [0.1, 19.99, 1e-7, 123456789.123, 2.5][i], "quantity": i + 1, "currency": "EUR",
                  "properties": {"text": text, "n": [1, 2.5, None, True], "big": 2**62}}  # fmt: skip

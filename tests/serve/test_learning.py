@@ -50,7 +50,7 @@ def shop(
         assert client.put(f"/v1/customers/{user}", json=body, headers=auth).status_code == 200
     carts = [
         {"event_id": f"add-{u}", "event_type": "add_to_cart", "user_id": u, "session_id": f"s-{u}",
-         "product_id": "p1", "price": 40.0, "timestamp": BASE.isoformat()}
+         "product_id": "p1", "brand": "Acme", "price": 40.0, "timestamp": BASE.isoformat()}
         for u in who.values()
     ]  # fmt: skip
     assert client.post("/v1/events", json=carts, headers=auth).json()["stored"] == 3
@@ -134,6 +134,8 @@ def test_sync_brings_events_and_decisions_into_the_home_once(
     with EventStore(service_settings, read_only=True) as store:
         assert store.count() == 8
         kinds = dict(store.con.execute("SELECT event_type, count(*) FROM events GROUP BY 1").fetchall())
+        brands = store.con.execute("SELECT DISTINCT brand FROM events WHERE event_type = 'add_to_cart'")
+        assert brands.fetchall() == [("Acme",)]  # what the shop sent over HTTP reaches the home whole
     assert kinds == {"add_to_cart": 3, "message_sent": 2, "purchase": 2, "view": 1}
     with DecisionLog(service_settings, read_only=True) as log:
         logged = log.read().set_index("user_id")

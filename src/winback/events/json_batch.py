@@ -41,6 +41,7 @@ class _Event(msgspec.Struct, forbid_unknown_fields=True):
     session_id: _Id | None = None
     product_id: _Id | None = None
     category: Annotated[str, msgspec.Meta(min_length=1, max_length=500)] | None = None
+    brand: Annotated[str, msgspec.Meta(min_length=1, max_length=500)] | None = None
     price: _Money | None = None
     quantity: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = None
     order_id: _Id | None = None
@@ -108,7 +109,9 @@ def _rows(events: list[_Event]) -> list[EventRow]:
             raise _ModelDecidesError
         if e.product_id is None and e.event_type in PRODUCT_EVENT_TYPES:
             raise _ModelDecidesError
-        texts = (e.event_id, e.user_id, e.anonymous_id, e.session_id, e.product_id, e.category, e.order_id)
+        texts = (
+            e.event_id, e.user_id, e.anonymous_id, e.session_id, e.product_id, e.category, e.brand, e.order_id
+        )  # fmt: skip
         for text in texts:
             if text is not None and text.strip() != text:  # the model would strip it
                 raise _ModelDecidesError
@@ -119,7 +122,7 @@ def _rows(events: list[_Event]) -> list[EventRow]:
             raise _ModelDecidesError
         properties = None if e.properties is None else _properties(e.properties)
         event_id = e.event_id
-        if event_id is None:
+        if event_id is None:  # brand is not part of the content, as in the model and the store
             event_id = content_id(
                 {
                     "event_type": e.event_type, "timestamp": _json_time(timestamp), "user_id": e.user_id,
@@ -131,7 +134,7 @@ def _rows(events: list[_Event]) -> list[EventRow]:
         rows.append(
             (
                 event_id, e.event_type, timestamp, e.user_id, e.anonymous_id, e.session_id, e.product_id,
-                e.category, e.price, e.quantity, e.order_id, e.value, currency, properties,
+                e.category, e.brand, e.price, e.quantity, e.order_id, e.value, currency, properties,
             )
         )  # fmt: skip
     return rows

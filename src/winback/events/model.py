@@ -52,7 +52,7 @@ Id = Field(default=None, min_length=1, max_length=200)
 EventRow = tuple[Any, ...]
 ROW_FIELDS = (
     "event_id", "event_type", "timestamp", "user_id", "anonymous_id", "session_id", "product_id",
-    "category", "price", "quantity", "order_id", "value", "currency", "properties",
+    "category", "brand", "price", "quantity", "order_id", "value", "currency", "properties",
 )  # fmt: skip
 
 
@@ -69,6 +69,7 @@ class Event(BaseModel):
     session_id: str | None = Id
     product_id: str | None = Id
     category: str | None = Field(default=None, min_length=1, max_length=500)
+    brand: str | None = Field(default=None, min_length=1, max_length=500)
     price: float | None = Field(default=None, ge=0, allow_inf_nan=False)
     quantity: int | None = Field(default=None, ge=1, le=1_000_000)
     order_id: str | None = Id
@@ -77,7 +78,8 @@ class Event(BaseModel):
     properties: dict[str, Any] | None = None
 
     @field_validator(
-        "event_id", "user_id", "anonymous_id", "session_id", "product_id", "category", "order_id", "currency"
+        "event_id", "user_id", "anonymous_id", "session_id", "product_id", "category", "brand", "order_id",
+        "currency",
     )
     @classmethod
     def _no_nul(cls, value: str | None) -> str | None:
@@ -125,7 +127,7 @@ class Event(BaseModel):
             if number is not None and not math.isfinite(number):
                 raise ValueError(f"{name}: a finite number")
         if self.event_id is None:
-            fields = self.model_dump(mode="json", exclude={"event_id"})
+            fields = self.model_dump(mode="json", exclude={"event_id", "brand"})  # brand: as in the store
             object.__setattr__(self, "event_id", content_id(fields))
         return self
 
@@ -134,8 +136,8 @@ class Event(BaseModel):
         properties = orjson.dumps(self.properties).decode() if self.properties is not None else None
         return (
             self.event_id, self.event_type, self.timestamp, self.user_id, self.anonymous_id,
-            self.session_id, self.product_id, self.category, self.price, self.quantity, self.order_id,
-            self.value, self.currency, properties,
+            self.session_id, self.product_id, self.category, self.brand, self.price, self.quantity,
+            self.order_id, self.value, self.currency, properties,
         )  # fmt: skip
 
 

@@ -59,7 +59,7 @@ _ATOMIC = (
     "every event of its line to be valid: another event of this record is bad, and a record is kept whole"
 )
 
-TEXT_FIELDS = ("user_id", "anonymous_id", "session_id", "product_id", "category", "order_id")
+TEXT_FIELDS = ("user_id", "anonymous_id", "session_id", "product_id", "category", "brand", "order_id")
 
 
 def sql_string(text: str) -> str:

@@ -33,6 +33,8 @@ PRODUCT_EVENT_TYPES: tuple[str, ...] = (EventType.ADD_TO_CART.value, EventType.R
 
 #: Canonical columns, in storage order. Money is a float in the event's currency; a purchase is either a
 #: line item (price x quantity) or, where the source has no line items, an order total in ``value``.
+#: ``brand`` (optional, like every field but the type and time) describes the product, as ``category``
+#: does; it is not part of an event's identity (see :mod:`winback.events.store`).
 EVENT_SCHEMA = pa.schema(
     [
         pa.field("event_id", pa.string(), nullable=False),
@@ -43,6 +45,7 @@ EVENT_SCHEMA = pa.schema(
         pa.field("session_id", pa.string()),
         pa.field("product_id", pa.string()),
         pa.field("category", pa.string()),
+        pa.field("brand", pa.string()),
         pa.field("price", pa.float64()),
         pa.field("quantity", pa.int32()),
         pa.field("order_id", pa.string()),

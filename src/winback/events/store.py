@@ -42,8 +42,8 @@ BEHAVIOUR_TYPES = ("view", "add_to_cart", "remove_from_cart", "checkout_start", 
 
 #: Physical storage: one table per *layout*, the set of optional fields a source has, named by the
 #: bitmask of those fields (``event_rows_0112_n0112_usd``: user, product and order ids, all integers,
-#: and the currency USD). A narrow file (RetailRocket) writes 6 columns, not 16: DuckDB pays for every
-#: column of every row group it writes, NULL or not, and the ten a narrow file lacks cost more than its
+#: and the currency USD). A narrow file (RetailRocket) writes 6 columns, not 17: DuckDB pays for every
+#: column of every row group it writes, NULL or not, and the eleven a narrow file lacks cost more than its
 #: own six. A source without a currency has the default one at load time for all its rows, so it is a
 #: constant of the table (its name's suffix), not a column. ``event_log`` is the view that unions them
 #: under one schema.
@@ -58,6 +58,7 @@ _COLUMN_TYPES = {
     "session_id": "VARCHAR",
     "product_id": "VARCHAR",
     "category": "VARCHAR",
+    "brand": "VARCHAR",
     "price": "DOUBLE",
     "quantity": "INTEGER",
     "order_id": "VARCHAR",
@@ -81,8 +82,11 @@ _OPTIONAL = (
     "value",
     "properties",
     "currency",
+    "brand",
 )
 _ROWS_PREFIX = "event_rows_"
+#: The optional fields of version 1's wide table (``brand`` came later).
+_VERSION_1_FIELDS = _OPTIONAL[:12]
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS ingest_batches (
@@ -102,8 +106,8 @@ CREATE TABLE IF NOT EXISTS store_meta (key VARCHAR PRIMARY KEY, value VARCHAR NO
 _EVENTS_VIEW = """
 CREATE OR REPLACE VIEW events AS
 SELECT coalesce(event_id, lower(lpad(hex(event_key), 32, '0'))) AS event_id,
-       event_type, timestamp, user_id, anonymous_id, session_id, product_id, category, price, quantity,
-       order_id, value, currency, CAST(properties AS VARCHAR) AS properties, batch_id
+       event_type, timestamp, user_id, anonymous_id, session_id, product_id, category, brand, price,
+       quantity, order_id, value, currency, CAST(properties AS VARCHAR) AS properties, batch_id
 FROM event_log;
 """
 
@@ -143,7 +147,9 @@ def _type_of(column: str) -> str:
 
 
 #: How each canonical field enters an event's content (money and times as integers: they print far
-#: faster than doubles), with the one-letter tag that marks it.
+#: faster than doubles), with the one-letter tag that marks it. ``brand`` does not: it describes the
+#: product, not the event, and it joined the canonical fields later, when sources had carried it in
+#: ``properties`` (which they still do), so events keep the identity they had.
 _CONTENT_PARTS = {
     "event_type": ("e", "event_type"),
     "timestamp": ("t", "epoch_us(timestamp)"),
@@ -288,7 +294,7 @@ class EventStore:
             if version == "1" or (version is None and wide_table and wide_table[0]):
                 # Same columns and keys: the wide table becomes the layout with every field.
                 con.execute("DROP VIEW IF EXISTS events")
-                con.execute(f"ALTER TABLE event_log RENAME TO {_layout_name(_OPTIONAL, '')}")
+                con.execute(f"ALTER TABLE event_log RENAME TO {_layout_name(_VERSION_1_FIELDS, '')}")
             elif version not in (None, SCHEMA_VERSION):
                 raise WinbackError(
                     f"the event store {path} has schema version {version}, newer than this winback "

@@ -32,6 +32,8 @@ ENGINES = ("duckdb", "spark")
 
 #: The canonical columns features read (``events`` view of the store, or a Parquet dataset of them).
 EVENT_COLUMNS = EVENT_FIELDS
+#: Optional text columns added to the canonical model later; events exported without them have none.
+LATER_COLUMNS = ("brand",)
 
 
 @dataclass
@@ -97,6 +99,9 @@ def open_source(settings: Settings, engine: str = "duckdb") -> Iterator[FeatureS
         events = con.read_parquet(str(path))
     except Exception as exc:  # Spark's AnalysisException and friends carry the reason in the message
         raise BadInputError(f"spark_events {path}: cannot read it as Parquet events: {exc}") from exc
+    for column in LATER_COLUMNS:  # Parquet written before the column existed: none known
+        if column not in events.columns:
+            events = events.mutate(**{column: ibis.null().cast("string")})
     missing = [c for c in EVENT_COLUMNS if c not in events.columns]
     if missing:
         raise BadInputError(f"spark_events {path}: missing canonical columns {missing}")

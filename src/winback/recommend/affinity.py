@@ -5,9 +5,16 @@ shared out by its interactions' categories: a visit's views cluster on one categ
 would count one choice many times), smoothed towards the shop's own mix (``prior`` pseudo-visits), so a
 customer seen twice is not locked into two categories.
 A product's score is that share times the product's share of its category's interactions. This is the
-"popular in what you browse" list shops show, and on the simulator, where customers draw products from
-their category affinities by popularity, it is close to the best a recommender can do without knowing
-the customer's latent affinities.
+"popular in what you browse" list shops show.
+
+Within a category, customers buy at their own price level (the price-sensitive cheaper), so where
+prices are known the product's share is re-weighted for the customer: a product's *price level* is
+``ln(price / median price of its category)``; the customer's is the mean level of the products they
+interacted with, shrunk towards the shop's mean by ``price_prior`` pseudo-interactions; the weight is
+``g(product level - customer level) / mean g over the category's interactions``, ``g`` a Gaussian whose
+width is the spread of customers' own levels around their means (learnt from the data). Dividing by the
+category's mean weight keeps a product's share what it is for the average customer, so a customer with
+no history, or a shop without prices, gets the plain popular list.
 
 >>> import pandas as pd
 >>> from winback.recommend.interactions import with_weights
@@ -42,6 +49,9 @@ class CategoryAffinity:
         Pseudo-visits, spread as the shop's category mix, added to each customer's own.
     depth
         Products kept per category (the most popular ones): a list never needs more.
+    price_prior
+        Pseudo-interactions at the shop's mean price level added to a customer's own (0: no
+        shrinkage); ``None`` turns the price-level weighting off.
 
     Attributes
     ----------
@@ -49,11 +59,13 @@ class CategoryAffinity:
     shop_share_ : ndarray, each category's share of all interactions
     top_products_ : ndarray (categories x depth) of product ids, padded with ""
     top_share_ : ndarray (categories x depth), each product's share of its category, padded with 0
+    price_width_ : float or None, the width of the price-level weight (None: no prices known)
     """
 
-    def __init__(self, prior: float = 4.0, depth: int = 50) -> None:
+    def __init__(self, prior: float = 4.0, depth: int = 50, price_prior: float | None = 5.0) -> None:
         self.prior = prior
         self.depth = depth
+        self.price_prior = price_prior
 
     def fit(self, interactions: pd.DataFrame) -> CategoryAffinity:
         """Learn the categories' popularity and each customer's category interactions."""
@@ -103,7 +115,74 @@ class CategoryAffinity:
         self._user_ptr = np.r_[starts, len(user_keys)]
         self._user_categories = per_user.index.get_level_values(1).to_numpy()
         self._user_counts = per_user.to_numpy(float)
+        self._fit_price_levels(frame, product_codes, product_category, (c, r, order[keep]))
         return self
+
+    def _fit_price_levels(
+        self,
+        frame: pd.DataFrame,
+        product_codes: np.ndarray,
+        product_category: np.ndarray,
+        top: tuple[np.ndarray, np.ndarray, np.ndarray],
+    ) -> None:
+        """Price levels of products and customers, the weight's width, and each kept product's mean
+        weight over its category's interactions (see the module docstring)."""
+        self.price_width_: float | None = None
+        self._user_level: np.ndarray | None = None
+        if self.price_prior is None or "price" not in frame.columns:
+            return
+        if not self.price_prior >= 0:
+            raise BadInputError(f"price_prior {self.price_prior!r}: expected a number >= 0 or None")
+        price = np.full(product_category.size, np.nan)
+        valid = frame["price"].notna().to_numpy() & (frame["price"].to_numpy(float) > 0)
+        price[product_codes[valid]] = frame["price"].to_numpy(float)[valid]  # a last known price
+        median = pd.Series(price).groupby(product_category).transform("median").to_numpy()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            level = np.log(price / median)
+        row_level = level[product_codes]
+        known = np.isfinite(row_level)
+        if np.count_nonzero(known) < 2:
+            return
+        # Customers are numbered as _factorised codes them: every one of them has visits, in code order.
+        user_codes, users = _factorised(frame["user_key"])
+        n_users = len(users)
+        n = np.bincount(user_codes[known], minlength=n_users).astype(float)
+        total = np.bincount(user_codes[known], weights=row_level[known], minlength=n_users)
+        mean = float(row_level[known].mean())
+        own = np.divide(total, n, out=np.full(n_users, mean), where=n > 0)
+        spread = row_level[known] - own[user_codes[known]]
+        several = n[user_codes[known]] >= 2
+        width = float(np.sqrt(np.mean(spread[several] ** 2))) if several.any() else 0.0
+        if not width > 0.01:
+            return
+        self.price_width_ = width
+        self._user_level = (total + self.price_prior * mean) / (n + self.price_prior)
+        # Mean weight of each kept product over its category's interactions, from a histogram of the
+        # interacting customers' levels per category (one pass, whatever the size of the log).
+        edges = np.linspace(-3.0, 3.0, 121)
+        centres = (edges[:-1] + edges[1:]) / 2
+        bins = np.clip(np.searchsorted(edges, self._user_level[user_codes]) - 1, 0, centres.size - 1)
+        counts = np.zeros((len(self.categories_), centres.size))
+        np.add.at(counts, (product_category[product_codes], bins), 1.0)
+        c, r, products = top
+        self._top_level = np.full(self.top_share_.shape, np.nan)
+        self._top_level[c, r] = level[products]
+        weight = self._weight(self._top_level[:, :, None] - centres)  # categories x depth x bins
+        mean_weight = np.einsum("cdb,cb->cd", weight, counts) / np.maximum(counts.sum(axis=1), 1.0)[:, None]
+        self._top_mean_weight = np.where(mean_weight > 0, mean_weight, 1.0)
+
+    def _weight(self, difference: np.ndarray) -> np.ndarray:
+        """The price-level weight of a difference of levels (1 where a level is unknown)."""
+        assert self.price_width_ is not None
+        return np.where(np.isnan(difference), 1.0, np.exp(-0.5 * (difference / self.price_width_) ** 2))
+
+    def price_level(self, user_key: str) -> float | None:
+        """The customer's price level, ``ln`` of their prices over their categories' medians, shrunk
+        (None without prices, or for an unknown customer)."""
+        i = self._user_index.get(str(user_key))
+        if i is None or self._user_level is None:
+            return None
+        return float(self._user_level[i])
 
     def profile(self, user_key: str) -> dict[str, float] | None:
         """The customer's visits per category (None for an unknown customer)."""
@@ -125,7 +204,8 @@ class CategoryAffinity:
         lo, hi = self._user_ptr[i], self._user_ptr[i + 1]
         counts = np.zeros(len(self.categories_))
         counts[self._user_categories[lo:hi]] = self._user_counts[lo:hi]
-        return self._rank(counts, k, set(exclude))
+        level = self._user_level[i] if self._user_level is not None else None
+        return self._rank(counts, k, set(exclude), level)
 
     def for_items(self, product_ids: Sequence[str], k: int = 10, exclude: Iterable[str] = ()) -> Candidates:
         """Popular products in the categories of ``product_ids`` (e.g. a new visitor's views)."""
@@ -152,9 +232,11 @@ class CategoryAffinity:
             return Candidates(reason="none of the categories is known")
         return self._rank(counts, k, set(exclude))
 
-    def _rank(self, counts: np.ndarray, k: int, skip: set[str]) -> Candidates:
+    def _rank(self, counts: np.ndarray, k: int, skip: set[str], level: float | None = None) -> Candidates:
         share = (counts + self.prior * self.shop_share_) / (counts.sum() + self.prior)
         scores = share[:, None] * self.top_share_
+        if level is not None:  # at the customer's price level
+            scores = scores * self._weight(self._top_level - level) / self._top_mean_weight
         want = min(scores.size, k + len(skip))
         flat = (
             np.argpartition(-scores.ravel(), want - 1)[:want]

@@ -30,7 +30,9 @@ KINDS: dict[str, str] = {"view": "view", "add_to_cart": "cart", "purchase": "pur
 DEFAULT_WEIGHTS: dict[str, float] = {"view": 1.0, "cart": 3.0, "purchase": 5.0}
 
 #: Columns of :func:`interactions` (the first five are what every source needs).
-COLUMNS = ("user_key", "product_id", "ts", "kind", "weight", "session_key", "order_id", "category", "price")
+COLUMNS = (
+    "user_key", "product_id", "ts", "kind", "weight", "session_key", "order_id", "category", "price", "brand",
+)  # fmt: skip
 
 REQUIRED = ("user_key", "product_id", "ts", "kind", "weight")
 
@@ -55,7 +57,7 @@ def interactions(
     -------
     DataFrame
         One row per event, ordered by ``ts``: ``user_key``, ``product_id``, ``ts`` (epoch seconds),
-        ``kind``, ``weight``, ``session_key``, ``order_id``, ``category``, ``price``.
+        ``kind``, ``weight``, ``session_key``, ``order_id``, ``category``, ``price``, ``brand``.
     """
     e = tables.sessioned
     expr = e.filter(e.event_type.isin(list(KINDS)) & e.product_id.notnull())
@@ -64,7 +66,7 @@ def interactions(
         tables.check_as_of(moment)
         expr = expr.filter(expr.ts < moment.timestamp())
     expr = expr.select(
-        "user_key", "product_id", "ts", "event_type", "session_key", "order_id", "category", "price"
+        "user_key", "product_id", "ts", "event_type", "session_key", "order_id", "category", "price", "brand"
     )
     frame = tables.source.execute(expr.order_by(["ts", "user_key", "product_id"]))
     frame["kind"] = frame.pop("event_type").map(KINDS)
@@ -73,7 +75,7 @@ def interactions(
 
 def with_weights(frame: pd.DataFrame, weights: Mapping[str, float] | None = None) -> pd.DataFrame:
     """``frame`` (with a ``kind`` column) plus ``weight`` from ``weights``, and the optional columns
-    (``session_key``, ``order_id``, ``category``, ``price``) as nulls where missing."""
+    (``session_key``, ``order_id``, ``category``, ``price``, ``brand``) as nulls where missing."""
     weights = dict(DEFAULT_WEIGHTS if weights is None else weights)
     unknown = set(weights) - set(DEFAULT_WEIGHTS)
     if unknown:
@@ -87,7 +89,7 @@ def with_weights(frame: pd.DataFrame, weights: Mapping[str, float] | None = None
         raise BadInputError(
             f"interactions column 'kind': values {bad} have no weight; expected {sorted(weights)}"
         )
-    for column in ("session_key", "order_id", "category"):
+    for column in ("session_key", "order_id", "category", "brand"):
         if column not in out.columns:
             out[column] = pd.Series([None] * len(out), index=out.index, dtype="object")
     if "price" not in out.columns:

@@ -7,8 +7,9 @@ Uses (:data:`USES`):
   own rhythm (:class:`~winback.recommend.repeat.RepeatPurchases`), the item-to-item neighbours of their
   history (products they chose may come back), their matrix-factorisation taste
   (:class:`~winback.recommend.factors.ALSFactors`) and complements of what they bought.
-- ``cart``: for an abandoned cart: complements (basket rules, then co-chosen products) and substitutes
-  (same category, near in price; only cheaper ones for a price-sensitive customer); never its own items.
+- ``cart``: for an abandoned cart: complements (basket rules on orders, products of other categories
+  viewed in the same visits, co-chosen products) and substitutes (same category, near in price, the
+  same brand first; only cheaper ones for a price-sensitive customer); never its own items.
 - ``similar``: for one product: co-chosen products, then content neighbours (the only source for a new
   product without interactions).
 - ``session``: a new visitor known only by what they viewed: neighbours and categories of those views.
@@ -25,7 +26,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -46,6 +47,7 @@ from winback.recommend.sources import (
     Popularity,
     _factorised,
     _pairs,
+    catalogue_rows,
     check_k,
     shared_codes,
 )
@@ -55,9 +57,9 @@ USES = ("winback", "cart", "similar", "session")
 #: Weight of each source's (best-scaled) list, per use.
 DEFAULT_WEIGHTS: dict[str, dict[str, float]] = {
     "winback": {"left": 3.0, "affinity": 1.0, "repeat": 1.0, "neighbours": 0.1, "als": 0.0, "rules": 0.1},
-    "cart": {"rules": 1.0, "neighbours": 0.8, "substitutes": 0.6, "affinity": 0.3},
+    "cart": {"rules": 1.0, "neighbours": 0.8, "substitutes": 0.6, "affinity": 0.3, "complements": 1.0},
     "similar": {"neighbours": 1.0, "als": 0.5, "content": 0.4},
-    "session": {"neighbours": 1.0, "affinity": 0.3, "als": 0.3},
+    "session": {"neighbours": 1.0, "affinity": 0.3, "als": 0.3, "complements": 0.5},
 }
 
 #: The ``winback`` weights where most products have no category: category affinity is then little more
@@ -69,6 +71,14 @@ WITHOUT_CATEGORIES: dict[str, float] = {
     "neighbours": 1.0,
     "als": 0.5,
     "rules": 0.1,
+}
+
+#: The complements source: products of other categories viewed in the same visits (see BasketRules).
+COMPLEMENT_RULES: dict[str, Any] = {
+    "kinds": ("view", "cart", "purchase"),
+    "baskets": ("session_key",),
+    "across_categories": True,
+    "min_count": 3,
 }
 
 #: A source's list, or the call that makes it (see :func:`_blend`).
@@ -410,11 +420,8 @@ class Recommender:
         self.now_ = float(frame["ts"].max())
         self.neighbours_ = ItemNeighbours().fit(frame)
         self.rules_ = BasketRules().fit(frame)
-        catalogue = (
-            frame
-            if products is None
-            else pd.concat([frame[["product_id", "category", "price", "ts"]], products])
-        )
+        self.complements_ = BasketRules(**COMPLEMENT_RULES).fit(frame)
+        catalogue = frame if products is None else pd.concat([catalogue_rows(frame), products])
         self.content_ = ContentNeighbours().fit(catalogue)
         self.popularity_ = Popularity(self.half_life_days).fit(frame)
         self.affinity_ = CategoryAffinity().fit(frame)
@@ -462,7 +469,7 @@ class Recommender:
             return self
         self.neighbours_.learn_new(frame)
         catalogue = self.content_.products_.reset_index().assign(ts=-np.inf)
-        self.content_.fit(pd.concat([catalogue, frame[["product_id", "category", "price", "ts"]]]))
+        self.content_.fit(pd.concat([catalogue, catalogue_rows(frame)]))
         self.repeat_.learn_new(frame)
         self.histories_.add(frame)
         self.now_ = max(self.now_, float(frame["ts"].max()))
@@ -596,6 +603,7 @@ class Recommender:
             (w["neighbours"], lambda: self.neighbours_.for_items(items, wide)),
             (w["substitutes"], lambda: self._substitutes(items, wide, cheaper=bool(cheaper))),
             (w["affinity"], lambda: self.affinity_.for_items(items, wide)),
+            (w["complements"], lambda: self.complements_.for_items(items, wide)),
         ]
         # For a price-sensitive customer the price is the point: say so whatever else proposed it.
         return _blend(lists, k, skip, fallback=self._fallback(wide), prefer=(2,) if cheaper else ())
@@ -637,6 +645,7 @@ class Recommender:
         lists: list[tuple[float, Asked]] = [
             (w["neighbours"], lambda: self.neighbours_.for_items(items, wide)),
             (w["affinity"], lambda: self.affinity_.for_items(items, wide)),
+            (w["complements"], lambda: self.complements_.for_items(items, wide)),
         ]
         als = self.als_
         if als is not None:

@@ -3,7 +3,8 @@
 - :class:`ItemNeighbours`: item-to-item cosine on the user x item weight matrix (co-views, co-carts,
   co-purchases), with :meth:`ItemNeighbours.learn_new` to add interactions without a full retrain;
 - :class:`BasketRules`: association rules on purchase baskets (support, confidence, lift): complements;
-- :class:`ContentNeighbours`: same category, nearest price: substitutes, and neighbours of cold items;
+- :class:`ContentNeighbours`: same category, nearest price, same brand: substitutes, and neighbours of
+  cold items;
 - :class:`Popularity`: by category and recency (exponential decay): the fallback.
 
 Each follows scikit-learn's contract (``__init__`` stores hyperparameters, ``fit(interactions)``
@@ -367,9 +368,16 @@ class BasketRules:
     """Association rules ``A -> B`` between single products bought in the same basket.
 
     A basket is an order (``order_id``), else a session (``session_key``), else a user's purchases of
-    one day. For a rule, ``support`` is the share of baskets with both, ``confidence`` the share of
-    baskets with A that also hold B, ``lift`` the confidence over B's own share of baskets (above 1:
-    bought together more often than by chance).
+    one day (``baskets`` says which columns count, in that order). For a rule, ``support`` is the share of
+    baskets with both, ``confidence`` the share of baskets with A that also hold B, ``lift`` the
+    confidence over B's own share of baskets (above 1: bought together more often than by chance).
+
+    With ``across_categories`` only rules between products of different (known) categories are kept:
+    complements (a phone, then its case) rather than the alternatives a customer compares within one
+    category. On visits (``kinds`` with views, ``baskets=("session_key",)``) that finds the products a
+    shop links from a product's page, which orders alone are too few to show (on the simulator,
+    ``bench/recommend_eval.py``: the cart use without them held 0.7% of a product's true complements in
+    its top 3, these rules alone 49%).
 
     Parameters
     ----------
@@ -381,6 +389,11 @@ class BasketRules:
         Minimum confidence of a rule.
     kinds
         Interaction kinds that fill a basket (``("purchase",)``; add ``"cart"`` for carts too).
+    baskets
+        The columns that make a basket, first given first (``order_id``, ``session_key``); a row with
+        none of them is in its user's basket of the day.
+    across_categories
+        Keep only rules between products of different known categories.
 
     Attributes
     ----------
@@ -394,11 +407,15 @@ class BasketRules:
         min_count: int = 2,
         min_confidence: float = 0.0,
         kinds: tuple[str, ...] = ("purchase",),
+        baskets: tuple[str, ...] = ("order_id", "session_key"),
+        across_categories: bool = False,
     ) -> None:
         self.min_support = min_support
         self.min_count = min_count
         self.min_confidence = min_confidence
         self.kinds = kinds
+        self.baskets = baskets
+        self.across_categories = across_categories
 
     def fit(self, interactions: pd.DataFrame) -> BasketRules:
         frame = check_interactions(interactions)
@@ -406,37 +423,38 @@ class BasketRules:
             raise BadInputError("min_support and min_confidence: expected shares from 0 to 1")
         if self.min_count < 1:
             raise BadInputError(f"min_count {self.min_count!r}: expected an integer >= 1")
+        unknown = set(self.baskets) - {"order_id", "session_key"}
+        if unknown:
+            raise BadInputError(f"baskets {sorted(unknown)}: expected 'order_id' and/or 'session_key'")
         chosen = frame["kind"].isin(self.kinds).to_numpy()
-        rows = frame[chosen]
-        basket = np.empty(len(rows), dtype=object)
-        missing = np.ones(len(rows), dtype=bool)
-        for column in ("order_id", "session_key"):  # an order beats a session beats a day
-            if column in rows.columns:
-                given = missing & rows[column].notna().to_numpy()
-                basket[given] = rows[column][given].astype(str).to_numpy(object)
-                missing &= ~given
-        if missing.any():
-            day = rows["user_key"][missing].astype(str) + "@" + (rows["ts"][missing] // 86_400).astype(str)
-            basket[missing] = day.to_numpy(object)
-        basket_index = pd.factorize(basket)[0]
+        basket_index, self.n_baskets_ = self._baskets_of(frame, chosen)
         all_items, every_item = _factorised(frame["product_id"])
-        used, item_index = np.unique(all_items[chosen], return_inverse=True)
-        items = every_item[used]
-        pairs = np.unique(basket_index.astype(np.int64) * max(len(items), 1) + item_index)
-        self.n_baskets_ = int(basket_index.max()) + 1 if basket_index.size else 0
+        present = np.bincount(all_items[chosen], minlength=len(every_item)) > 0
+        item_index = (np.cumsum(present) - 1)[all_items[chosen]]
+        items = every_item[present]
         self.items_ = items
+        # One entry per (basket, item): the conversion sums repeats, which are then counted once.
         matrix = sp.csr_matrix(
-            (np.ones(len(pairs)), (pairs // max(len(items), 1), pairs % max(len(items), 1))),
-            shape=(self.n_baskets_, len(items)),
+            (np.ones(basket_index.size), (basket_index, item_index)), shape=(self.n_baskets_, len(items))
         )
-        counts = (matrix.T @ matrix).tocoo()
+        matrix.data[:] = 1.0
         item_counts = np.asarray(matrix.sum(axis=0)).ravel()
-        off = counts.row != counts.col
-        a, b, n = counts.row[off], counts.col[off], counts.data[off]
+        if self.across_categories:
+            codes = pd.factorize(_catalogue(frame)["category"].reindex(items))[0]  # -1: unknown
+            # Only baskets with products of two known categories or more can hold a rule: the others
+            # (most visits of a one-category shopper) are left out of the product below.
+            matrix = matrix[_baskets_across(matrix, codes)]
+        counts = (matrix.T @ matrix).tocoo()
+        # The cheap tests first, on every pair; the measures only on the pairs that pass them.
+        first = (counts.row != counts.col) & (counts.data >= self.min_count)
+        a, b, n = counts.row[first], counts.col[first], counts.data[first]
+        if self.across_categories:
+            across = (codes[a] >= 0) & (codes[b] >= 0) & (codes[a] != codes[b])
+            a, b, n = a[across], b[across], n[across]
         support = n / max(self.n_baskets_, 1)
         confidence = n / item_counts[a]
         lift = confidence / (item_counts[b] / max(self.n_baskets_, 1))
-        keep = (n >= self.min_count) & (support >= self.min_support) & (confidence >= self.min_confidence)
+        keep = (support >= self.min_support) & (confidence >= self.min_confidence)
         a, b, n, support, confidence, lift = (x[keep] for x in (a, b, n, support, confidence, lift))
         # By antecedent, best confidence, then lift, then consequent (codes sort as the ids do).
         order = np.lexsort((b, -lift, -confidence, a))
@@ -461,6 +479,28 @@ class BasketRules:
         }
         return self
 
+    def _baskets_of(self, frame: pd.DataFrame, chosen: np.ndarray) -> tuple[np.ndarray, int]:
+        """The basket of each chosen row as a code, and the number of baskets: the first of
+        :attr:`baskets` a row has (each column's values apart), else its user's day."""
+        code = np.full(int(np.count_nonzero(chosen)), -1, dtype=np.int64)
+        n = 0
+        for column in self.baskets:  # an order beats a session beats a day
+            if column not in frame.columns:
+                continue
+            values, names = pd.factorize(frame[column])
+            values = values[chosen]
+            given = (code < 0) & (values >= 0)
+            code[given] = n + values[given]
+            n += len(names)
+        missing = code < 0
+        if missing.any():
+            users, _ = _factorised(frame["user_key"])
+            day = (frame["ts"].to_numpy(float)[chosen][missing] // 86_400).astype(np.int64)
+            code[missing] = n + pd.factorize(users[chosen][missing].astype(np.int64) * (1 << 24) + day)[0]
+        # Renumber: only the baskets some row is in count.
+        code, kept = pd.factorize(code)
+        return code.astype(np.int64), len(kept)
+
     def for_items(self, product_ids: Sequence[str], k: int = 10, exclude: Iterable[str] = ()) -> Candidates:
         """Complements of the ``product_ids`` (a cart, a customer's purchases): the consequents of
         their rules, by the best confidence (then lift) any of them gives."""
@@ -469,7 +509,7 @@ class BasketRules:
         found = [(p, *self._by_antecedent[p]) for p in query if p in self._by_antecedent]
         if not found:
             named = ", ".join(query[:3]) or "nothing"
-            return Candidates(reason=f"no rules yet: {named} not often bought with another product")
+            return Candidates(reason=f"no rules yet: {named} not often {self._verb} with another product")
         skip = set(query) | set(_ids(exclude))
         best: dict[str, tuple[float, float, str]] = {}
         for antecedent, consequents, confidence, lift in found:
@@ -481,7 +521,8 @@ class BasketRules:
             Candidate(
                 c,
                 round(conf, 6),
-                f"often bought with {antecedent} ({_fraction(conf)} of its baskets, lift {lf:.1f})",
+                f"often {self._verb} with {antecedent} "
+                f"({_fraction(conf)} of its {self._baskets}, lift {lf:.1f})",
             )
             for c, (conf, lf, antecedent) in ranked
         )
@@ -489,11 +530,54 @@ class BasketRules:
     def similar(self, product_id: str, k: int = 10) -> Candidates:
         return self.for_items([product_id], k)
 
+    @property
+    def _verb(self) -> str:
+        """What the rules' baskets record: "bought", "carted" or "viewed" (with the widest kind)."""
+        return "viewed" if "view" in self.kinds else "carted" if "cart" in self.kinds else "bought"
+
+    @property
+    def _baskets(self) -> str:
+        return "visits" if tuple(self.baskets) == ("session_key",) else "baskets"
+
+
+#: What the content neighbours know of a product (``brand`` optional), and when (``ts``, optional).
+CATALOGUE_COLUMNS = ("product_id", "category", "brand", "price", "ts")
+
+
+def _baskets_across(matrix: sp.csr_matrix, codes: np.ndarray) -> np.ndarray:
+    """Rows of the baskets x items ``matrix`` holding items of two or more known categories (``codes``
+    per item, -1 unknown)."""
+    category = codes[matrix.indices]
+    known = category >= 0
+    basket = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))[known]
+    per_basket = sp.csr_matrix(
+        (np.ones(basket.size), (basket, category[known])),
+        shape=(matrix.shape[0], int(codes.max(initial=-1)) + 1),
+    )  # repeats are summed: one entry per (basket, category)
+    return np.flatnonzero(np.diff(per_basket.indptr) >= 2)
+
+
+def catalogue_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    """The columns of ``frame`` (interactions or a product table) that describe products."""
+    return frame[[c for c in CATALOGUE_COLUMNS if c in frame.columns]]
+
 
 def _catalogue(frame: pd.DataFrame) -> pd.DataFrame:
-    """The last known category and price of each product (from interactions or a product table)."""
+    """The last known category, brand and price of each product (from interactions or a product table;
+    within :func:`shared_codes` computed once per frame)."""
     if "product_id" not in frame.columns or "category" not in frame.columns:
-        raise BadInputError("products: missing columns; expected 'product_id', 'category' and 'price'")
+        raise BadInputError(
+            "products: missing columns; expected 'product_id', 'category' and 'price' (and 'brand' if known)"
+        )
+    # Keyed on the id and category columns (their arrays keep their identity; a float column's do not):
+    # within shared_codes nothing changes the frame.
+    return _once(
+        "catalogue", (frame["product_id"].array, frame["category"].array), lambda: _last_known(frame)
+    )
+
+
+def _last_known(frame: pd.DataFrame) -> pd.DataFrame:
+    """:func:`_catalogue`, computed."""
     codes, ids = _factorised(frame["product_id"])
     # The last non-null value of each column per product, in time order (the table's order without ts).
     order = (
@@ -504,19 +588,23 @@ def _catalogue(frame: pd.DataFrame) -> pd.DataFrame:
     rank = np.empty(len(frame), dtype=np.int64)
     rank[order] = np.arange(len(frame))
     columns = {}
-    for column in ("category", "price"):
+    for column in ("category", "brand", "price"):
         if column not in frame.columns:
             continue
         values = frame[column].reset_index(drop=True)
         valid = values.notna().to_numpy()
         last = np.full(len(ids), -1, dtype=np.int64)
-        np.maximum.at(last, codes[valid], rank[valid])
+        if valid.any():  # a group-by: many times quicker than np.maximum.at on large logs
+            latest = pd.Series(rank[valid]).groupby(codes[valid], sort=False).max()
+            last[latest.index.to_numpy()] = latest.to_numpy()
         rows = np.where(last >= 0, order[np.maximum(last, 0)], -1)
         columns[column] = values.reindex(rows).set_axis(ids)  # row -1: no value (NaN)
     out = pd.DataFrame(columns)
     out.index.name = "product_id"
     if "price" not in out.columns:
         out["price"] = np.nan
+    if "brand" not in out.columns:
+        out["brand"] = pd.Series(None, index=out.index, dtype="object")
     return out
 
 
@@ -531,24 +619,29 @@ def _first_k(scores: np.ndarray, k: int) -> np.ndarray:
 
 
 class ContentNeighbours:
-    """Products of the same category, nearest in price: substitutes, and the neighbours of cold items.
+    """Products of the same category, nearest in price, of the same brand: substitutes, and the
+    neighbours of cold items.
 
     The score of a product ``j`` for ``i`` is ``exp(-|ln(price_j / price_i)| / ln(1 + price_tolerance))``:
     1 at the same price, 1/e at ``price_tolerance`` dearer (or as much cheaper); 0.5 when a price is
-    unknown.
+    unknown; times ``1 / (1 + brand_weight)`` when ``j`` is not known to be of ``i``'s brand. So at the
+    same price a product of the same brand comes first, and "same brand as X" is its reason.
 
     Parameters
     ----------
     price_tolerance
         Relative price difference at which the score falls to 1/e.
+    brand_weight
+        How much more a product of the same brand counts (0: brand ignored).
 
     Attributes
     ----------
-    products_ : DataFrame indexed by product_id (category, price)
+    products_ : DataFrame indexed by product_id (category, brand, price)
     """
 
-    def __init__(self, price_tolerance: float = 0.5) -> None:
+    def __init__(self, price_tolerance: float = 0.5, brand_weight: float = 0.5) -> None:
         self.price_tolerance = price_tolerance
+        self.brand_weight = brand_weight
 
     def fit(self, products: pd.DataFrame) -> ContentNeighbours:
         """Learn categories and prices from a product table or interactions (last value seen)."""
@@ -556,20 +649,24 @@ class ContentNeighbours:
             raise BadInputError(f"products: expected a pandas DataFrame, got {type(products).__name__}")
         if not self.price_tolerance > 0:
             raise BadInputError(f"price_tolerance {self.price_tolerance!r}: expected a number > 0")
+        if not self.brand_weight >= 0:
+            raise BadInputError(f"brand_weight {self.brand_weight!r}: expected a number >= 0")
         self.products_ = _catalogue(products)
         # Plain arrays, per product and per category (products sorted by id): a query touches no pandas.
         self._ids = self.products_.index.to_numpy(object)
         self._prices = self.products_["price"].to_numpy(float)
         self._categories = self.products_["category"].to_numpy(object)
+        brands = self.products_["brand"].astype("object").where(self.products_["brand"].notna(), None)
+        self._brands = brands.to_numpy(object)
         self._row = {p: i for i, p in enumerate(self._ids.tolist())}
         known = np.flatnonzero(self.products_["category"].notna().to_numpy())
         codes, names = pd.factorize(self.products_["category"].iloc[known])
         grouped = known[np.argsort(codes, kind="stable")]
         bounds = np.r_[0, np.cumsum(np.bincount(codes, minlength=len(names)))]
-        self._by_category: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._by_category: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         for g, name in enumerate(names):
             rows = grouped[bounds[g] : bounds[g + 1]]
-            self._by_category[str(name)] = (self._ids[rows], self._prices[rows])
+            self._by_category[str(name)] = (self._ids[rows], self._prices[rows], self._brands[rows])
         return self
 
     def similar(self, product_id: str, k: int = 10, *, cheaper: bool = False) -> Candidates:
@@ -582,7 +679,7 @@ class ContentNeighbours:
         category, price = self._categories[row], float(self._prices[row])
         if category is None or (isinstance(category, float) and np.isnan(category)):
             return Candidates(reason=f"product {p} has no category: no content to compare")
-        ids, all_prices = self._by_category[str(category)]
+        ids, all_prices, all_brands = self._by_category[str(category)]
         if cheaper:
             if np.isnan(price):
                 return Candidates(reason=f"product {p} has no price: cannot find cheaper ones")
@@ -596,13 +693,21 @@ class ContentNeighbours:
         prices = all_prices[peers]
         with np.errstate(divide="ignore", invalid="ignore"):
             distance = np.abs(np.log(prices / price)) / np.log1p(self.price_tolerance)
-        scores = np.where(np.isnan(distance), 0.5, np.exp(-distance))
+        brand = self._brands[row]
+        same = all_brands[peers] == brand if brand is not None else np.zeros(peers.size, dtype=bool)
+        scores = np.where(np.isnan(distance), 0.5, np.exp(-distance)) / np.where(
+            same, 1.0, 1 + self.brand_weight
+        )
         order = _first_k(scores, k)  # peers are sorted by id: equal scores go to the smaller id
         if not order.size:
             return Candidates(reason=f"no other product in {category!s}" + (" is cheaper" if cheaper else ""))
         return Candidates(
             Candidate(
-                str(ids[peers[j]]), round(float(scores[j]), 6), _price_reason(p, price, prices[j], category)
+                str(ids[peers[j]]),
+                round(float(scores[j]), 6),
+                _price_reason(
+                    p, price, prices[j], category, brand if same[j] and self.brand_weight else None
+                ),
             )
             for j in order
         )
@@ -622,13 +727,15 @@ class ContentNeighbours:
         return Candidates(list(out.values())[:k])
 
 
-def _price_reason(p: str, price: float, other: float, category: object) -> str:
+def _price_reason(p: str, price: float, other: float, category: object, brand: object = None) -> str:
+    """Why a content neighbour: "similar to p1, 12% cheaper", "same brand as p1 (Acme), same price"..."""
+    like = f"same brand as {p} ({brand})" if brand is not None else f"similar to {p}"
     if np.isnan(price) or np.isnan(other):
-        return f"also in {category}, like {p}"
+        return f"{like}, also in {category}" if brand is not None else f"also in {category}, like {p}"
     change = other / price - 1
     if abs(change) < 0.005:
-        return f"similar to {p}, same price"
-    return f"similar to {p}, {_fraction(abs(change))} {'cheaper' if change < 0 else 'dearer'}"
+        return f"{like}, same price"
+    return f"{like}, {_fraction(abs(change))} {'cheaper' if change < 0 else 'dearer'}"
 
 
 class Popularity:

@@ -153,8 +153,9 @@ def train_recommend(tables: FeatureTables, as_of: pd.Timestamp | None = None) ->
 
 
 def load_recommender(settings: Settings) -> tuple[Recommender, ModelCard]:
-    """The current saved recommender and its card (a clear error if none was trained)."""
-    model, card = load_model(settings, NAME)
+    """The current saved recommender and its card (a clear error if none was trained, or if it was trained
+    on other interaction columns, as recommenders saved before ``brand`` was one were)."""
+    model, card = load_model(settings, NAME, features=list(COLUMNS))
     if not isinstance(model, Recommender):
         raise BadInputError(f"{settings.models_dir / NAME}: the saved model is not a recommender; retrain it")
     return model, card

@@ -43,6 +43,7 @@ events = sa.Table(
     # The inserting transaction's id, filled by PostgreSQL itself (``pg_current_xact_id()``, migration
     # 0003; NULL on SQLite, where the rowid serves): how winback.serve.feed reads events in commit order.
     sa.Column("txid", sa.BigInteger),
+    sa.Column("brand", sa.String(500)),  # migration 0004
     sa.Index("ix_events_user_time", "user_id", "timestamp"),
     sa.Index("ix_events_received", "received_at"),
     sa.Index(

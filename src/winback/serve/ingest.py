@@ -41,7 +41,7 @@ _SQLITE_INSERTS = {
 
 #: The binary COPY types of :data:`COLUMNS`, as the ``events`` table declares them.
 POSTGRESQL_COPY_TYPES = (
-    "text", "text", "timestamptz", "text", "text", "text", "text", "text", "float8", "int4", "text",
+    "text", "text", "timestamptz", "text", "text", "text", "text", "text", "text", "float8", "int4", "text",
     "float8", "text", "text", "text", "timestamptz",
 )  # fmt: skip
 

@@ -3,11 +3,14 @@
 Real logs never show what would have happened under another action, so the simulator generates a shop
 whose causal structure is known, and keeps the truth:
 
-- a catalogue (:mod:`.catalogue`): categories with plausible prices, Zipf popularity, complement
-  categories, substitutes of similar price;
+- a catalogue (:mod:`.catalogue`): categories with plausible prices, Zipf popularity, brands with a
+  price position, complement categories and, per product, linked complement products, substitutes of
+  similar price, replenishable categories;
 - customers (:mod:`.customers`) with latent price sensitivity, forgetfulness, loyalty, channel consent
-  and responsiveness, time zone, category affinities, visit rate, acquisition and churn dates, and a
-  coupon-harvesting propensity;
+  and responsiveness, time zone, category affinities, a price tier (the price-sensitive buy the cheaper
+  products of a category), a staple product in each replenishable category, visit rate, acquisition
+  and churn dates, and a coupon-harvesting propensity; what each customer views, product by product,
+  is known exactly (:func:`.sessions.view_shares`), the ceiling recommenders are measured against;
 - their sessions, local day by local day (:mod:`.sessions`, :mod:`.shop`), seasonal by local hour,
   weekday and month;
 - for every abandoned cart, what the customer would do under each action of

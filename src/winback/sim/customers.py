@@ -15,6 +15,18 @@ Traits (fixed for a customer):
 - ``utc_offset_hours``: a market (US West, US East, UK, central and eastern Europe, Australia); visits
   follow the local clock. No daylight saving time.
 - Category affinities: Dirichlet around the categories' traffic shares (concentration 0.5 per category).
+- ``price_tier``: the price level a customer buys at within a category, as ``ln(price / category
+  median)``: ``-0.8 (price_sensitivity - 0.43) + N(0, 0.2)`` (about 0.28 across customers; the most
+  price-sensitive prefer about 30% below the median, the least about 35% above it). Products are chosen
+  by popularity times closeness to it (:mod:`winback.sim.catalogue`). Why: price-sensitive shoppers buy
+  the cheaper products of a category, and each shopper has a price level of their own; it is also what
+  makes "cheaper substitutes for the price-sensitive" a real preference rather than a rule.
+- ``staple``: in each replenishable category (coffee, pet food, skincare: ``REPLENISHABLE`` of the
+  catalogue) the product a customer keeps buying, drawn once as any product they would choose. A visit
+  to that category goes to the staple with probability ``0.25 + 0.5 loyalty`` (0.5 on average), else to
+  a product chosen as usual. Why: repeat buying of the same item is how replenishable goods sell
+  (Ehrenberg's repeat-buying studies find about half of a brand's buyers in one period buying it again
+  in the next), and it is what "buy it again" recommendations rest on.
 - ``visit_rate``: sessions per day while alive, ``sessions_per_week / 7 x Gamma(1.5) x (0.6 + 0.8 loyalty)``.
 - ``acquired_at`` and ``churn_at``: existing customers (``existing_share``) were acquired up to
   ``history_days`` before the start and live on for an exponential remaining lifetime; the others
@@ -34,7 +46,7 @@ from datetime import date
 import numpy as np
 import pandas as pd
 
-from winback.sim.catalogue import Catalogue
+from winback.sim.catalogue import REPLENISHABLE, Catalogue
 from winback.sim.config import CHANNELS, ShopConfig
 from winback.sim.ids import prefixed, user_width
 
@@ -47,6 +59,10 @@ TIMEZONE_SHARES = np.array([0.15, 0.30, 0.15, 0.25, 0.05, 0.10])
 PREFERRED_SHARES = np.array([0.6, 0.2, 0.2])
 RESPONSIVENESS_SD = 0.8
 PREFERENCE_BOOST = 0.7
+#: Price tier: its slope on price sensitivity (whose mean is 1.3 / 3) and the spread of the rest.
+TIER_SLOPE, SENSITIVITY_MEAN, TIER_SD = 0.8, 1.3 / 3.0, 0.2
+#: Chance that a visit to a replenishable category goes to the customer's staple: base + slope x loyalty.
+STAPLE_BASE, STAPLE_LOYALTY = 0.25, 0.5
 
 
 def expit(x: np.ndarray) -> np.ndarray:
@@ -73,6 +89,8 @@ class Customers:
     open_probability: np.ndarray  # (n, 3)
     preferred_channel: np.ndarray
     affinity_cdf: np.ndarray  # (n, categories) cumulative category affinities, float32
+    price_tier: np.ndarray  # preferred ln(price / category median)
+    staple: np.ndarray  # (n, categories) the staple product of each replenishable category, else -1
     acquired_at: np.ndarray
     churn_at: np.ndarray
     initial_churn_at: np.ndarray = field(init=False)
@@ -93,8 +111,15 @@ class Customers:
         return int(self.loyalty.size)
 
     @classmethod
-    def generate(cls, config: ShopConfig, catalogue: Catalogue, rng: np.random.Generator) -> Customers:
-        """Draw ``config.customers`` customers (see the module docstring for the distributions)."""
+    def generate(
+        cls,
+        config: ShopConfig,
+        catalogue: Catalogue,
+        rng: np.random.Generator,
+        tastes: np.random.Generator,
+    ) -> Customers:
+        """Draw ``config.customers`` customers (see the module docstring for the distributions); their
+        price tiers and staples from ``tastes``, every other trait from ``rng``."""
         n = config.customers
         loyalty = rng.beta(2.0, 2.0, n)
         harvester = rng.random(n) < 0.10
@@ -120,8 +145,10 @@ class Customers:
         ).astype(np.int64)
         lifetime = rng.exponential(config.mean_lifetime_days * DAY * (0.4 + 1.2 * loyalty))
         churn = np.where(existing, 0, acquired) + lifetime.astype(np.int64)
+        sensitivity = rng.beta(1.3, 1.7, n)
+        tier = -TIER_SLOPE * (sensitivity - SENSITIVITY_MEAN) + tastes.normal(0.0, TIER_SD, n)
         return cls(
-            price_sensitivity=rng.beta(1.3, 1.7, n),
+            price_sensitivity=sensitivity,
             forgetfulness=rng.beta(2.0, 2.5, n),
             loyalty=loyalty,
             harvest_propensity=harvest,
@@ -131,6 +158,8 @@ class Customers:
             open_probability=open_probability,
             preferred_channel=preferred,
             affinity_cdf=affinity_cdf,
+            price_tier=tier,
+            staple=_staples(catalogue, tier, tastes),
             acquired_at=acquired,
             churn_at=churn,
         )
@@ -166,6 +195,7 @@ class Customers:
                 "utc_offset_hours": self.utc_offset,
                 "favourite_category": np.array(category_names)[np.argmax(np.diff(
                     self.affinity_cdf, axis=1, prepend=np.float32(0)), axis=1)],
+                "price_tier": self.price_tier,
                 "preferred_channel": np.array(CHANNELS)[self.preferred_channel],
             }
         )  # fmt: skip
@@ -178,6 +208,17 @@ class Customers:
         frame["initial_churn_at"] = when(self.initial_churn_at)
         frame["alive_at_end"] = self.churn_at > days * DAY
         return frame
+
+
+def _staples(catalogue: Catalogue, tier: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(customers, categories): a staple per replenishable category, chosen as any product at the
+    customer's price tier; -1 elsewhere."""
+    staple = np.full((tier.size, len(catalogue.category_names)), -1, dtype=np.int64)
+    tiers = catalogue.tier_index(tier)
+    for c, name in enumerate(catalogue.category_names):
+        if name in REPLENISHABLE:
+            staple[:, c] = catalogue.sample(np.full(tier.size, c), rng.random(tier.size), tiers)
+    return staple
 
 
 def _open_intercept(target: float, preferred_share: float) -> float:

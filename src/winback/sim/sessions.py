@@ -2,7 +2,13 @@
 
 A browsing session has about 4.5 views (geometric): the session's focus category (drawn from the
 customer's affinities) for 70% of views, a complement of it for 15%, another favourite for 15%;
-products by popularity within the category. A quarter of sessions (more for loyal customers) add 1+
+products by popularity within the category times closeness to the customer's price tier; in a
+replenishable category, the customer's staple instead with probability ``0.25 + 0.5 loyalty``. Three
+quarters of complement views follow a product of the focus category viewed before in the session (the
+latest one) and go to one of its linked complement products (a phone's page shows its cases); the rest,
+and those with no focus view before them, pick a product of a complement category as above.
+:func:`view_shares` gives each customer's resulting probability of viewing each product: the truth a
+recommender is measured against. A quarter of sessions (more for loyal customers) add 1+
 viewed products to the cart (each add right after the view of that product); 15% of multi-item carts
 lose their first item again; the cart is bought in-session with a probability that falls with price
 sensitivity x log cart value and with learnt coupon harvesting; 30% of the others start checkout first.
@@ -26,12 +32,17 @@ from dataclasses import dataclass, fields
 from datetime import date
 
 import numpy as np
+import scipy.sparse as sp
 
-from winback.sim.catalogue import Catalogue
+from winback.sim.catalogue import LINKS, Catalogue
 from winback.sim.config import ShopConfig
-from winback.sim.customers import Customers, expit, logit
+from winback.sim.customers import STAPLE_BASE, STAPLE_LOYALTY, Customers, expit, logit
 
 VIEW, ADD, REMOVE, CHECKOUT, PURCHASE, SENT, OPENED, CLICKED, UNSUBSCRIBED = range(9)  # EventType order
+#: Shares of a session's views: its focus category, a complement category of it, another favourite.
+FOCUS_SHARE, COMPLEMENT_SHARE = 0.70, 0.15
+#: Share of complement views that go to a linked complement of the latest focus product viewed before.
+LINKED_SHARE = 0.75
 #: Smallest gap between two sessions of a user, in seconds: strictly more than 30 minutes.
 SESSION_GAP = 30 * 60 + 1
 #: Relative visits by local hour (0-23): quiet nights, a lunch bump, an evening peak.
@@ -129,9 +140,11 @@ def browse(
     config: ShopConfig,
     rng: np.random.Generator,
     open_lines: np.ndarray,
+    tastes: np.random.Generator,
 ) -> tuple[Sessions, Items]:
     """Browsing sessions of ``user`` starting at ``start``.
 
+    ``rng`` draws the sessions and categories, ``tastes`` the staple and linked-complement choices.
     ``open_lines`` holds ``user * n_products + product`` for items of the users' recent carts: such a
     product is swapped for a substitute before it enters a new cart, so that buying it later is always
     the recovery of the cart it came from.
@@ -147,11 +160,18 @@ def browse(
 
     category = _favourite(customers.affinity_cdf, user, rng.random(n))[owner]
     r = rng.random(owner.size)
-    complement = (r >= 0.70) & (r < 0.85)
+    focus = r < FOCUS_SHARE
+    complement = ~focus & (r < FOCUS_SHARE + COMPLEMENT_SHARE)
     category[complement] = catalogue.complement(category[complement], rng.random(int(complement.sum())))
-    other = r >= 0.85
+    other = r >= FOCUS_SHARE + COMPLEMENT_SHARE
     category[other] = _favourite(customers.affinity_cdf, user[owner[other]], rng.random(int(other.sum())))
-    product = catalogue.sample(category, rng.random(owner.size))
+    viewer = user[owner]
+    product = catalogue.sample(
+        category, rng.random(owner.size), catalogue.tier_index(customers.price_tier)[viewer]
+    )
+    product = _tastes(
+        product, category, focus, complement, owner, first, viewer, customers, catalogue, tastes
+    )
 
     # Which viewed products go into the cart: n_items of the session's views, at random.
     line_view = np.flatnonzero(rank_within(owner, rng.random(owner.size)) < n_items[owner])
@@ -255,6 +275,69 @@ def _assemble(
         user, start, duration, purchased, coupon.astype(float), cart.astype(np.int64), session, offset,
         kind.astype(np.int8), product, quantity, p_purchase.astype(float),
     )  # fmt: skip
+
+
+def _tastes(
+    product: np.ndarray,
+    category: np.ndarray,
+    focus: np.ndarray,
+    complement: np.ndarray,
+    owner: np.ndarray,
+    first: np.ndarray,
+    viewer: np.ndarray,
+    customers: Customers,
+    catalogue: Catalogue,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Views with the customer's staples and the linked complements (see the module docstring)."""
+    u = rng.random((product.size, 2))
+    staple = customers.staple[viewer, category]
+    rate = STAPLE_BASE + STAPLE_LOYALTY * customers.loyalty[viewer]
+    product = np.where((staple >= 0) & (u[:, 0] < rate), staple, product)
+    # The latest focus view before each view, if it is in the same session.
+    latest = np.maximum.accumulate(np.where(focus, np.arange(product.size), -1))
+    linked = complement & (latest >= first[owner]) & (u[:, 1] < LINKED_SHARE)
+    pick = np.minimum((u[linked, 1] / LINKED_SHARE * LINKS).astype(np.int64), LINKS - 1)
+    product[linked] = catalogue.links[product[latest[linked]], pick]
+    return product
+
+
+def view_shares(
+    customers: Customers, catalogue: Catalogue, users: np.ndarray, views_per_session: float
+) -> np.ndarray:
+    """(users, products): each customer's probability that a browsing view of theirs is of each product,
+    as :func:`browse` draws it; the ceiling of taste-based recommendations.
+
+    Exact but for one approximation: the share of complement views with a focus view before them in the
+    session is taken for sessions of unbounded geometric length (the 60-view cap is ignored).
+    """
+    k = len(catalogue.category_names)
+    cdf = customers.affinity_cdf[users].astype(float)
+    affinity = np.diff(cdf, axis=1, prepend=0.0)
+    complements = np.zeros((k, k))
+    for c in range(k):
+        for j in range(int(catalogue.n_complements[c])):
+            complements[c, catalogue.complements[c, j]] += 1.0 / catalogue.n_complements[c]
+    # Within each category: tier share, with the staple's share moved to the staple.
+    within = catalogue.tier_share[catalogue.tier_index(customers.price_tier[users])]
+    staple = customers.staple[users][:, catalogue.category]  # (users, products): the staple of j's category
+    rate = (STAPLE_BASE + STAPLE_LOYALTY * customers.loyalty[users])[:, None]
+    is_staple = staple == np.arange(catalogue.size)
+    within = np.where(staple >= 0, (1 - rate) * within + rate * is_staple, within)
+    by_category = affinity[:, catalogue.category] * within  # focus and other-favourite views
+    by_complement = (affinity @ complements)[:, catalogue.category] * within
+    anchor = np.repeat(np.arange(catalogue.size), LINKS)
+    links = sp.csr_matrix(
+        (np.full(anchor.size, 1.0 / LINKS), (anchor, catalogue.links.ravel())), shape=(catalogue.size,) * 2
+    )  # duplicates are summed
+    # P(a complement view has a focus view before it): 1 - E[(1 - focus)^position] over views.
+    p = 1.0 / views_per_session
+    anchored = 1.0 - p / (1.0 - (1.0 - FOCUS_SHARE) * (1.0 - p))
+    linked = anchored * LINKED_SHARE
+    other = 1.0 - FOCUS_SHARE - COMPLEMENT_SHARE
+    return (FOCUS_SHARE + other) * by_category + COMPLEMENT_SHARE * (
+        linked * (links.T @ by_category.T).T + (1 - linked) * by_complement
+    )
 
 
 def _starts(values: np.ndarray) -> np.ndarray:

@@ -233,11 +233,16 @@ class _Run:
     def __init__(self, config: ShopConfig, seed: int, policy: Policy | None) -> None:
         self.config, self.seed, self.policy = config, seed, policy
         world, steps = np.random.SeedSequence(seed).spawn(2)
-        catalogue_seed, customer_seed = world.spawn(2)
+        # Brands, links, price tiers and staples have a stream of their own, so the draws of the rest are
+        # those of a shop without them.
+        catalogue_seed, customer_seed, taste_seed = world.spawn(3)
+        catalogue_details, customer_tastes = (np.random.default_rng(s) for s in taste_seed.spawn(2))
         self.catalogue = Catalogue.generate(
-            config.products, config.n_categories, np.random.default_rng(catalogue_seed)
+            config.products, config.n_categories, np.random.default_rng(catalogue_seed), catalogue_details
         )
-        self.people = Customers.generate(config, self.catalogue, np.random.default_rng(customer_seed))
+        self.people = Customers.generate(
+            config, self.catalogue, np.random.default_rng(customer_seed), customer_tastes
+        )
         self.user_ids = self.people.user_ids()
         self.steps = config.days + 2  # local days -1 .. days cover every UTC second of the run
         self.step_seeds = steps.spawn(self.steps)
@@ -265,7 +270,7 @@ class _Run:
 
     def _day(self, day: int, seed: np.random.SeedSequence) -> None:
         people, cfg = self.people, self.config
-        visits_rng, carts_rng = (np.random.default_rng(s) for s in seed.spawn(2))
+        visits_rng, carts_rng, tastes_rng = (np.random.default_rng(s) for s in seed.spawn(3))
         self._learn(day)
         # Visits on the local calendar day: alive customers, Poisson in rate x season, at local hours.
         alive = np.flatnonzero(
@@ -282,7 +287,7 @@ class _Run:
             & (planned < self.horizon)
         )
         sessions, items = browse(
-            user[ok], planned[ok], people, self.catalogue, cfg, visits_rng, self._open_lines(day)
+            user[ok], planned[ok], people, self.catalogue, cfg, visits_rng, self._open_lines(day), tastes_rng
         )
         sessions.start = place(sessions.user, sessions.start, sessions.duration, people.last_end)
         end = sessions.start + sessions.duration
@@ -636,6 +641,9 @@ class _Run:
             "product_id": self.catalogue.product_ids().take(pa.array(safe, mask=~has)),
             "category": pa.array(self.catalogue.category_names).take(
                 pa.array(self.catalogue.category[safe], mask=~has)
+            ),
+            "brand": pa.array(self.catalogue.brand_names).take(
+                pa.array(self.catalogue.brand[safe], mask=~has)
             ),
             "price": pa.array(price, mask=~has),
             "quantity": pa.array(c["quantity"].astype(np.int32), mask=c["quantity"] <= 0),

@@ -9,9 +9,10 @@ Mapped ``event_name`` values (GA4's recommended e-commerce events):
 - ``purchase`` -> ``purchase``
 
 Each gives one row per element of ``items`` (``_item`` ``/items/N``): ``item_id`` -> product_id,
-``item_category`` -> category, ``price``, ``quantity``; ``item_name``, ``item_brand``, ``item_variant``
-in properties. Without items, one row whose ``value`` is ``ecommerce.purchase_revenue`` (else the
-``value`` event parameter). ``(not set)``, GA4's placeholder, counts as missing.
+``item_category`` -> category, ``item_brand`` -> brand, ``price``, ``quantity``; ``item_name``,
+``item_brand`` (kept there too), ``item_variant`` in properties. Without items, one row whose ``value``
+is ``ecommerce.purchase_revenue`` (else the ``value`` event parameter). ``(not set)``, GA4's
+placeholder, counts as missing.
 
 Every other event is dropped on purpose and counted nowhere: the automatically collected ones
 (``session_start``, ``first_visit``, ``page_view`` -- a page view is not a product view --,
@@ -123,6 +124,7 @@ class Ga4Mapper:
         "session_id": "/event_params (ga_session_id)",
         "product_id": "{item}/item_id",
         "category": "{item}/item_category",
+        "brand": "{item}/item_brand",
         "price": "{item}/price",
         "quantity": "{item}/quantity",
         "order_id": "/ecommerce/transaction_id",
@@ -208,6 +210,7 @@ class Ga4Mapper:
                     "event_id": None if event_id is None else f"{event_id}:{index}",
                     "product_id": _clean(item.get("item_id")),
                     "category": _clean(item.get("item_category")),
+                    "brand": _clean(item.get("item_brand")),
                     "price": item.get("price"),
                     "quantity": item.get("quantity"),
                     "properties": item_properties | event_properties,

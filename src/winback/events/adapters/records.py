@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from winback.errors import BadInputError
 from winback.events.adapters.base import AdapterOptions, FileHead
-from winback.events.adapters.tabular import COLUMN_SYNONYMS
+from winback.events.adapters.tabular import ALSO_IN_PROPERTIES, COLUMN_SYNONYMS
 from winback.events.normalize import ParseOptions, RawEvents, check_timestamp_format, sniff_timestamp_format
 from winback.events.schema import EVENT_FIELDS, EVENT_TYPES
 from winback.events.store import PreparedInput
@@ -243,7 +243,7 @@ class GenericJsonMapper:
     def rows(self, record: dict[str, Any], options: AdapterOptions) -> Iterable[Row]:
         paths = self._paths(record, options)
         row: Row = {f: dig(record, p) for f, p in paths.items()}
-        used = {p.split(".")[0] for p in paths.values()}
+        used = {p.split(".")[0] for f, p in paths.items() if f not in ALSO_IN_PROPERTIES}
         extra = {k: v for k, v in record.items() if k not in used}
         if extra and "properties" not in paths:
             row["properties"] = extra

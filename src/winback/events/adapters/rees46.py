@@ -2,7 +2,8 @@
 
 ``event_time,event_type,product_id,category_id,category_code,brand,price,user_id,user_session``; event
 types ``view``, ``cart``, ``remove_from_cart``, ``purchase``; times like ``2019-10-01 00:00:00 UTC``.
-The category is the readable ``category_code`` where present, else the numeric ``category_id``.
+The category is the readable ``category_code`` where present, else the numeric ``category_id``; the
+``brand`` column is the canonical brand (and, as before it was one, stays in ``properties`` too).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ PRESET = Preset(
         "event_type": "event_type",
         "product_id": "product_id",
         "category": "category_code",
+        "brand": "brand",
         "price": "price",
         "user_id": "user_id",
         "session_id": "user_session",

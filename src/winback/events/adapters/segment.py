@@ -9,11 +9,13 @@ brackets accepted too):
 - ``Checkout Started`` -> ``checkout_start``
 - ``Order Completed`` (``Completed Order``) -> ``purchase``
 
-Product events take the product from ``properties``: one row, ``_item`` ``/properties``. Checkout and
-order events give one row per element of ``properties.products`` (``_item`` ``/properties/products/N``)
-with the order-level ``order_id`` on each and ``total``, ``subtotal``, ``revenue``, ``discount``,
-``coupon``, ``tax``, ``shipping``, ``affiliation``, ``checkout_id`` in its properties; without products
-they give one row whose ``value`` is ``revenue`` (else ``total``, else ``value``).
+Product events take the product from ``properties``: one row, ``_item`` ``/properties``; a product's
+``brand`` is the canonical brand (and stays among its properties, with ``sku``, ``name``, ``variant``).
+Checkout and order events give one row per element of ``properties.products`` (``_item``
+``/properties/products/N``) with the order-level ``order_id`` on each and ``total``, ``subtotal``,
+``revenue``, ``discount``, ``coupon``, ``tax``, ``shipping``, ``affiliation``, ``checkout_id`` in its
+properties; without products they give one row whose ``value`` is ``revenue`` (else ``total``, else
+``value``).
 
 Every other call is dropped on purpose and counted nowhere: ``identify``, ``page``, ``screen``,
 ``group`` and ``alias`` calls (a page view is not a product view), and track events outside the list
@@ -80,6 +82,7 @@ class SegmentMapper:
         "session_id": "/context/session_id",
         "product_id": "{item}/product_id",
         "category": "{item}/category",
+        "brand": "{item}/brand",
         "price": "{item}/price",
         "quantity": "{item}/quantity",
         "order_id": "/properties/order_id",
@@ -177,6 +180,7 @@ class SegmentMapper:
         return {
             "product_id": first(product.get("product_id"), product.get("id"), product.get("sku")),
             "category": product.get("category"),
+            "brand": product.get("brand"),
             "price": product.get("price"),
             "quantity": product.get("quantity"),
             "properties": compact({k: product.get(k) for k in _PRODUCT_PROPERTIES}),

@@ -26,8 +26,9 @@ twice. A user who wants one names it in ``--event-types`` (``--event-types order
 always emitted, under its own name, for the mapping to decide.
 
 Fields: product_id is the line's ``product_id`` (else ``variant_id``); ``price`` (Shopify writes money
-as strings such as ``"19.99"``) and ``quantity``; ``sku``, ``variant_id``, ``title``, ``vendor`` and the
-line's ``id`` (orders) or ``key`` (checkouts) in properties. The currency is ``currency`` (the shop
+as strings such as ``"19.99"``) and ``quantity``; the line's ``vendor`` is the brand; ``sku``,
+``variant_id``, ``title``, ``vendor`` (kept there too) and the line's ``id`` (orders) or ``key``
+(checkouts) in properties. The currency is ``currency`` (the shop
 currency the prices are in), else ``presentment_currency``. Order-level ``total_price``,
 ``subtotal_price``, ``total_discounts``, ``total_tax``, ``discount_codes``, ``cart_token`` and
 ``checkout_token`` (a checkout's own ``token``) go into the properties of every line: the tokens are
@@ -133,6 +134,7 @@ class ShopifyMapper:
         "user_id": "/customer/id",
         "anonymous_id": "/cart_token",
         "product_id": "{item}/product_id",
+        "brand": "{item}/vendor",
         "price": "{item}/price",
         "quantity": "{item}/quantity",
         "order_id": "/id",
@@ -213,6 +215,7 @@ class ShopifyMapper:
                 | {
                     "event_id": None if webhook_id is None else f"{webhook_id}:{index}",
                     "product_id": first(line.get("product_id"), line.get("variant_id")),
+                    "brand": line.get("vendor"),
                     "price": line.get("price"),
                     "quantity": line.get("quantity"),
                     "properties": line_properties | header,

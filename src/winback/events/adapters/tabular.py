@@ -36,12 +36,18 @@ COLUMN_SYNONYMS: dict[str, tuple[str, ...]] = {
     "session_id": ("sessionid", "session", "user_session"),
     "product_id": ("productid", "item_id", "itemid", "sku", "product"),
     "category": ("category_code", "category_name", "product_category"),
+    "brand": ("brand_name", "item_brand", "vendor", "manufacturer"),
     "price": ("unit_price", "item_price"),
     "quantity": ("qty", "quantity_ordered", "units"),
     "order_id": ("orderid", "transaction_id", "transactionid", "order_number"),
     "value": ("revenue", "total", "amount", "order_total", "order_value"),
     "currency": ("currency_code",),
 }
+
+#: Canonical fields whose source column also stays in ``properties``: ``brand`` became canonical after
+#: sources had been loaded with it among their properties, and an event without an id is identified by
+#: its content, properties included, so moving it would give an event loaded again a new identity.
+ALSO_IN_PROPERTIES = ("brand",)
 
 
 @dataclass
@@ -196,7 +202,8 @@ def prepare_table(
                 f"{path}: no {required} column among {', '.join(available)}; "
                 f"map one with --map {required}=COLUMN{hint}"
             )
-    extras = [c for c in available if c not in set(mapping.values())]
+    moved = {c for f, c in mapping.items() if f not in ALSO_IN_PROPERTIES}
+    extras = [c for c in available if c not in moved]
     if extras and "properties" not in fields:
         pairs = ", ".join(f"{sql_string(c)}, s.{sql_ident(c)}" for c in extras)
         fields["properties"] = f"json_object({pairs})"
