@@ -78,7 +78,14 @@ class Event(BaseModel):
     properties: dict[str, Any] | None = None
 
     @field_validator(
-        "event_id", "user_id", "anonymous_id", "session_id", "product_id", "category", "brand", "order_id",
+        "event_id",
+        "user_id",
+        "anonymous_id",
+        "session_id",
+        "product_id",
+        "category",
+        "brand",
+        "order_id",
         "currency",
     )
     @classmethod
