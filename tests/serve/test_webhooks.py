@@ -24,6 +24,7 @@ from winback.events.ingest import ingest_files
 from winback.events.store import EventStore
 from winback.serve.db import events as events_table
 from winback.serve.ingest import count_events
+from winback.serve.keys import create_key
 from winback.serve.main import create_app
 from winback.serve.routes.webhooks import shopify_signature
 
@@ -267,3 +268,51 @@ def test_shopify_without_a_secret_needs_an_api_key_and_ignores_other_topics(
     other = {**line, "webhook_id": "another-subscription"}
     assert _post_shopify(client, line, **auth, **event).json()["stored"] == len(line["payload"]["line_items"])
     assert _post_shopify(client, other, **auth, **event).json()["stored"] == 0
+
+
+def test_shopify_customers_redact_erases_the_customer_everywhere(
+    signed_client: TestClient, client: TestClient, auth: dict[str, str]
+) -> None:
+    """Shopify's mandatory compliance webhook: signed, it erases as DELETE /v1/customers/{id} does;
+    relayed without the signature it needs an admin key, not a write key."""
+    line = _shopify_order()
+    body = orjson.dumps(line["payload"])
+    headers = {"X-Shopify-Topic": "orders/create", "X-Shopify-Webhook-Id": line["webhook_id"]}
+    signature = shopify_signature("shpss_test_secret", body)
+    stored = signed_client.post(
+        "/v1/webhooks/shopify", content=body, headers={**headers, "X-Shopify-Hmac-Sha256": signature}
+    ).json()["stored"]
+    engine = signed_client.app.state.winback.engine  # type: ignore[attr-defined]
+    assert stored == count_events(engine) > 0
+    customer = line["payload"]["customer"]["id"]
+    redact = orjson.dumps({"shop_id": 954889, "customer": {"id": customer, "email": "x@example.com"}})
+    headers = {"X-Shopify-Topic": "customers/redact"}
+    forged = signed_client.post(
+        "/v1/webhooks/shopify",
+        content=redact,
+        headers={**headers, "X-Shopify-Hmac-Sha256": shopify_signature("another-secret", redact)},
+    )
+    assert forged.status_code == 401
+    assert count_events(engine) == stored
+    signed = {**headers, "X-Shopify-Hmac-Sha256": shopify_signature("shpss_test_secret", redact)}
+    erased = signed_client.post("/v1/webhooks/shopify", content=redact, headers=signed)
+    assert erased.status_code == 200, erased.text
+    assert erased.json()["erased"]["events"] == stored
+    assert count_events(engine) == 0
+    empty = orjson.dumps({"shop_id": 954889, "customer": {"email": "x@example.com"}})
+    missing = signed_client.post(
+        "/v1/webhooks/shopify",
+        content=empty,
+        headers={**headers, "X-Shopify-Hmac-Sha256": shopify_signature("shpss_test_secret", empty)},
+    )
+    assert missing.status_code == 422
+    assert "customer.id" in missing.text
+
+    # without the secret: a write key may send events but not erase
+    refused = client.post("/v1/webhooks/shopify", content=redact, headers={**headers, **auth})
+    assert refused.status_code == 403, refused.text
+    admin, _ = create_key(client.app.state.winback.engine, "admin")  # type: ignore[attr-defined]
+    done = client.post(
+        "/v1/webhooks/shopify", content=redact, headers={**headers, "Authorization": f"Bearer {admin}"}
+    )
+    assert done.status_code == 200, done.text

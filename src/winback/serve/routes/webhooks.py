@@ -52,6 +52,7 @@ from winback.serve.profiles import (
     save_identities,
     upsert_profiles,
 )
+from winback.serve.routes.customers import erase_everywhere, pseudonym
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 
@@ -69,6 +70,7 @@ class WebhookResult(BaseModel):
     duplicates: int
     ignored: int  # payloads dropped on purpose (not behaviour events winback reads)
     customers: int = 0  # customer profiles the identify payloads updated
+    erased: dict[str, int] | None = None  # rows erased per table, for Shopify's customers/redact
 
 
 def _json(body: bytes) -> Any:
@@ -136,7 +138,7 @@ async def _ingest(
     )
 
 
-@router.post("/segment", response_model=WebhookResult, responses=RESPONSES)
+@router.post("/segment", response_model=WebhookResult, response_model_exclude_none=True, responses=RESPONSES)
 async def segment(request: Request, state: State, _key: WriteKey) -> WebhookResult:
     """Segment calls (e-commerce spec v2): one call as the Webhooks destination sends it, a list, or
     ``{"batch": [...]}`` as Segment's HTTP API batches them."""
@@ -163,10 +165,10 @@ def shopify_signature(secret: str, body: bytes) -> str:
     return base64.b64encode(hmac.new(secret.encode(), body, hashlib.sha256).digest()).decode()
 
 
-def _authenticate_shopify(request: Request, state: AppState, body: bytes) -> None:
+def _authenticate_shopify(request: Request, state: AppState, body: bytes, scope: str = "write") -> None:
     secret = state.settings.shopify_webhook_secret
     if secret is None:
-        require("write")(request, state)
+        require(scope)(request, state)
         return
     sent = request.headers.get("x-shopify-hmac-sha256")
     if not sent or not hmac.compare_digest(sent.strip(), shopify_signature(secret.get_secret_value(), body)):
@@ -178,22 +180,26 @@ def _authenticate_shopify(request: Request, state: AppState, body: bytes) -> Non
         )
 
 
-@router.post("/shopify", response_model=WebhookResult, responses=RESPONSES)
+@router.post("/shopify", response_model=WebhookResult, response_model_exclude_none=True, responses=RESPONSES)
 async def shopify(request: Request, state: State) -> WebhookResult:
     """One Shopify webhook: the payload as body, the topic in ``X-Shopify-Topic``, the event's id in
     ``X-Shopify-Event-Id`` (else ``X-Shopify-Webhook-Id``; both the same on Shopify's retries).
-    ``checkouts/create``, ``checkouts/update`` and ``orders/create`` give events; other topics are
+    ``checkouts/create``, ``checkouts/update`` and ``orders/create`` give events, ``customers/create``
+    and ``customers/update`` profiles, ``customers/redact`` erases the customer; other topics are
     ignored. Without the topic header the body may
     be a ``{"topic", "webhook_id", "payload"}`` wrapper (the file format), or the topic is inferred
     from the payload's shape."""
     body = await request.body()
-    _authenticate_shopify(request, state, body)
+    topic = request.headers.get("x-shopify-topic")
+    # an erasure asks more of a relay than an event does: without Shopify's signature, an admin key
+    _authenticate_shopify(request, state, body, "admin" if topic == SHOPIFY_REDACT_TOPIC else "write")
     data = _json(body)
     if not isinstance(data, dict):
         raise HTTPException(
             422, f"request body: found {type(data).__name__}, expected a webhook payload object"
         )
-    topic = request.headers.get("x-shopify-topic")
+    if topic == SHOPIFY_REDACT_TOPIC:
+        return await _redact(state, data)
     wrapped = data.get("topic") if topic is None and isinstance(data.get("payload"), dict) else None
     if topic in SHOPIFY_CUSTOMER_TOPICS or wrapped in SHOPIFY_CUSTOMER_TOPICS:
         update = from_shopify(data if wrapped is None else data["payload"])
@@ -207,6 +213,25 @@ async def shopify(request: Request, state: State) -> WebhookResult:
         delivery = request.headers.get("x-shopify-event-id") or request.headers.get("x-shopify-webhook-id")
         record = {"topic": topic, "webhook_id": delivery, "payload": data}
     return await _ingest(state, "shopify", SHOPIFY.mapper, [record])
+
+
+#: Shopify's mandatory compliance webhook asking the app to erase one customer's data.
+SHOPIFY_REDACT_TOPIC = "customers/redact"
+
+
+async def _redact(state: AppState, data: dict[str, Any]) -> WebhookResult:
+    """``customers/redact``: erase ``customer.id`` everywhere, as ``DELETE /v1/customers/{id}`` does."""
+    customer = data.get("customer")
+    user = customer.get("id") if isinstance(customer, dict) else None
+    if not isinstance(user, int | str) or isinstance(user, bool) or not str(user).strip():
+        raise HTTPException(422, "request body: customer.id: missing, expected the customer's id to erase")
+    result = await run_in_threadpool(erase_everywhere, state.settings, state.engine, str(user).strip())
+    log.info(
+        "erased customer sha256:%s for Shopify customers/redact: %s",
+        pseudonym(result.user_id),
+        orjson.dumps(result.erased).decode(),
+    )
+    return WebhookResult(received=0, stored=0, duplicates=0, ignored=0, customers=1, erased=result.erased)
 
 
 def measurement_protocol_rows(body: dict[str, Any], received_micros: int) -> list[dict[str, Any]]:
@@ -251,7 +276,7 @@ def measurement_protocol_rows(body: dict[str, Any], received_micros: int) -> lis
     return rows
 
 
-@router.post("/ga4", response_model=WebhookResult, responses=RESPONSES)
+@router.post("/ga4", response_model=WebhookResult, response_model_exclude_none=True, responses=RESPONSES)
 async def ga4(request: Request, state: State, _key: WriteKey) -> WebhookResult:
     """GA4 events: a Measurement Protocol request (what a server-side tag forwards: ``client_id``,
     ``events: [{name, params}]``), or rows of the BigQuery export (one, a list, or ``{"events": [...]}``)."""
