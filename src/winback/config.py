@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     threads: int | None = Field(
         None, gt=0, description="Threads of DuckDB and of model training (default: all cores)."
     )
+    lock_wait_seconds: float = Field(
+        60.0,
+        ge=0,
+        description="How long a writer waits for the event store or decision log while another process "
+        "(the dashboard, a report) reads it.",
+    )
     feature_memory_limit: str = Field(
         "4GB",
         description="DuckDB memory limit while computing features and training (windows over every "

@@ -13,7 +13,7 @@ import duckdb
 import pytest
 
 from winback.config import load_settings
-from winback.errors import BadInputError
+from winback.errors import BadInputError, WinbackError
 from winback.events.ingest import ingest_files
 from winback.events.store import EventStore
 
@@ -86,3 +86,35 @@ def test_bad_row_deep_in_a_big_file_is_named_by_its_line(tmp_path: Path) -> None
         "remove_from_cart, checkout_start, purchase, message_sent, message_opened, message_clicked, "
         "unsubscribed (map other names with --event-types NAME=TYPE, or NAME=ignore to drop them)"
     ]
+
+
+def _hold_read_only(path: Path, seconds: float) -> subprocess.Popen[bytes]:
+    """Another process reading ``path`` (as the dashboard or a report does) for ``seconds``."""
+    code = (
+        "import duckdb, sys, time; c = duckdb.connect(sys.argv[1], read_only=True); "
+        "print('open', flush=True); time.sleep(float(sys.argv[2]))"
+    )
+    reader = subprocess.Popen([sys.executable, "-c", code, str(path), str(seconds)], stdout=subprocess.PIPE)
+    assert reader.stdout is not None
+    assert reader.stdout.readline() == b"open\n"
+    return reader
+
+
+def test_a_writer_waits_for_a_reader_of_another_process(tmp_path: Path) -> None:
+    settings = load_settings(home=tmp_path / "home")
+    EventStore(settings).close()
+    reader = _hold_read_only(settings.store_path, 1.5)
+    try:
+        started = time.monotonic()
+        with EventStore(settings) as store:  # waits for the reader instead of failing
+            waited = time.monotonic() - started
+            assert store.con.execute("SELECT count(*) FROM events").fetchone() == (0,)
+        assert 0.5 < waited < 30
+        assert reader.wait(timeout=30) == 0
+        reader = _hold_read_only(settings.store_path, 5)
+        impatient = load_settings(home=tmp_path / "home", lock_wait_seconds=0.3)
+        with pytest.raises(WinbackError, match=r"event store .*events\.duckdb.*WINBACK_LOCK_WAIT_SECONDS"):
+            EventStore(impatient)
+    finally:
+        reader.kill()
+        reader.wait()

@@ -23,6 +23,7 @@ import duckdb
 import pandas as pd
 
 from winback.config import Settings
+from winback.embedded import connect_waiting
 from winback.errors import BadInputError
 
 #: Namespace of decision ids (uuid5 of subject, moment, policy and version).
@@ -80,7 +81,11 @@ class DecisionLog:
         if read_only and not self.path.exists():
             raise BadInputError(f"no decision log at {self.path}: run `winback plan` first")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.con = duckdb.connect(str(self.path), read_only=read_only)
+        self.con = (
+            duckdb.connect(str(self.path), read_only=True)
+            if read_only
+            else connect_waiting(self.path, what="decision log", wait_seconds=settings.lock_wait_seconds)
+        )
         self.con.execute("SET TimeZone = 'UTC'")
         if not read_only:
             self.con.execute(_SCHEMA)

@@ -30,6 +30,7 @@ import duckdb
 import pyarrow as pa
 
 from winback.config import Settings
+from winback.embedded import connect_waiting
 from winback.errors import BadInputError, WinbackError
 from winback.events.normalize import IGNORE, Canonical, ParseOptions, RawEvents, canonicalize, sql_string
 from winback.events.schema import EVENT_FIELDS
@@ -261,10 +262,15 @@ class EventStore:
         }
         if settings.threads:
             config["threads"] = settings.threads
-        try:
-            self.con = duckdb.connect(str(path), read_only=read_only, config=config)
-        except duckdb.IOException as exc:
-            raise WinbackError(f"cannot open the event store {path}: {exc}") from exc
+        if read_only:
+            try:
+                self.con = duckdb.connect(str(path), read_only=True, config=config)
+            except duckdb.IOException as exc:
+                raise WinbackError(f"cannot open the event store {path}: {exc}") from exc
+        else:
+            self.con = connect_waiting(
+                path, what="event store", wait_seconds=settings.lock_wait_seconds, config=config
+            )
         self.con.execute("SET TimeZone = 'UTC'; SET enable_progress_bar = false")
         if not read_only:
             self._open_for_writing(path)

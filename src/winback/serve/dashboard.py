@@ -14,8 +14,8 @@ data changed, the old figures stay on screen while the new ones are computed, th
 DuckDB lets one process write a file or several read it, never both. The dashboard opens the event store
 and the decision log read-only and only while it computes, so a writer (``winback ingest``, ``plan``,
 ``outcomes``) that holds the file makes the computation wait, not fail: the figures of before are shown
-with a note saying so, and the computation is tried again. (While the dashboard computes, a writer
-cannot open the file: it fails with DuckDB's lock error and can be run again.)
+with a note saying so, and the computation is tried again. While the dashboard computes, a writer
+waits for it (:func:`winback.embedded.connect_waiting`, ``WINBACK_LOCK_WAIT_SECONDS``).
 """
 
 from __future__ import annotations
@@ -30,9 +30,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import duckdb
-
 from winback.config import Settings
+from winback.embedded import is_lock_error
 from winback.errors import BadInputError, WinbackError
 from winback.measure.data import Filters, MeasureData
 from winback.measure.report import SECTIONS, Section
@@ -83,7 +82,7 @@ def _locked(error: BaseException) -> bool:
     """Whether ``error`` (or what caused it) is DuckDB refusing a file another process holds."""
     seen: BaseException | None = error
     while seen is not None:
-        if isinstance(seen, duckdb.IOException) and "lock" in str(seen).lower():
+        if is_lock_error(seen):
             return True
         seen = seen.__cause__
     return "could not set lock" in str(error).lower()
