@@ -341,3 +341,32 @@ def test_the_threaded_loop_decides_in_real_time(
     assert len(stats.latencies) == 5
     assert all(0 <= latency < 2.0 for latency in stats.latencies)  # within seconds of each threshold
     assert {d["cart_id"] for d in rows(engine, decisions)} == {f"live-{u}" for u in people}
+
+
+def test_a_guest_cart_moves_to_the_customer_the_visitor_becomes(
+    client: TestClient, auth: dict[str, str], detector: Detector, clock: Clock
+) -> None:
+    """A guest adds to a cart, then identifies (an identify call linking the anonymous id): the open cart
+    is the customer's, so the decision reaches them; before the link it could reach nobody."""
+    engine = engine_of(client)
+    (user,) = users(1, held=False)
+    consent(client, auth, user)
+    guest = {"event_id": "g1", "event_type": "add_to_cart", "anonymous_id": "visitor-7", "product_id": "p1",
+             "price": 30.0, "session_id": "s-guest", "timestamp": BASE.isoformat()}  # fmt: skip
+    post(client, auth, [guest])
+    clock.now = BASE + timedelta(minutes=5)
+    detector.tick()
+    assert rows(engine, carts)[0]["user_key"] == "anonymous:visitor-7"
+    identify = {"type": "identify", "messageId": "i-7", "userId": user, "anonymousId": "visitor-7",
+                "timestamp": (BASE + timedelta(minutes=6)).isoformat(), "traits": {}}  # fmt: skip
+    reply = client.post("/v1/webhooks/segment", json=identify, headers=auth)
+    assert reply.status_code == 200, reply.text
+    (cart,) = rows(engine, carts)
+    assert (cart["cart_id"], cart["user_key"], cart["status"]) == ("s-guest", user, "open")
+    clock.now = BASE + timedelta(minutes=31)
+    detector.tick()
+    (decision,) = rows(engine, decisions)
+    assert decision["cart_id"] == "s-guest"
+    assert decision["action"] == "reminder/email/10h"
+    (message,) = rows(engine, outbox)
+    assert message["recipient"] == f"{user}@example.com"

@@ -7,7 +7,8 @@ same one that moves the feed's cursor, so every event counts exactly once, acros
 Definitions (DESIGN.md, and winback.features.carts for the batch pipeline):
 
 - A customer's key is the ``user_id``, else the customer an ``anonymous_id`` was linked to (an event or
-  identify call carrying both; the first customer keeps it), else ``anonymous:<id>``.
+  identify call carrying both; the first customer keeps it), else ``anonymous:<id>`` (its open carts
+  move to the customer when the link arrives: :func:`winback.serve.profiles.save_identities`).
 - A session is the source's ``session_id``; without one, the customer's behaviour events with gaps under
   the session gap (30 minutes), numbered from 1 per customer: ``<user key>#<n>``, the batch pipeline's
   key when events arrive in time order (a late event joins the current session).

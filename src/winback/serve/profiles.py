@@ -27,7 +27,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from winback.decide.actions import CHANNELS, Channel
-from winback.serve.db import customers, identities
+from winback.serve.db import carts, customers, identities
 
 __all__ = [
     "ADDRESS",
@@ -260,7 +260,11 @@ def upsert_profiles(
 
 
 def save_identities(connection: Connection, pairs: Mapping[str, tuple[str, datetime]]) -> None:
-    """Record ``anonymous_id -> (user_id, first seen)``; an anonymous id already known keeps its customer."""
+    """Record ``anonymous_id -> (user_id, first seen)``; an anonymous id already known keeps its customer.
+
+    The open carts of a visitor who just became known move to their customer (``user_key``, a new
+    ``version`` so a decision prepared for the visitor is made again): a guest who types an e-mail at
+    checkout and leaves is the abandoned cart a shop can reach."""
     if not pairs:
         return
     insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
@@ -268,6 +272,28 @@ def save_identities(connection: Connection, pairs: Mapping[str, tuple[str, datet
         insert(identities).on_conflict_do_nothing(index_elements=["anonymous_id"]),
         [{"anonymous_id": a, "user_id": u, "first_seen_at": t} for a, (u, t) in sorted(pairs.items())],
     )
+    anonymous = sorted(pairs)
+    for start in range(0, len(anonymous), 500):
+        chunk = anonymous[start : start + 500]
+        owner = {
+            f"anonymous:{a}": u
+            for a, u in connection.execute(
+                sa.select(identities.c.anonymous_id, identities.c.user_id).where(
+                    identities.c.anonymous_id.in_(chunk)
+                )
+            )
+        }
+        moving = connection.execute(
+            sa.select(carts.c.cart_id, carts.c.user_key).where(
+                carts.c.user_key.in_(sorted(owner)), carts.c.status == "open"
+            )
+        ).all()
+        for cart_id, key in moving:
+            connection.execute(
+                carts.update()
+                .where(carts.c.cart_id == cart_id)
+                .values(user_key=owner[key], version=carts.c.version + 1)
+            )
 
 
 # -- identify payloads --------------------------------------------------------------------------------

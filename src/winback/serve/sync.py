@@ -136,6 +136,8 @@ def erase_from_home(
     erased: dict[str, int] = {}
     unreached: list[str] = []
     how = "erase there with `winback erase` once it is free"
+    # a request waits a moment for a file another process holds, not the minute a command would
+    settings = settings.model_copy(update={"lock_wait_seconds": min(settings.lock_wait_seconds, 2.0)})
     if settings.store_path.exists():
         try:
             with EventStore(settings) as store:
@@ -147,6 +149,6 @@ def erase_from_home(
         try:
             with DecisionLog(settings) as log:
                 erased["home_decisions"] = log.erase(user_id)
-        except duckdb.Error as error:
+        except (WinbackError, duckdb.Error) as error:
             unreached.append(f"the decision log {log_path}: {error}; {how}")
     return erased, unreached
