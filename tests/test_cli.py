@@ -8,6 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 WINBACK = [sys.executable, "-m", "winback.cli"]
@@ -213,3 +216,42 @@ def test_progress_bar_on_a_terminal(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert os.waitstatus_to_exitcode(status) == 0
     assert "simulating days" in text
     assert "simulated 2,000 customers" in text
+
+
+def test_ingest_reads_properties_columns_and_refuses_ones_that_are_not_objects(tmp_path: Path) -> None:
+    """A Parquet STRUCT, CSV JSON text and a JSON Lines object: each is the event's properties."""
+    home, parquet, csv, jsonl = (
+        tmp_path / "home",
+        tmp_path / "a.parquet",
+        tmp_path / "b.csv",
+        tmp_path / "c.jsonl",
+    )
+    shape = pa.struct([("color", pa.string())])
+    pq.write_table(
+        pa.table({"timestamp": ["2024-03-01T10:00:00Z"], "user_id": ["u1"], "event_type": ["view"],
+                  "properties": pa.array([{"color": "red"}], shape), "channel": ["web"]}),
+        parquet,
+    )  # fmt: skip
+    csv.write_text('timestamp,user_id,event_type,properties\n2024-03-01T10:00:00Z,u2,view,"{""size"": 3}"\n')
+    jsonl.write_text(
+        '{"timestamp": "2024-03-01T10:00:00Z", "user_id": "u3", "event_type": "view", '
+        '"properties": {"page": "home"}}\n'
+    )
+    result = run("ingest", str(parquet), str(csv), str(jsonl), "--json", home=home)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["ingested"] == 3
+    with duckdb.connect(str(home / "events.duckdb"), read_only=True) as con:
+        rows = con.execute("SELECT user_id, properties FROM events ORDER BY user_id").fetchall()
+    assert rows == [
+        ("u1", '{"channel":"web","color":"red"}'),
+        ("u2", '{"size":3}'),
+        ("u3", '{"page":"home"}'),
+    ]
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text('timestamp,user_id,event_type,properties\n2024-03-01T11:00:00Z,u4,view,"{size: 3}"\n')
+    refused = run("ingest", str(jsonl), str(bad), home=home)
+    assert refused.returncode == 2
+    assert f"{bad}, line 2: properties: found '{{size: 3}}', expected a JSON object" in refused.stderr
+    with duckdb.connect(str(home / "events.duckdb"), read_only=True) as con:
+        assert con.execute("SELECT count(*), max(batch_id) FROM events").fetchone() == (3, 3)

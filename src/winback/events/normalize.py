@@ -102,6 +102,12 @@ class RawEvents:
     raw_types: dict[str, str] = field(default_factory=dict)  # DuckDB type of each field's expression
     #: False when the source's first rows cost a pass over all of it (a window inside ``source``).
     streams: bool = True
+    #: True when ``fields["properties"]`` is the source's own properties column (JSON text, or JSON from
+    #: a STRUCT or MAP): it is then checked to be a JSON object, and ``extra_properties`` (SQL of a JSON
+    #: object of the columns no field took) is merged under it. False: ``fields["properties"]`` is
+    #: winback's own JSON object of those columns, stored as it is (the identity events always had).
+    properties_given: bool = False
+    extra_properties: str | None = None
 
 
 @dataclass
@@ -237,6 +243,8 @@ def canonicalize(
         f"{f.get(name, null)} AS r_{name}" for name in ("event_type", "timestamp", "price", "quantity")
     ]
     raw_select += [f"{f.get('value', null)} AS r_value", f"{f.get('properties', null)} AS r_properties"]
+    if raw.properties_given:
+        raw_select.append(f"{raw.extra_properties or 'CAST(NULL AS JSON)'} AS r_extra_properties")
     raw_select += [f"{raw.problem or null} AS r_problem", f"{raw.item_pointer or null} AS r_item"]
 
     ts_type = raw.raw_types.get("timestamp", "VARCHAR")
@@ -251,7 +259,7 @@ def canonicalize(
         f"TRY_CAST({_text('r_quantity')} AS DOUBLE) AS quantity_number",
         "TRY_CAST(quantity_number AS INTEGER) AS quantity",
         f"{_number('r_value')} AS value",
-        "CAST(r_properties AS VARCHAR) AS properties",
+        *_properties_select(raw.properties_given),
     ]
     horizon = int(settings.max_future.total_seconds())
     min_ts = sql_string(settings.min_timestamp)
@@ -302,6 +310,7 @@ def canonicalize(
             "r_quantity",
         ),
         *_money_checks("value"),
+        *(_properties_checks() if raw.properties_given else []),
         Check(
             "currency",
             f"CASE WHEN currency = {sql_string(settings.default_currency)} THEN false "
@@ -318,6 +327,39 @@ def canonicalize(
     return Canonical(
         raw_select, parsed_select, checks, timestamp_format, atomic_lines=raw.item_pointer is not None
     )
+
+
+_PROPERTY_MAP = "MAP(VARCHAR, JSON)"
+
+
+def _properties_select(given: bool) -> list[str]:
+    """The stored ``properties``: as the adapter built them, or a given column merged over the extras.
+
+    A given column is read as a map of key -> JSON value (NULL when the text is not one JSON object, which
+    a check reports), laid over the extras' map so that its value wins on a shared key, and written back
+    with the keys sorted, so the same properties give the same identity whatever their source's key order.
+    Unlike ``json_merge_patch`` this keeps keys whose value is null. Nothing at all is stored as NULL.
+    """
+    if not given:
+        return ["CAST(r_properties AS VARCHAR) AS properties"]
+    return [
+        f"{_text('r_properties')} AS properties_text",
+        f"TRY_CAST(TRY_CAST(properties_text AS JSON) AS {_PROPERTY_MAP}) AS properties_map",
+        "nullif(CAST(to_json(map_from_entries(list_sort(map_entries(map_concat("
+        f"coalesce(TRY_CAST(r_extra_properties AS {_PROPERTY_MAP}), MAP {{}}), "
+        f"coalesce(properties_map, MAP {{}})))))) AS VARCHAR), '{{}}') AS properties",
+    ]
+
+
+def _properties_checks() -> list[Check]:
+    return [
+        Check(
+            "properties",
+            "properties_text IS NOT NULL AND properties_map IS NULL",
+            'a JSON object such as {"color": "red"} (each key once), or nothing',
+            "properties_text",
+        )
+    ]
 
 
 def _money_checks(name: str) -> list[Check]:

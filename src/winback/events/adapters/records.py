@@ -10,6 +10,7 @@ not an array) by raising :class:`RecordError`; the reader turns it into a bad ro
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -79,6 +80,19 @@ def compact(values: Mapping[str, Any], is_blank: Callable[[object], bool] = blan
 def first(*values: Any, is_blank: Callable[[object], bool] = blank) -> Any:
     """The first value that is not blank, or None."""
     return next((v for v in values if not is_blank(v)), None)
+
+
+def given_properties(value: object, pointer: str) -> dict[str, Any]:
+    """A source's own properties as a dict: an object, JSON text of one (as a CSV or an export of the
+    ``events`` view holds them), or nothing (null or blank text: no properties)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return {}
+    if isinstance(value, str):
+        with contextlib.suppress(orjson.JSONDecodeError):  # not JSON: reported below as what it is
+            value = orjson.loads(value)
+    if not isinstance(value, dict):
+        raise RecordError(pointer, value, 'a JSON object such as {"color": "red"}, or nothing')
+    return value
 
 
 def dig(record: Mapping[str, Any], path: str) -> Any:
@@ -230,7 +244,9 @@ class GenericJsonMapper:
     """Flat or nested JSON objects, one per line, with ``--map field=dotted.path``.
 
     Without a mapping, top-level keys named like canonical fields (or their usual synonyms) are used;
-    the remaining top-level keys are kept in ``properties``.
+    the remaining top-level keys are kept in ``properties``. A ``properties`` key (or the path mapped to
+    ``properties``) is the event's properties: an object, or JSON text of one; the remaining keys are
+    merged under it, its own value winning on a shared key.
     """
 
     name = "jsonl"
@@ -242,10 +258,14 @@ class GenericJsonMapper:
 
     def rows(self, record: dict[str, Any], options: AdapterOptions) -> Iterable[Row]:
         paths = self._paths(record, options)
-        row: Row = {f: dig(record, p) for f, p in paths.items()}
+        row: Row = {f: dig(record, p) for f, p in paths.items() if f != "properties"}
         used = {p.split(".")[0] for f, p in paths.items() if f not in ALSO_IN_PROPERTIES}
         extra = {k: v for k, v in record.items() if k not in used}
-        if extra and "properties" not in paths:
+        if "properties" in paths:
+            path = paths["properties"]
+            given = given_properties(dig(record, path), "/" + path.replace(".", "/"))
+            row["properties"] = {**extra, **given}
+        elif extra:  # exactly as before properties keys were read: events keep their identity
             row["properties"] = extra
         if options.event_type and options.event_type not in EVENT_TYPES:
             raise BadInputError(
@@ -263,7 +283,7 @@ class GenericJsonMapper:
             )
         lower = {k.lower(): k for k in record}
         for fld in EVENT_FIELDS:
-            if fld in paths or fld == "properties":
+            if fld in paths:
                 continue
             for candidate in (fld, *COLUMN_SYNONYMS.get(fld, ())):
                 if candidate in lower:

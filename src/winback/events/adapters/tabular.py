@@ -2,7 +2,9 @@
 
 Columns map onto canonical fields by ``--map field=column`` (a name, or a 1-based position for files
 without a header), then by the canonical name itself, then by common synonyms. Columns that map to
-nothing are kept in ``properties``. DuckDB streams the file, so files larger than memory load too.
+nothing are kept in ``properties``; a ``properties`` column of the file's own (a STRUCT or MAP, or JSON
+text) is the event's properties, and those other columns are merged under it. DuckDB streams the file,
+so files larger than memory load too.
 """
 
 from __future__ import annotations
@@ -141,7 +143,7 @@ def resolve_columns(
         mapping[fld] = _column(path, available, lower, fld, ref)
     taken = set(mapping.values())
     for fld in EVENT_FIELDS:
-        if fld in mapping or fld == "properties":
+        if fld in mapping:
             continue
         for candidate in (fld, *COLUMN_SYNONYMS.get(fld, ())):
             column = lower.get(candidate)
@@ -150,6 +152,15 @@ def resolve_columns(
                 taken.add(column)
                 break
     return mapping
+
+
+def _properties_column(column: str, duck_type: str) -> str:
+    """SQL of a properties column as JSON text: text as written (checked later), a STRUCT or MAP as JSON.
+
+    Any other type (a number, a list) becomes its JSON too, and is then reported as not an object.
+    """
+    ref = f"s.{sql_ident(column)}"
+    return ref if duck_type == "VARCHAR" else f"CAST(to_json({ref}) AS VARCHAR)"
 
 
 def _column(path: Path, available: list[str], lower: Mapping[str, str], fld: str, ref: str) -> str:
@@ -204,8 +215,11 @@ def prepare_table(
             )
     moved = {c for f, c in mapping.items() if f not in ALSO_IN_PROPERTIES}
     extras = [c for c in available if c not in moved]
-    if extras and "properties" not in fields:
-        pairs = ", ".join(f"{sql_string(c)}, s.{sql_ident(c)}" for c in extras)
+    pairs = ", ".join(f"{sql_string(c)}, s.{sql_ident(c)}" for c in extras)
+    given = "properties" in mapping
+    if given:
+        fields["properties"] = _properties_column(mapping["properties"], types[mapping["properties"]])
+    elif extras:  # exactly as before properties columns were read: events keep their identity
         fields["properties"] = f"json_object({pairs})"
     ts_type = types[mapping["timestamp"]]
     ts_format = options.timestamp_format
@@ -224,6 +238,8 @@ def prepare_table(
         location_word=word,
         raw_types={f: types.get(c, "VARCHAR") for f, c in mapping.items()},
         streams=fmt != "whitespace",  # its lines are numbered by a window over the file
+        properties_given=given,
+        extra_properties=f"json_object({pairs})" if given and extras else None,
     )
     event_map = {**(preset.event_type_map if preset else {}), **options.event_type_map}
     parse = ParseOptions(event_type_map=event_map, timestamp_format=ts_format, timezone=options.timezone)
