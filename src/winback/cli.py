@@ -1302,6 +1302,14 @@ def detect(
     outcomes_every: Annotated[
         float, typer.Option(min=0.0, help="Seconds between outcome recordings (0: never).")
     ] = 300.0,
+    window_days: Annotated[
+        float | None,
+        typer.Option(
+            "--window-days",
+            help="Days after a decision its outcome is read from (the first order within them), recorded "
+            "once they have passed [WINBACK_RECOVERY_WINDOW_DAYS].",
+        ),
+    ] = None,
     once: Annotated[
         bool, typer.Option("--once", help="Exit when nothing is left to fold in or decide.")
     ] = False,
@@ -1340,7 +1348,7 @@ def detect(
         detector = Detector(
             engine, settings, policy=policy, catalogue=catalogue, holdout_share=holdout,
             thresholds=idle, monthly_budget=monthly_budget, max_late=timedelta(hours=max_late_hours),
-            outcomes_every=outcomes_every,
+            outcomes_every=outcomes_every, window_days=window_days,
         )  # fmt: skip
         if metrics_port is not None:
             from prometheus_client import start_http_server
