@@ -1433,7 +1433,10 @@ def erase(
 
 def main() -> None:
     """Entry point: usage errors exit 2 (click's own), bad input 2, other failures 1."""
+    from winback.lifeline import watch_parent
+
     try:
+        watch_parent()  # started by the live demo: stop with it, even when it is killed
         app()
     except BadInputError as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
