@@ -276,19 +276,35 @@ def simulation_summary(result: Any) -> dict[str, Any]:
 
 @app.command(
     epilog="Examples:\n\n  winback demo\n\n"
-    "  winback demo --customers 20000 --days 365 --home /tmp/winback-demo",
+    "  winback demo --customers 20000 --days 365 --home /tmp/winback-demo\n\n"
+    "  winback demo --live-only",
 )
 def demo(
     customers: Annotated[int, typer.Option(min=1, help="Customers in the simulated shop.")] = 20_000,
     days: Annotated[int, typer.Option(min=1, help="Days of behaviour.")] = 180,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
+    live: Annotated[
+        bool,
+        typer.Option(
+            "--live/--no-live",
+            help="End with the live loop: winback serve, consume, detect and worker on a small shop's "
+            "event stream (needs Redis at WINBACK_REDIS_URL; skipped with a message without it).",
+        ),
+    ] = True,
+    live_only: Annotated[
+        bool, typer.Option("--live-only", help="Run the live loop alone (about a minute).")
+    ] = False,
     home: HomeOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Run the main job end to end on a simulated shop and summarise what it did and where it is."""
+    """Run the main job end to end on a simulated shop and summarise what it did and where it is; then
+    the live loop of the service on a small shop's event stream."""
     from winback.demo import run_demo
 
-    summary = run_demo(_settings(home), customers=customers, days=days, seed=seed, show=not json_output)
+    summary = run_demo(
+        _settings(home), customers=customers, days=days, seed=seed, show=not json_output,
+        live=live or live_only, live_only=live_only,
+    )  # fmt: skip
     if json_output:
         _print_json(summary)
 
