@@ -776,9 +776,9 @@ def _stream_and_watch(
 def _progress(state: dict[str, Any]) -> str:
     carts, outbox = state["carts"], state["outbox"]
     return (
-        f"{state['events']:,} events stored; carts: {carts.get('open', 0)} open, "
+        f"{state['events']:,} events stored; carts {carts.get('open', 0)} open, "
         f"{carts.get('purchased', 0)} bought, {carts.get('decided', 0)} abandoned "
-        f"({state['holdout']} held out); e-mails: {outbox.get('sent', 0)} sent"
+        f"({state['holdout']} holdout); e-mails {outbox.get('sent', 0)} sent"
         + (f", {outbox['cancelled']} cancelled" if outbox.get("cancelled") else "")
     )
 
@@ -842,7 +842,7 @@ def _show_decisions(console: Console, indent: str, decisions: list[dict[str, Any
     )
     table = Table(
         "decided", "customer", "cart", "items", "value", "action", "propensity", "message",
-        box=box.SIMPLE_HEAD, title_justify="left", padding=(0, 1),
+        box=box.SIMPLE_HEAD, show_edge=False, padding=(0, 1),
     )  # fmt: skip
     for d in shown:
         kind = _kind(d)
@@ -915,10 +915,13 @@ def _attribution(
     }  # fmt: skip
     others = done["attributed"] - 1
     console.print(
-        f"{indent}attribution (last touch, {window_days * 86_400:.0f} s window): order {ours.order_id} "
-        f"({ours.revenue:.2f} USD) -> message {ours.message_id},\n{indent}  sent "
-        f"{(ours.ordered_at - ours.sent_at).total_seconds():.1f} s before it"
-        + (f"; {others} simulated order(s) followed an e-mail too" if others else "")
+        _wrapped(
+            f"attribution (last touch, {window_days * 86_400:.0f} s window): order {ours.order_id} "
+            f"({ours.revenue:.2f} USD) -> message {ours.message_id}, sent "
+            f"{(ours.ordered_at - ours.sent_at).total_seconds():.1f} s before it"
+            + (f"; {others} simulated order(s) followed an e-mail too" if others else ""),
+            indent,
+        )
     )
     with engine.connect() as connection:
         outcome = connection.execute(
