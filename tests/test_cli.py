@@ -134,7 +134,7 @@ def test_simulate_writes_a_log_that_ingests_and_its_truth(tmp_path: Path) -> Non
 
 def test_demo_runs_end_to_end_and_a_rerun_adds_nothing(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    first = run("demo", "--customers", "400", "--days", "45", "--json", home=home)
+    first = run("demo", "--customers", "400", "--days", "45", "--no-live", "--json", home=home)
     assert first.returncode == 0, first.stderr
     summary = json.loads(first.stdout)
     assert summary["ingest"]["ingested"] == summary["stats"]["events"] > 1000
@@ -152,17 +152,19 @@ def test_demo_runs_end_to_end_and_a_rerun_adds_nothing(tmp_path: Path) -> None:
         assert all(p["reason"] for p in message["products"])
     assert summary["policies"] == []  # 45 days of 400 customers: too few carts to learn a policy from
     assert all(Path(p).exists() for p in predictions["files"].values())
-    second = json.loads(run("demo", "--customers", "400", "--days", "45", "--json", home=home).stdout)
+    second = json.loads(
+        run("demo", "--customers", "400", "--days", "45", "--no-live", "--json", home=home).stdout
+    )
     assert second["ingest"]["ingested"] == 0
     assert second["ingest"]["duplicates"] == summary["ingest"]["ingested"]
-    text = run("demo", "--customers", "400", "--days", "45", home=home)
+    text = run("demo", "--customers", "400", "--days", "45", "--no-live", home=home)
     assert "summary" in text.stdout
     assert str(home / "events.duckdb") in text.stdout
     assert "147 training and 44 test carts; simulate a larger shop" in text.stdout
 
 
 def test_demo_compares_the_static_flows_with_the_uplift_policy(tmp_path: Path) -> None:
-    shown = run("demo", "--customers", "1500", "--days", "60", "--json", home=tmp_path / "home")
+    shown = run("demo", "--customers", "1500", "--days", "60", "--no-live", "--json", home=tmp_path / "home")
     assert shown.returncode == 0, shown.stderr
     policies = {row["name"]: row for row in json.loads(shown.stdout)["policies"]}
     assert list(policies) == ["static-10h", "static-1h-24h-72h", "coupon-everyone", "uplift", "oracle"]

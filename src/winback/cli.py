@@ -276,19 +276,35 @@ def simulation_summary(result: Any) -> dict[str, Any]:
 
 @app.command(
     epilog="Examples:\n\n  winback demo\n\n"
-    "  winback demo --customers 20000 --days 365 --home /tmp/winback-demo",
+    "  winback demo --customers 20000 --days 365 --home /tmp/winback-demo\n\n"
+    "  winback demo --live-only",
 )
 def demo(
     customers: Annotated[int, typer.Option(min=1, help="Customers in the simulated shop.")] = 20_000,
     days: Annotated[int, typer.Option(min=1, help="Days of behaviour.")] = 180,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
+    live: Annotated[
+        bool,
+        typer.Option(
+            "--live/--no-live",
+            help="End with the live loop: winback serve, consume, detect and worker on a small shop's "
+            "event stream (needs Redis at WINBACK_REDIS_URL; skipped with a message without it).",
+        ),
+    ] = True,
+    live_only: Annotated[
+        bool, typer.Option("--live-only", help="Run the live loop alone (about a minute).")
+    ] = False,
     home: HomeOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Run the main job end to end on a simulated shop and summarise what it did and where it is."""
+    """Run the main job end to end on a simulated shop and summarise what it did and where it is; then
+    the live loop of the service on a small shop's event stream."""
     from winback.demo import run_demo
 
-    summary = run_demo(_settings(home), customers=customers, days=days, seed=seed, show=not json_output)
+    summary = run_demo(
+        _settings(home), customers=customers, days=days, seed=seed, show=not json_output,
+        live=live or live_only, live_only=live_only,
+    )  # fmt: skip
     if json_output:
         _print_json(summary)
 
@@ -1302,6 +1318,14 @@ def detect(
     outcomes_every: Annotated[
         float, typer.Option(min=0.0, help="Seconds between outcome recordings (0: never).")
     ] = 300.0,
+    window_days: Annotated[
+        float | None,
+        typer.Option(
+            "--window-days",
+            help="Days after a decision its outcome is read from (the first order within them), recorded "
+            "once they have passed [WINBACK_RECOVERY_WINDOW_DAYS].",
+        ),
+    ] = None,
     once: Annotated[
         bool, typer.Option("--once", help="Exit when nothing is left to fold in or decide.")
     ] = False,
@@ -1340,7 +1364,7 @@ def detect(
         detector = Detector(
             engine, settings, policy=policy, catalogue=catalogue, holdout_share=holdout,
             thresholds=idle, monthly_budget=monthly_budget, max_late=timedelta(hours=max_late_hours),
-            outcomes_every=outcomes_every,
+            outcomes_every=outcomes_every, window_days=window_days,
         )  # fmt: skip
         if metrics_port is not None:
             from prometheus_client import start_http_server
@@ -1425,7 +1449,10 @@ def erase(
 
 def main() -> None:
     """Entry point: usage errors exit 2 (click's own), bad input 2, other failures 1."""
+    from winback.lifeline import watch_parent
+
     try:
+        watch_parent()  # started by the live demo: stop with it, even when it is killed
         app()
     except BadInputError as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)

@@ -4,7 +4,9 @@ Stages so far: simulate a shop with known truth that ran winback's randomising p
 holdout, validate and store its events and decisions (idempotently: a second run adds nothing),
 summarise the store, show what the simulator knows that no real log can (what each intervention would
 have done for the abandoned carts), train every model, show the products three recovery messages would
-carry, compare policies, and write the report of what the decisions changed against the holdout.
+carry, compare policies, and write the report of what the decisions changed against the holdout. Last,
+the live loop (winback.demo_live): the service's processes on a small shop's time-compressed event
+stream, from carts abandoned to a purchase attributed to its e-mail (skipped without Redis).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from rich.table import Table
 
 from winback.config import Settings, load_settings
 from winback.decide.actions import Action
+from winback.demo_live import LiveOptions, run_live
 from winback.errors import BadInputError
 from winback.events.stats import event_stats, render_stats
 from winback.events.store import EventStore
@@ -37,10 +40,25 @@ SHOWCASE = (
 
 
 def run_demo(
-    settings: Settings, *, customers: int, days: int, seed: int, show: bool = True
+    settings: Settings,
+    *,
+    customers: int,
+    days: int,
+    seed: int,
+    show: bool = True,
+    live: bool = True,
+    live_only: bool = False,
+    live_options: LiveOptions | None = None,
 ) -> dict[str, Any]:
-    """Run every stage; print as it goes when ``show``; return a JSON-ready summary."""
+    """Run every stage; print as it goes when ``show``; return a JSON-ready summary. ``live`` adds the
+    live loop (:mod:`winback.demo_live`) as the last stage, ``live_only`` runs it alone."""
     console = Console(quiet=not show, highlight=False, width=None if sys.stdout.isatty() else 110)
+    if live_only:
+        console.rule("[bold]winback demo: the live loop")
+        started = time.perf_counter()
+        alone: dict[str, Any] = {"live": run_live(settings, console, seed=seed, options=live_options)}
+        alone["seconds"] = {"live": round(time.perf_counter() - started, 1)}
+        return alone
     interactive = show and sys.stderr.isatty()
     demo_dir = settings.home / "demo"
     shop_file, truth_dir = demo_dir / "shop.parquet", demo_dir / "truth"
@@ -129,6 +147,12 @@ def run_demo(
     measured = _measure(settings, console)
     timings["report"] = time.perf_counter() - started
 
+    live_summary: dict[str, Any] | None = None
+    if live:
+        started = time.perf_counter()
+        live_summary = run_live(settings, console, seed=seed, options=live_options, number="9")
+        timings["live"] = time.perf_counter() - started
+
     summary = {
         "home": str(settings.home),
         "store": str(settings.store_path),
@@ -142,6 +166,7 @@ def run_demo(
         "predictions": predictions,
         "policies": policies,
         "report": measured,
+        "live": live_summary,
         "seconds": {k: round(v, 1) for k, v in timings.items()},
     }
     console.rule("[bold]summary")
@@ -157,7 +182,12 @@ def run_demo(
         f" --home {settings.home})\n"
         f"  scores           {', '.join(predictions['files'].values()) or 'none (too little history)'}\n"
         f"  report           {measured['out']}   (winback report --home {settings.home} --out report.html)\n"
-        f"Next: load your own events with `winback ingest FILE --home {settings.home}` (see README)."
+        + (
+            f"  live loop        {live_summary['home']}/ (state.db, logs/)\n"
+            if live_summary and "home" in live_summary
+            else ""
+        )
+        + f"Next: load your own events with `winback ingest FILE --home {settings.home}` (see README)."
     )
     return summary
 

@@ -19,7 +19,7 @@ from winback.decide.catalogue import load_catalogue
 from winback.decide.evaluate import LoggedShop, logged_shop
 from winback.decide.learn import load_policy, train_policy
 from winback.decide.log import DecisionLog
-from winback.decide.outcomes import observe, record_outcomes
+from winback.decide.outcomes import no_orders, observe, record_outcomes
 from winback.decide.plan import UPLIFT_MISSING
 from winback.errors import BadInputError
 from winback.events.store import EventStore
@@ -222,3 +222,19 @@ def test_the_detector_decides_with_the_trained_policy(shop: LoggedShop, home: Pa
     messaged = made[made["action"] != "nothing"]
     assert (messaged["expected_profit"] > 0).all()
     assert {json.loads(c)["consent"][0] for c in made["context"]} == {"email"}
+
+
+def test_no_order_at_all_leaves_every_decision_unrecovered() -> None:
+    """Regression: an empty orders frame, typed (`no_orders`) or not (columns only, as it once was), is
+    joined without pandas 3's merge_asof refusing its object ids or its time unit."""
+    at = pd.Timestamp("2024-05-01T12:00", tz="UTC")
+    decisions = pd.DataFrame(
+        {"decision_id": ["d1", "d2"], "user_id": ["u1", "u2"], "decided_at": [at] * 2,
+         "action": ["coupon10/email/24h", "nothing"]}
+    )  # fmt: skip
+    untyped = pd.DataFrame(columns=["user_id", "order_id", "ordered_at", "revenue", "coupon"])
+    for orders in (no_orders(), untyped):
+        out = observe(decisions, orders, CATALOGUE, window_days=7)
+        assert out["decision_id"].tolist() == ["d1", "d2"]
+        assert not out["recovered"].any()
+        assert out[["revenue", "discount", "margin"]].to_numpy().sum() == 0.0

@@ -64,3 +64,7 @@ def test_detect_sync_and_erase_from_the_command_line(tmp_path: Path, database_ur
     assert refused.returncode == 2
     assert "--thresholds" in refused.stderr
     assert "missing columns" in refused.stderr
+
+    zero = run("detect", "--once", "--window-days", "0", home=tmp_path, **env)
+    assert zero.returncode == 2
+    assert "--window-days 0.0: expected a number of days > 0" in zero.stderr

@@ -147,3 +147,35 @@ def test_sync_brings_events_and_decisions_into_the_home_once(
     with engine.connect() as connection:  # the same decision ids in both places
         ids = set(connection.execute(sa.select(decisions.c.decision_id)).scalars())
     assert set(logged["decision_id"]) == ids
+
+
+def test_outcomes_are_recorded_when_nobody_ordered(
+    client: TestClient, auth: dict[str, str], service_settings: Settings
+) -> None:
+    """Regression: with no order since the decisions the orders frame is empty, and its untyped columns
+    (object ids, another time unit) made pandas 3's merge_asof raise, which stopped the detector."""
+    users = ["n1", "n2"]
+    for user in users:
+        body = {"email": f"{user}@example.com", "consent": {"email": True},
+                "consent_at": (BASE - timedelta(days=9)).isoformat()}  # fmt: skip
+        assert client.put(f"/v1/customers/{user}", json=body, headers=auth).status_code == 200
+    carts = [
+        {"event_id": f"add-{u}", "event_type": "add_to_cart", "user_id": u, "session_id": f"s-{u}",
+         "product_id": "p1", "price": 25.0, "timestamp": BASE.isoformat()}
+        for u in users
+    ]  # fmt: skip
+    assert client.post("/v1/events", json=carts, headers=auth).json()["stored"] == 2
+    clock = Clock(BASE + timedelta(minutes=31))
+    # a window of half a day (`winback detect --window-days 0.5`) instead of the settings' 7 days
+    detector = Detector(
+        engine_of(client), service_settings, clock=clock, recommend=False, outcomes_every=0, window_days=0.5
+    )
+    assert detector.tick() == (2, 2)
+    clock.now = BASE + timedelta(hours=11)
+    assert detector.record_outcomes() == 0  # the windows are still open
+    clock.now = BASE + timedelta(hours=13)
+    assert detector.record_outcomes() == 2
+    found = outcomes(engine_of(client))
+    assert [found[u]["recovered"] for u in users] == [False, False]
+    assert [found[u]["revenue"] for u in users] == [0.0, 0.0]
+    detector.close()

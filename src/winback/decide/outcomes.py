@@ -45,6 +45,20 @@ class OutcomeReport:
     window_days: float
 
 
+def no_orders() -> pd.DataFrame:
+    """An empty frame of orders with the column types of a full one (text ids, UTC times, money,
+    flags): untyped empty columns are ``object``, which ``pd.merge_asof`` refuses to join with text."""
+    return pd.DataFrame(
+        {
+            "user_id": pd.Series([], dtype=str),
+            "order_id": pd.Series([], dtype=str),
+            "ordered_at": pd.Series([], dtype="datetime64[ns, UTC]"),
+            "revenue": pd.Series([], dtype="float64"),
+            "coupon": pd.Series([], dtype=bool),
+        }
+    )
+
+
 def orders_after(events: ibis.Table, users: list[str], since: pd.Timestamp) -> pd.DataFrame:
     """The orders of ``users`` at or after ``since``: ``user_id``, ``order_id``, ``ordered_at``,
     ``revenue`` and ``coupon`` (whether it used one), oldest first."""
@@ -57,7 +71,7 @@ def orders_after(events: ibis.Table, users: list[str], since: pd.Timestamp) -> p
         "user_id", "order_id", "timestamp", "properties", money=purchases.price * purchases.quantity
     ).to_pandas()
     if rows.empty:
-        return pd.DataFrame(columns=["user_id", "order_id", "ordered_at", "revenue", "coupon"])
+        return no_orders()
     rows["order_id"] = rows["order_id"].fillna(rows["user_id"] + "@" + rows["timestamp"].astype(str))
     rows["coupon"] = rows["properties"].map(used_coupon)
     orders = rows.groupby(["user_id", "order_id"], sort=False).agg(
@@ -74,10 +88,15 @@ def observe(
     ``(decided_at, decided_at + window_days]``. Columns ``decision_id`` and :data:`~.log.OUTCOMES`."""
     window = pd.Timedelta(days=window_days)
     left = decisions[["decision_id", "user_id", "decided_at", "action"]].copy()
-    left["decided_at"] = pd.to_datetime(left["decided_at"], utc=True)
+    # merge_asof joins keys of one type only: times in one unit (pandas 3 infers it from the data, so an
+    # empty column's differs) and ids as text on both sides (under pandas 3 a column of strings is
+    # ``str``, an empty or database-read one may be ``object``).
+    left["decided_at"] = pd.to_datetime(left["decided_at"], utc=True).dt.as_unit("ns")
     left = left.sort_values("decided_at", kind="stable")
     right = orders.copy()
-    right["ordered_at"] = pd.to_datetime(right["ordered_at"], utc=True)
+    right["ordered_at"] = pd.to_datetime(right["ordered_at"], utc=True).dt.as_unit("ns")
+    left["user_id"] = left["user_id"].astype(str)
+    right["user_id"] = right["user_id"].astype(str)
     right = right.sort_values("ordered_at", kind="stable")
     matched = pd.merge_asof(
         left, right, left_on="decided_at", right_on="ordered_at", by="user_id",

@@ -182,6 +182,9 @@ class Detector:
         Whether ``+recs`` messages carry products from the home's trained recommender (if there is one).
     outcomes_every
         Seconds between runs of :func:`winback.serve.outcomes.record_outcomes` (0: never).
+    window_days
+        The outcomes' window: a decision's outcome is recorded once it has closed, from the first order
+        within it; default: the settings' ``recovery_window_days``.
     clock
         The time (tests move it).
     """
@@ -205,12 +208,15 @@ class Detector:
         recommend: bool = True,
         alerts: bool = True,
         outcomes_every: float = 300.0,
+        window_days: float | None = None,
         metrics: DetectorMetrics | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         in_holdout([], holdout_share)  # a bad share is refused here, not at the first cart
         if monthly_budget is not None and not monthly_budget >= 0:
             raise BadInputError(f"--monthly-budget {monthly_budget}: expected an amount of 0 or more")
+        if window_days is not None and not window_days > 0:
+            raise BadInputError(f"--window-days {window_days}: expected a number of days > 0")
         if batch_events < 1 or batch_carts < 1:
             raise BadInputError(f"batch sizes {batch_events}, {batch_carts}: expected 1 or more")
         self.engine = engine
@@ -234,6 +240,7 @@ class Detector:
         self.detector_id = detector_id or f"{socket.gethostname()}:{os.getpid()}"
         self.session_gap = timedelta(minutes=settings.session_gap_minutes)
         self.outcomes_every = outcomes_every
+        self.window_days = float(settings.recovery_window_days if window_days is None else window_days)
         self.metrics = metrics or DetectorMetrics()
         self.stats = DetectorStats()
         self.recommender = self._recommender() if recommend else None
@@ -697,7 +704,7 @@ class Detector:
         done = record_outcomes(
             self.engine,
             self.catalogue,
-            window_days=float(self.settings.recovery_window_days),
+            window_days=self.window_days,
             now=self.clock(),
         )
         self.stats.outcomes += done

@@ -22,7 +22,7 @@ from sqlalchemy.engine import Engine
 from winback.act.attribution import attribute_purchases
 from winback.act.outbox import as_utc, utcnow, write_transaction
 from winback.decide.catalogue import Catalogue
-from winback.decide.outcomes import observe, orders_after
+from winback.decide.outcomes import no_orders, observe, orders_after
 from winback.serve.db import decisions, events, outbox
 
 __all__ = ["record_outcomes"]
@@ -43,7 +43,7 @@ def _orders(engine: Engine, users: list[str], since: datetime) -> pd.DataFrame:
         rows, columns=["user_id", "order_id", "timestamp", "properties", "price", "quantity", "event_type"]
     )
     if frame.empty:
-        return pd.DataFrame(columns=["user_id", "order_id", "ordered_at", "revenue", "coupon"])
+        return no_orders()
     frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True)
     frame = frame.astype({"price": "float64", "quantity": "float64"})
     table = ibis.memtable(frame)
