@@ -125,11 +125,15 @@ def test_stopped_with_messages_pending_they_go_out_on_time_after_a_restart(
     upgrade(engine)
     env = worker_env(database_url, tmp_path / "home", smtp_server)
     command = [WINBACK, "worker", "--poll-interval", "0.05"]
-    start = datetime.now(UTC)
-    due = {start + timedelta(seconds=s): add_messages(engine, int(s * 10), 2, start + timedelta(seconds=s))
-           for s in (6.0, 6.5)}  # fmt: skip
+    launched = datetime.now(UTC)
     first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert b"ready" in ready(first)
+    # due after a stop and a restart as slow as this start (a loaded machine starts Python slowly)
+    start = datetime.now(UTC)
+    lead = 2 * (start - launched).total_seconds() + 3.0
+    due = {start + timedelta(seconds=lead + s): add_messages(engine, 10 + int(s * 10), 2,
+                                                               start + timedelta(seconds=lead + s))
+           for s in (0.0, 0.5)}  # fmt: skip
     first.send_signal(signal.SIGTERM)  # stopped while running, nothing due yet
     out, err = first.communicate(timeout=10)
     assert first.returncode == 0, err.decode()
