@@ -5,15 +5,18 @@ Usage: ``.venv/bin/python bench/bench_detect_latency.py [--seconds 90] [--rate 2
 [--database sqlite|postgresql|both] [--baseline-src DIR --rounds 3]``
 
 For each database, on a fresh database: ``winback serve`` (one uvicorn process) and ``winback detect``
-(``--idle-minutes`` = ``--idle-seconds`` / 60) run as their own processes on loopback, and every
+(``--idle-minutes`` = ``--idle-seconds`` / 60) run as their own processes on loopback (the load starts
+once the detector says it is ready: a detector still importing its libraries under load would start
+with a backlog of tens of thousands of events, a start-up measure, not a steady one), and every
 customer has a profile with e-mail consent, so decisions schedule messages as in production. A load
 generator posts batches of ``--batch`` events every ``--batch`` / ``--rate`` seconds to ``POST
 /v1/events``: shoppers' sessions of views, adds to cart, checkouts and some purchases, each event
 stamped with the time it is sent; a shopper's session ends after a few seconds and, if its cart holds
 items and was not bought, the cart goes idle and falls due ``--idle-seconds`` later. After
 ``--seconds`` the detector is stopped (SIGTERM) while the load still runs; its ``--json`` statistics
-hold the latency of every decision it stored (the commit's wall-clock time minus the cart's due time:
-``last event + idle threshold``), all of them under load.
+hold the latency of every decision it stored (the wall-clock time its commit returned to the detector
+minus the cart's due time: ``last event + idle threshold``, the event's time being when the load
+generator made it), all of them under load.
 
 The baseline, in the same run, under the same load: the commit latency of a bare one-row INSERT into
 the same database (a thread of this process, every 20 ms). The ratio is detection p99 / bare insert
@@ -257,7 +260,15 @@ def run(
                 "0",
                 "--json",
             ]
-            with process(detect_args, env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL) as detector:
+            with (
+                (home / "detect.log").open("w") as log,
+                process(detect_args, env, stdout=subprocess.PIPE, stderr=log) as detector,
+            ):
+                ready_by = time.monotonic() + 300  # the load starts when the detector runs, not before
+                while "ready" not in (home / "detect.log").read_text():
+                    if detector.poll() is not None or time.monotonic() > ready_by:
+                        raise SystemExit(f"winback detect did not start: {(home / 'detect.log').read_text()}")
+                    time.sleep(0.1)
                 shop, stop, sent, failures = Shop(), threading.Event(), [0], []
                 headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
 
