@@ -2,33 +2,37 @@
 its idle threshold, decides then with the configured policy, logs the decision and schedules its
 message; on a schedule it records the decisions' outcomes.
 
-One :class:`Detector` (``winback detect``; several may run against PostgreSQL) runs two threads:
+One :class:`Detector` (``winback detect``; several may run against PostgreSQL) runs three threads:
 
 1. **Fold** (catch-up thread). Read the events stored since its cursor from the feed
    (winback.serve.feed, commit order) and fold them into the live state
    (:func:`winback.serve.carts.apply_events`), cursor and state in one transaction. The cursor row is
    locked while a batch is folded in, so several detectors never apply an event twice.
-2. **Prepare** (deciding thread). A cart's due time (last event + idle threshold) is known in advance,
-   so up to ``prepare_seconds`` (2 s) before it the decision is made, as of the due time, with
+2. **Prepare** (preparing thread). A cart's due time (last event + idle threshold) is known in
+   advance, so up to ``prepare_seconds`` (2 s) before it the decision is made, as of the due time, with
    :func:`winback.decide.plan.plan_decisions` exactly as ``winback plan`` makes it: the permanent
    holdout (:mod:`winback.decide.holdout`), the policy (a static flow of the catalogue, ``random``
    with exact propensities, or the ``uplift`` policy of ``winback train policy``), and the guardrails
    -- consent and addresses from the customers' profiles less their unsubscribes, frequency caps
    against the messages already scheduled or sent, quiet hours in the customer's time zone, the largest
-   coupon, a monthly discount budget paced over the month.
-3. **Store**, at the due time: a check that no event of the cart is waiting to be folded in, then one
-   transaction -- the cart still open, due, and unchanged since the decision was prepared (its
-   ``version``; ``FOR UPDATE SKIP LOCKED``, so a cart another detector is storing is skipped), the
-   decision (unique per cart: no cart is ever decided twice), and its message in the outbox
-   (:func:`winback.act.outbox.schedule_in`). A cart that changed is prepared again for its new due
-   time; a due cart with no prepared decision (just started, or changed at the last moment) is decided
-   on the spot. Then, for big carts, a staff alert (winback.act.alerts) from a background thread.
+   coupon, a monthly discount budget paced over the month -- and its outbox row with its coupon code
+   (:func:`winback.act.outbox.message_rows`). A due cart with no prepared decision (just started, or
+   changed at the last moment) is decided as of now and handed over at once.
+3. **Store** (storing thread, which does nothing else): sleep until the next prepared decision falls
+   due, then store it: the cart still open, due, and unchanged since the decision was prepared (its
+   ``version``; ``FOR UPDATE SKIP LOCKED``, so a cart another transaction holds is skipped), no
+   behaviour event of its session stored after its last activity (one not folded in yet: the customer
+   is back; the cart is then postponed by a second and prepared again once its events are in), the
+   decision (unique per cart: no cart is ever decided twice), and its message and coupon in the outbox.
+   On PostgreSQL all of it is one statement (:data:`_STORE`) on a connection of the store's own, so a
+   decision costs one round trip; on SQLite (in-process, no round trips) a look and one transaction.
+   Then, for big carts, a staff alert (winback.act.alerts) from a background thread.
 
 Carts due longer ago than ``max_late`` are ``expired``: a message about them would be late; ``winback
-plan`` still sees them. Between rounds the deciding thread sleeps until the next prepared decision
-falls due, at most ``poll_interval``; it does not prepare when a decision falls due within 0.1 s. The
-catch-up thread also runs the periodic jobs: outcomes (winback.serve.outcomes), expiry, the outbox
-gauges. ``tick()`` runs one round of everything in the calling thread.
+plan`` still sees them. The catch-up thread also runs the periodic jobs: outcomes
+(winback.serve.outcomes), expiry, the outbox gauges; it and the preparing thread start no work in the
+``_FOLD_GUARD`` before a prepared decision falls due. ``tick()`` runs one round of everything in the
+calling thread.
 
 Why a process of its own rather than a loop in ``winback worker``: the worker spends its time in SMTP
 and webhook round trips (hundreds of milliseconds when a provider is slow) and scales with the sending
@@ -92,9 +96,8 @@ CURSOR = "detector"
 _LATENCIES = 100_000  # latencies kept for the stats' percentiles
 #: A due cart found active again is looked at after this (by then its events are folded in).
 _RECHECK = timedelta(seconds=1)
-#: No preparing when a prepared decision falls due within this many seconds (it could be late), and no
-#: catch-up (holding the database's locks, and this process's CPU) in the last ``_FOLD_GUARD`` before one.
-_PREPARE_GUARD = 0.1
+#: No catch-up or preparing (holding the database's locks, and this process's CPU and interpreter) started
+#: in the last ``_FOLD_GUARD`` seconds before a prepared decision falls due.
 _FOLD_GUARD = 0.05
 #: Columns of the plan's table and of its decision-log rows that a stored decision takes.
 _PLANNED = ("cart_id", "user_id", "action", "send_at", "coupon", "recommended")
