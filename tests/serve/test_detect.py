@@ -320,6 +320,60 @@ def test_a_prepared_decision_is_dropped_when_the_cart_changes(
     assert json.loads(decision["context"])["n_items"] == 2
 
 
+@pytest.mark.parametrize("session", ["s1", None])
+def test_a_cart_whose_customer_is_back_but_not_folded_in_yet_is_postponed(
+    client: TestClient, auth: dict[str, str], detector: Detector, clock: Clock, session: str | None
+) -> None:
+    engine = engine_of(client)
+    (user,) = users(1, held=False)
+    consent(client, auth, user)
+    post(client, auth, [add(user, session, "p1", BASE)])
+    due = BASE + timedelta(minutes=30)
+    clock.now = due - timedelta(seconds=1)
+    assert detector.tick() == (1, 0)  # folded in, and its decision prepared
+    cart_id = session or f"{user}#1"  # the source's session, or one by the gap
+    assert set(detector._prepared) == {cart_id}
+    # A view of the same session (a session by the gap: a view without a session id), stored but not
+    # folded in when the cart falls due.
+    back = due - timedelta(milliseconds=500)
+    view = {"event_type": "view", "user_id": user, "product_id": "p9", "timestamp": back.isoformat()}
+    post(client, auth, [dict(view, event_id="v1", **({"session_id": session} if session else {}))])
+    clock.now = due
+    assert detector.store_prepared() == []
+    (cart,) = rows(engine, carts)
+    assert cart["status"] == "open"
+    assert cart["due_at"].replace(tzinfo=UTC) == due + timedelta(seconds=1)  # looked at again in a second
+    assert rows(engine, decisions) == []
+    clock.now = due + timedelta(seconds=2)
+    assert detector.tick() == (1, 0)  # folded in now: due 30 minutes after the view
+    assert rows(engine, carts)[0]["due_at"].replace(tzinfo=UTC) == back + timedelta(minutes=30)
+    clock.now = back + timedelta(minutes=30)
+    assert detector.tick() == (0, 1)
+    (decision,) = rows(engine, decisions)
+    assert decision["cart_id"] == cart_id
+
+
+@pytest.mark.parametrize("session", ["s1", None])
+def test_an_event_of_another_session_does_not_postpone_a_cart(
+    client: TestClient, auth: dict[str, str], detector: Detector, clock: Clock, session: str | None
+) -> None:
+    engine = engine_of(client)
+    (user,) = users(1, held=False)
+    consent(client, auth, user)
+    post(client, auth, [add(user, session, "p1", BASE)])
+    due = BASE + timedelta(minutes=30)
+    clock.now = due - timedelta(seconds=1)
+    assert detector.tick() == (1, 0)
+    at = (due - timedelta(milliseconds=500)).isoformat()
+    view = {"event_id": "v1", "event_type": "view", "user_id": user, "product_id": "p9",
+            "session_id": "elsewhere", "timestamp": at}  # fmt: skip
+    post(client, auth, [view])  # stored, not folded in: another session (another cart) of the customer
+    clock.now = due
+    (decided,) = detector.store_prepared()
+    assert decided.cart_id == (session or f"{user}#1")
+    assert [d["cart_id"] for d in rows(engine, decisions)] == [decided.cart_id]
+
+
 def test_the_threaded_loop_decides_in_real_time(
     client: TestClient, auth: dict[str, str], service_settings: Settings
 ) -> None:

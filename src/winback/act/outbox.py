@@ -49,8 +49,11 @@ __all__ = [
     "cart_items",
     "claim",
     "coupon_code",
+    "coupon_of",
     "decision_key",
     "finish",
+    "insert_messages",
+    "message_rows",
     "outbox_counts",
     "record_sent",
     "release",
@@ -330,8 +333,31 @@ def schedule_in(
 ) -> Scheduled:
     """:func:`schedule` in the caller's (write) transaction, e.g. with the decisions being logged."""
     now = as_utc(now) if now is not None else utcnow()
+    rows, skipped = message_rows(
+        decisions, contacts, connection=connection, carts=carts, products=products,
+        coupon_valid_days=coupon_valid_days, currency=currency,
+    )  # fmt: skip
+    result = insert_messages(connection, rows, now)
+    result.skipped = skipped
+    return result
+
+
+def message_rows(
+    decisions: Any,
+    contacts: Mapping[str, Contact],
+    *,
+    connection: Connection | None = None,
+    carts: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+    products: Mapping[str, Mapping[str, Any]] | None = None,
+    coupon_valid_days: float = 7.0,
+    currency: str = "USD",
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """The outbox rows of ``decisions`` (as :func:`schedule` takes them), without their ``created_at``
+    and ``updated_at`` (the moment they are inserted), and the count of messages skipped per reason.
+    Nothing is written: the detector builds them before the cart falls due. The carts' items come from
+    ``carts``, else are read through ``connection``."""
     products = products or {}
-    result = Scheduled()
+    skipped: dict[str, int] = {}
     rows: list[dict[str, Any]] = []
     for i, record in enumerate(_records(decisions)):
         action = str(record.get("action") or "nothing")
@@ -351,14 +377,16 @@ def schedule_in(
         address = contact.address(str(channel)) if contact else None
         if not address:
             reason = f"no {channel} address"
-            result.skipped[reason] = result.skipped.get(reason, 0) + 1
+            skipped[reason] = skipped.get(reason, 0) + 1
             continue
         percent = float(record.get("coupon") or 0.0)
         recommended = str(record.get("recommended") or "").split()
         if carts is not None:
             items = [dict(item) for item in carts.get(cart or "", ())]
-        else:
+        elif connection is not None:
             items = cart_items(connection, user, cart)
+        else:
+            raise ValueError("message_rows: either carts or a connection to read them")
         for item in items:
             item.update(
                 {k: v for k, v in products.get(str(item.get("product_id")), {}).items() if k not in item}
@@ -400,39 +428,50 @@ def schedule_in(
                 "status": "scheduled",
                 "attempts": 0,
                 "next_attempt_at": send_at,
-                "created_at": now,
-                "updated_at": now,
             }
         )
+    return rows, skipped
+
+
+def coupon_of(row: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The coupon a message row (:func:`message_rows`) carries, as a ``coupons`` row less its
+    ``message_id`` and ``created_at``; None without one."""
+    coupon = json.loads(row["payload"])["coupon"]
+    if not coupon:
+        return None
+    return {
+        "code": coupon["code"],
+        "user_id": row["user_id"],
+        "percent": coupon["percent"],
+        "status": "issued",
+        "expires_at": datetime.fromisoformat(coupon["expires_at"]),
+    }
+
+
+def insert_messages(connection: Connection, rows: Sequence[Mapping[str, Any]], now: datetime) -> Scheduled:
+    """Insert message rows (:func:`message_rows`) created ``now``, and their coupons; those whose
+    idempotency key is there already are left alone."""
+    result = Scheduled()
     if not rows:
         return result
-    keys = [r["idempotency_key"] for r in rows]
+    timed = [dict(r, created_at=now, updated_at=now) for r in rows]
+    keys = [r["idempotency_key"] for r in timed]
     insert = (
         _insert(connection, outbox)
         .on_conflict_do_nothing(index_elements=["idempotency_key"])
         .returning(outbox.c.id, outbox.c.user_id, outbox.c.payload)
     )
     mine: list[Any] = []
-    for start in range(0, len(rows), _CHUNK):
-        mine += connection.execute(insert, rows[start : start + _CHUNK]).all()
+    for start in range(0, len(timed), _CHUNK):
+        mine += connection.execute(insert, timed[start : start + _CHUNK]).all()
     result.ids = sorted(int(r.id) for r in mine)
     result.scheduled = len(mine)
     result.already = len(set(keys)) - len(mine)
     codes = []
     for row in mine:
-        coupon = json.loads(row.payload)["coupon"]
+        coupon = coupon_of(row._mapping)
         if coupon:
-            codes.append(
-                {
-                    "code": coupon["code"],
-                    "user_id": row.user_id,
-                    "message_id": row.id,
-                    "percent": coupon["percent"],
-                    "status": "issued",
-                    "created_at": now,
-                    "expires_at": datetime.fromisoformat(coupon["expires_at"]),
-                }
-            )
+            codes.append(dict(coupon, message_id=row.id, created_at=now))
     if codes:
         connection.execute(
             _insert(connection, coupons).on_conflict_do_nothing(index_elements=["message_id"]), codes

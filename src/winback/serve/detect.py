@@ -2,33 +2,37 @@
 its idle threshold, decides then with the configured policy, logs the decision and schedules its
 message; on a schedule it records the decisions' outcomes.
 
-One :class:`Detector` (``winback detect``; several may run against PostgreSQL) runs two threads:
+One :class:`Detector` (``winback detect``; several may run against PostgreSQL) runs three threads:
 
 1. **Fold** (catch-up thread). Read the events stored since its cursor from the feed
    (winback.serve.feed, commit order) and fold them into the live state
    (:func:`winback.serve.carts.apply_events`), cursor and state in one transaction. The cursor row is
    locked while a batch is folded in, so several detectors never apply an event twice.
-2. **Prepare** (deciding thread). A cart's due time (last event + idle threshold) is known in advance,
-   so up to ``prepare_seconds`` (2 s) before it the decision is made, as of the due time, with
+2. **Prepare** (preparing thread). A cart's due time (last event + idle threshold) is known in
+   advance, so up to ``prepare_seconds`` (2 s) before it the decision is made, as of the due time, with
    :func:`winback.decide.plan.plan_decisions` exactly as ``winback plan`` makes it: the permanent
    holdout (:mod:`winback.decide.holdout`), the policy (a static flow of the catalogue, ``random``
    with exact propensities, or the ``uplift`` policy of ``winback train policy``), and the guardrails
    -- consent and addresses from the customers' profiles less their unsubscribes, frequency caps
    against the messages already scheduled or sent, quiet hours in the customer's time zone, the largest
-   coupon, a monthly discount budget paced over the month.
-3. **Store**, at the due time: a check that no event of the cart is waiting to be folded in, then one
-   transaction -- the cart still open, due, and unchanged since the decision was prepared (its
-   ``version``; ``FOR UPDATE SKIP LOCKED``, so a cart another detector is storing is skipped), the
-   decision (unique per cart: no cart is ever decided twice), and its message in the outbox
-   (:func:`winback.act.outbox.schedule_in`). A cart that changed is prepared again for its new due
-   time; a due cart with no prepared decision (just started, or changed at the last moment) is decided
-   on the spot. Then, for big carts, a staff alert (winback.act.alerts) from a background thread.
+   coupon, a monthly discount budget paced over the month -- and its outbox row with its coupon code
+   (:func:`winback.act.outbox.message_rows`). A due cart with no prepared decision (just started, or
+   changed at the last moment) is decided as of now and handed over at once.
+3. **Store** (storing thread, which does nothing else): sleep until the next prepared decision falls
+   due, then store it: the cart still open, due, and unchanged since the decision was prepared (its
+   ``version``; ``FOR UPDATE SKIP LOCKED``, so a cart another transaction holds is skipped), no
+   behaviour event of its session stored after its last activity (one not folded in yet: the customer
+   is back; the cart is then postponed by a second and prepared again once its events are in), the
+   decision (unique per cart: no cart is ever decided twice), and its message and coupon in the outbox.
+   On PostgreSQL all of it is one statement (:data:`_STORE`) on a connection of the store's own, so a
+   decision costs one round trip; on SQLite (in-process, no round trips) a look and one transaction.
+   Then, for big carts, a staff alert (winback.act.alerts) from a background thread.
 
 Carts due longer ago than ``max_late`` are ``expired``: a message about them would be late; ``winback
-plan`` still sees them. Between rounds the deciding thread sleeps until the next prepared decision
-falls due, at most ``poll_interval``; it does not prepare when a decision falls due within 0.1 s. The
-catch-up thread also runs the periodic jobs: outcomes (winback.serve.outcomes), expiry, the outbox
-gauges. ``tick()`` runs one round of everything in the calling thread.
+plan`` still sees them. The catch-up thread also runs the periodic jobs: outcomes
+(winback.serve.outcomes), expiry, the outbox gauges; it and the preparing thread start no work in the
+``_FOLD_GUARD`` before a prepared decision falls due. ``tick()`` runs one round of everything in the
+calling thread.
 
 Why a process of its own rather than a loop in ``winback worker``: the worker spends its time in SMTP
 and webhook round trips (hundreds of milliseconds when a provider is slow) and scales with the sending
@@ -37,6 +41,7 @@ volume; the detector has a latency target measured in milliseconds and scales wi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -54,15 +59,17 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from winback.act.outbox import (
     Contact,
     as_utc,
+    coupon_of,
     decision_key,
     idempotency_key,
-    schedule_in,
+    insert_messages,
+    message_rows,
     unsubscribes,
     utcnow,
     write_transaction,
@@ -89,13 +96,97 @@ CURSOR = "detector"
 _LATENCIES = 100_000  # latencies kept for the stats' percentiles
 #: A due cart found active again is looked at after this (by then its events are folded in).
 _RECHECK = timedelta(seconds=1)
-#: No preparing when a prepared decision falls due within this many seconds (it could be late), and no
-#: catch-up (holding the database's locks, and this process's CPU) in the last ``_FOLD_GUARD`` before one.
-_PREPARE_GUARD = 0.1
+#: No catch-up or preparing (holding the database's locks, and this process's CPU and interpreter) started
+#: in the last ``_FOLD_GUARD`` seconds before a prepared decision falls due.
 _FOLD_GUARD = 0.05
 #: Columns of the plan's table and of its decision-log rows that a stored decision takes.
 _PLANNED = ("cart_id", "user_id", "action", "send_at", "coupon", "recommended")
 _LOGGED = ("policy", "version", "propensity", "expected_profit", "holdout", "reasons", "context")
+#: How long a cart just decided or postponed is remembered, so that a preparation which read it before
+#: is dropped (far longer than a preparation takes).
+_SETTLED_SECONDS = 30.0
+#: The columns of a stored decision (less ``updated_at``) and of a scheduled message (less its times).
+_DECISION_COLUMNS = (
+    "decision_id", "cart_id", "user_id", "decided_at", "abandoned_at", "due_at", "policy", "version",
+    "action", "channel", "send_at", "propensity", "expected_profit", "holdout", "discount_reserved",
+    "reasons", "context", "message_key",
+)  # fmt: skip
+_MESSAGE_COLUMNS = (
+    "idempotency_key", "decision_id", "user_id", "cart_id", "channel", "recipient", "template", "payload",
+    "utc_offset_minutes", "send_at", "status", "attempts", "next_attempt_at",
+)  # fmt: skip
+
+#: The store on PostgreSQL in one statement (so one round trip): lock the carts still open, due and
+#: unchanged (skipping those another transaction holds: a fold, another detector); of those, postpone
+#: the ones with a behaviour event stored after their last activity (not folded in yet: the customer is
+#: back), mark the others decided; insert their decisions (unique per cart), their messages (unique per
+#: idempotency key) and their coupons. What each step did comes back as (what, cart_id) rows.
+_STORE = f"""
+WITH wanted AS (
+    SELECT * FROM jsonb_to_recordset(%(carts)s::jsonb) AS w(cart_id text, version integer)
+), fresh AS (
+    SELECT c.cart_id, c.user_key, c.last_event_at FROM carts c JOIN wanted w USING (cart_id)
+    WHERE c.version = w.version AND c.status = 'open' AND c.due_at <= %(now)s
+    FOR UPDATE OF c SKIP LOCKED
+), active AS (
+    SELECT f.cart_id FROM fresh f
+    WHERE NOT starts_with(f.user_key, 'anonymous:') AND EXISTS (
+        SELECT FROM events e
+        WHERE e.user_id = f.user_key AND e.timestamp > f.last_event_at AND e.timestamp <= %(now)s
+        AND e.event_type IN ({", ".join(f"'{t}'" for t in sorted(BEHAVIOUR))})
+        AND CASE WHEN starts_with(f.cart_id, f.user_key || '#')  -- a session by the gap: no session id
+            THEN e.session_id IS NULL AND e.timestamp - f.last_event_at <= %(gap)s
+            ELSE e.session_id = f.cart_id END)
+), postponed AS (
+    UPDATE carts c SET due_at = %(recheck)s, version = c.version + 1, updated_at = %(now)s
+    FROM active a WHERE c.cart_id = a.cart_id RETURNING c.cart_id
+), held AS (
+    UPDATE carts c SET status = 'decided', version = c.version + 1, updated_at = %(now)s
+    FROM fresh f WHERE c.cart_id = f.cart_id AND f.cart_id NOT IN (SELECT cart_id FROM active)
+    RETURNING c.cart_id
+), stored AS (
+    INSERT INTO decisions ({", ".join(_DECISION_COLUMNS)}, updated_at)
+    SELECT {", ".join(f"d.{c}" for c in _DECISION_COLUMNS)}, %(wall)s
+    FROM jsonb_populate_recordset(NULL::decisions, %(decisions)s::jsonb) d JOIN held h USING (cart_id)
+    ON CONFLICT (cart_id) DO NOTHING RETURNING cart_id
+), sent AS (
+    INSERT INTO outbox ({", ".join(_MESSAGE_COLUMNS)}, created_at, updated_at)
+    SELECT {", ".join(f"m.{c}" for c in _MESSAGE_COLUMNS)}, %(now)s, %(now)s
+    FROM jsonb_populate_recordset(NULL::outbox, %(messages)s::jsonb) m JOIN stored s USING (cart_id)
+    ON CONFLICT (idempotency_key) DO NOTHING RETURNING id, idempotency_key
+), issued AS (
+    INSERT INTO coupons (code, user_id, message_id, percent, status, created_at, expires_at)
+    SELECT k.code, k.user_id, s.id, k.percent, k.status, %(now)s, k.expires_at
+    FROM jsonb_to_recordset(%(coupons)s::jsonb)
+        AS k(idempotency_key text, code text, user_id text, percent float8, status text,
+             expires_at timestamptz)
+    JOIN sent s USING (idempotency_key)
+    ON CONFLICT (message_id) DO NOTHING
+)
+SELECT 'held', cart_id FROM held UNION ALL SELECT 'postponed', cart_id FROM postponed
+UNION ALL SELECT 'stored', cart_id FROM stored UNION ALL SELECT 'sent', NULL FROM sent
+"""
+
+
+@dataclass
+class _Outcome:
+    """What one store did: carts marked decided (held), postponed, decisions stored, messages."""
+
+    held: set[str] = field(default_factory=set)
+    postponed: set[str] = field(default_factory=set)
+    stored: set[str] = field(default_factory=set)
+    messages: int = 0
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"not JSON: {type(value).__name__}")
+
+
+def _json(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Rows as a JSON array for PostgreSQL's ``jsonb_to_recordset`` (timestamps in ISO 8601)."""
+    return json.dumps(rows, default=_plain, allow_nan=False)
 
 
 @dataclass(frozen=True)
@@ -116,9 +207,8 @@ class Prepared:
 
     cart: Mapping[str, Any]  # the cart as it was read
     due_at: datetime
-    row: Mapping[str, Any]  # the decision as it is stored
-    message: Mapping[str, Any] | None  # its outbox message, if it sends one
-    contact: Contact | None
+    row: Mapping[str, Any]  # the decision as it is stored (less its updated_at, the wall time then)
+    message: Mapping[str, Any] | None  # its outbox row (winback.act.outbox.message_rows), if it sends one
 
     @property
     def cart_id(self) -> str:
@@ -235,8 +325,14 @@ class Detector:
         self.batch_events = batch_events
         self.batch_carts = batch_carts
         self.lead = timedelta(seconds=prepare_seconds)
+        # Shared by the preparing and the storing thread, under the lock (a condition: a decision
+        # prepared for a cart due already wakes the storing thread).
+        self._lock = threading.Condition()
         self._prepared: dict[str, Prepared] = {}
+        self._in_flight: set[str] = set()  # carts being stored
+        self._settled: dict[str, tuple[int, float]] = {}  # carts just decided or postponed (see _settle)
         self._next_store: float | None = None  # when the next prepared decision is due (wall clock)
+        self._store_connection: Connection | None = None
         self.detector_id = detector_id or f"{socket.gethostname()}:{os.getpid()}"
         self.session_gap = timedelta(minutes=settings.session_gap_minutes)
         self.outcomes_every = outcomes_every
@@ -429,7 +525,8 @@ class Detector:
             feature_columns=features,
         )  # fmt: skip
         by_id = {c["cart_id"]: c for c in found}
-        out = []
+        rows: list[dict[str, Any]] = []
+        messages: list[dict[str, Any]] = []
         planned = zip(*(plan.table[c].tolist() for c in _PLANNED), strict=True)
         chosen = zip(*(plan.decisions[c].tolist() for c in _LOGGED), strict=True)
         for (cart_id, user, action, send_at, coupon, recommended), logged in zip(
@@ -454,7 +551,7 @@ class Detector:
                 "action": action,
                 "channel": parsed.channel,
                 "send_at": send,
-                "propensity": propensity,
+                "propensity": None if pd.isna(propensity) else float(propensity),
                 "expected_profit": None if pd.isna(profit) else float(profit),
                 "holdout": bool(holdout),
                 "discount_reserved": round(parsed.coupon * float(cart["value"]), 2),
@@ -462,26 +559,50 @@ class Detector:
                 "context": json.dumps(context, default=str, sort_keys=True),
                 "message_key": idempotency_key(key) if key is not None else None,
             }
-            message = None
             if key is not None:
-                message = {"cart_id": cart_id, "user_id": user, "action": action, "channel": parsed.channel,
-                           "send_at": send, "coupon": coupon, "recommended": recommended,
-                           "items": items[cart_id]}  # fmt: skip
-            out.append(Prepared(cart, as_utc(cart["due_at"]), row, message, contacts.get(user)))
-        return out
-
-    def prepare(self, now: datetime) -> int:
-        """Prepare the decisions of the carts due within ``prepare_seconds``; how many were new."""
-        found = [
-            c for c in self._open(now, now + self.lead)
-            if (p := self._prepared.get(c["cart_id"])) is None or p.cart["version"] != c["version"]
+                messages.append({"cart_id": cart_id, "user_id": user, "action": action,
+                                 "channel": parsed.channel, "send_at": send, "coupon": coupon,
+                                 "recommended": recommended})  # fmt: skip
+            rows.append(row)
+        # The outbox rows too (coupon codes drawn now): storing is then one statement of ready values.
+        outbox_rows, _ = message_rows(
+            messages, contacts, carts=items, coupon_valid_days=self.settings.coupon_valid_days,
+            currency=self.settings.default_currency,
+        )  # fmt: skip
+        by_cart = {m["cart_id"]: m for m in outbox_rows}
+        return [
+            Prepared(by_id[r["cart_id"]], r["due_at"], r, by_cart.get(r["cart_id"])) for r in rows
         ]  # fmt: skip
+
+    def prepare(self, now: datetime, *, due_too: bool = False) -> int:
+        """Prepare the decisions of the carts due within ``prepare_seconds`` (with ``due_too``, also of
+        the carts due already that have none: decided as of ``now``); how many were new."""
+        since = now - self.max_late if due_too else now
+        found = [c for c in self._open(since, now + self.lead) if self._unprepared(c)]
         if not found:
             return 0
-        moment = max(as_utc(c["due_at"]) for c in found)  # decided as of the latest due time among them
-        for prepared in self.plan(found, moment):
-            self._prepared[prepared.cart_id] = prepared
+        late = [c for c in found if as_utc(c["due_at"]) <= now]
+        soon = [c for c in found if as_utc(c["due_at"]) > now]
+        made = self.plan(late, now)  # due already: handed to the storing thread at once
+        if soon:  # decided as of the latest due time among them
+            made += self.plan(soon, max(as_utc(c["due_at"]) for c in soon))
+        with self._lock:
+            for prepared in made:
+                if self._unprepared(prepared.cart):  # not stored meanwhile by the other thread
+                    self._prepared[prepared.cart_id] = prepared
+            self._lock.notify_all()
         return len(found)
+
+    def _unprepared(self, cart: Mapping[str, Any]) -> bool:
+        """Whether a cart (as read) wants a decision prepared: none prepared for this version of it, it is
+        not being stored, and it was not just decided or postponed at this version."""
+        cart_id, version = cart["cart_id"], int(cart["version"])
+        with self._lock:
+            prepared = self._prepared.get(cart_id)
+            if prepared is not None and int(prepared.cart["version"]) == version:
+                return False
+            settled = self._settled.get(cart_id)
+            return cart_id not in self._in_flight and (settled is None or settled[0] != version)
 
     def _recommend(self, items: Mapping[str, Sequence[Mapping[str, Any]]]) -> Any:
         recommender = self.recommender
@@ -524,78 +645,35 @@ class Detector:
                 active.add(str(cart["cart_id"]))
         return active
 
-    def _postpone(self, cart_ids: set[str], now: datetime) -> None:
-        """Carts found active again: looked at once their events are folded in."""
+    def _postpone(self, cart_ids: set[str], now: datetime) -> set[str]:
+        """Carts found active again: looked at once their events are folded in; those postponed."""
         with write_transaction(self.engine) as connection:
-            connection.execute(
-                carts.update()
-                .where(carts.c.cart_id.in_(sorted(cart_ids)), carts.c.status == "open", carts.c.due_at <= now)
-                .values(due_at=now + _RECHECK, version=carts.c.version + 1, updated_at=now)
+            return set(
+                connection.execute(
+                    carts.update()
+                    .where(
+                        carts.c.cart_id.in_(sorted(cart_ids)), carts.c.status == "open", carts.c.due_at <= now
+                    )
+                    .values(due_at=now + _RECHECK, version=carts.c.version + 1, updated_at=now)
+                    .returning(carts.c.cart_id)
+                ).scalars()
             )
 
     # -- 3. store ------------------------------------------------------------------------------------
 
     def store(self, ready: Sequence[Prepared], now: datetime) -> list[Decided]:
-        """Store the decisions ``ready`` (their carts due by ``now``) whose carts are still open, due and
-        unchanged, with their messages; the ones stored."""
+        """Store the decisions ``ready`` (their carts due by ``now``) whose carts are still open, due,
+        unchanged and idle (no event of theirs waiting to be folded in: those are postponed), with their
+        messages; the ones stored."""
         if not ready:
             return []
-        with self.engine.connect() as connection:
-            active = self._active(connection, [p.cart for p in ready], now)
-        if active:
-            self._postpone(active, now)
-            ready = [p for p in ready if p.cart_id not in active]
-            if not ready:
-                return []
-        insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
-        version = {p.cart_id: p.cart["version"] for p in ready}
-        with write_transaction(self.engine) as connection:
-            if self.engine.dialect.name == "postgresql":
-                # Visible to every session at once, on disk within wal_writer_delay (200 ms). Lost only
-                # if PostgreSQL itself crashes before that, and then wholly: the cart is open again and
-                # decided again. No message of it can have gone out: the worker claims a message in a
-                # synchronous commit, which flushes the log up to it first. (SQLite runs
-                # synchronous=NORMAL, the same bargain.)
-                connection.exec_driver_sql("SET LOCAL synchronous_commit = off")
-            unchanged = (  # open, due and unchanged still; skipped while another transaction holds it
-                sa.select(carts.c.cart_id)
-                .where(
-                    sa.tuple_(carts.c.cart_id, carts.c.version).in_(sorted(version.items())),
-                    carts.c.status == "open",
-                    carts.c.due_at <= now,
-                )
-                .with_for_update(skip_locked=True)
-            )
-            held = set(
-                connection.execute(
-                    carts.update()
-                    .where(carts.c.cart_id.in_(unchanged.scalar_subquery()))
-                    .values(status="decided", version=carts.c.version + 1, updated_at=now)
-                    .returning(carts.c.cart_id)
-                ).scalars()
-            )
-            mine = [dict(p.row, updated_at=utcnow()) for p in ready if p.cart_id in held]  # wall time: sync
-            stored: set[str] = set()
-            if mine:
-                stored = set(
-                    connection.execute(
-                        insert(decisions)
-                        .on_conflict_do_nothing(index_elements=["cart_id"])
-                        .returning(decisions.c.cart_id),
-                        mine,
-                    ).scalars()
-                )
-            messages = [p for p in ready if p.cart_id in stored and p.message is not None]
-            scheduled = schedule_in(
-                connection,
-                [p.message for p in messages],
-                {str(p.row["user_id"]): p.contact for p in messages if p.contact is not None},
-                carts={p.cart_id: p.message["items"] for p in messages if p.message is not None},
-                coupon_valid_days=self.settings.coupon_valid_days,
-                currency=self.settings.default_currency,
-                now=now,
-            )
+        if self.engine.dialect.name == "postgresql":
+            outcome = self._store_postgresql(ready, now)
+        else:
+            outcome = self._store_sqlite(ready, now)
         finished = time.time()
+        self._settle(ready, outcome)
+        held, stored = outcome.held, outcome.stored
         self.stats.abandoned += len(held)
         self.metrics.abandoned.inc(len(held))
         out = []
@@ -620,10 +698,119 @@ class Detector:
             self.metrics.latency.observe(max(latency, 0.0))
             self.metrics.decisions.labels(str(row["action"]), str(bool(row["holdout"])).lower()).inc()
         self.stats.decided += len(out)
-        self.stats.messages += scheduled.scheduled
+        self.stats.messages += outcome.messages
         if self._alerts is not None and out:
             self._alert([p for p in ready if p.cart_id in stored])
         return out
+
+    def _store_postgresql(self, ready: Sequence[Prepared], now: datetime) -> _Outcome:
+        """The store on PostgreSQL: one statement (:data:`_STORE`), on a connection of its own that
+        commits without waiting for the disk -- one round trip from the due time to the decision stored.
+
+        Visible to every session at once, on disk within wal_writer_delay (200 ms). Lost only if
+        PostgreSQL itself crashes before that, and then wholly: the cart is open again and decided again.
+        No message of it can have gone out: the worker claims a message in a synchronous commit, which
+        flushes the log up to it first. (SQLite runs synchronous=NORMAL, the same bargain.)"""
+        messages = [p.message for p in ready if p.message is not None]
+        coupons = [
+            dict(c, idempotency_key=m["idempotency_key"]) for m in messages if (c := coupon_of(m)) is not None
+        ]
+        wall = utcnow()  # the rows' updated_at: what `winback sync` reads decisions by
+        parameters = {
+            "carts": _json([{"cart_id": p.cart_id, "version": p.cart["version"]} for p in ready]),
+            "decisions": _json([p.row for p in ready]),
+            "messages": _json(messages),
+            "coupons": _json(coupons),
+            "now": now,
+            "wall": wall,
+            "recheck": now + _RECHECK,
+            "gap": self.session_gap,
+        }
+        try:
+            found = self._connection().exec_driver_sql(_STORE, parameters).all()
+        except sa.exc.DBAPIError:
+            self._disconnect()
+            raise
+        outcome = _Outcome()
+        for what, cart_id in found:
+            if what == "sent":
+                outcome.messages += 1
+            else:
+                getattr(outcome, what).add(cart_id)
+        return outcome
+
+    def _connection(self) -> Connection:
+        """The store's own connection (PostgreSQL): autocommit, commits not waiting for the disk (see
+        :meth:`_store_postgresql`), held open, so no round trip to check it out."""
+        if self._store_connection is None or self._store_connection.invalidated:
+            self._disconnect()
+            connection = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+            connection.exec_driver_sql("SET synchronous_commit = off")
+            self._store_connection = connection
+        return self._store_connection
+
+    def _disconnect(self) -> None:
+        if self._store_connection is not None:
+            with contextlib.suppress(sa.exc.SQLAlchemyError):  # already broken
+                self._store_connection.close()
+            self._store_connection = None
+
+    def _store_sqlite(self, ready: Sequence[Prepared], now: datetime) -> _Outcome:
+        """The store on SQLite: a look for events not folded in yet, then one transaction (in-process:
+        statements cost no round trips)."""
+        outcome = _Outcome()
+        with self.engine.connect() as connection:
+            active = self._active(connection, [p.cart for p in ready], now)
+        if active:
+            outcome.postponed = self._postpone(active, now)
+            ready = [p for p in ready if p.cart_id not in active]
+            if not ready:
+                return outcome
+        version = {p.cart_id: p.cart["version"] for p in ready}
+        with write_transaction(self.engine) as connection:
+            unchanged = (  # open, due and unchanged still
+                sa.select(carts.c.cart_id).where(
+                    sa.tuple_(carts.c.cart_id, carts.c.version).in_(sorted(version.items())),
+                    carts.c.status == "open",
+                    carts.c.due_at <= now,
+                )
+            )
+            outcome.held = set(
+                connection.execute(
+                    carts.update()
+                    .where(carts.c.cart_id.in_(unchanged.scalar_subquery()))
+                    .values(status="decided", version=carts.c.version + 1, updated_at=now)
+                    .returning(carts.c.cart_id)
+                ).scalars()
+            )
+            mine = [dict(p.row, updated_at=utcnow()) for p in ready if p.cart_id in outcome.held]
+            if mine:
+                outcome.stored = set(
+                    connection.execute(
+                        sqlite.insert(decisions)
+                        .on_conflict_do_nothing(index_elements=["cart_id"])
+                        .returning(decisions.c.cart_id),
+                        mine,
+                    ).scalars()
+                )
+            messages = [p.message for p in ready if p.cart_id in outcome.stored and p.message is not None]
+            outcome.messages = insert_messages(connection, messages, now).scheduled
+        return outcome
+
+    def _settle(self, tried: Sequence[Prepared], outcome: _Outcome) -> None:
+        """Remember the carts just decided or postponed at the version they were read: a preparation
+        that read them before the store (running meanwhile in the other thread) is then dropped."""
+        moment = time.monotonic()
+        with self._lock:
+            for p in tried:
+                if p.cart_id in outcome.held or p.cart_id in outcome.postponed:
+                    self._settled.pop(p.cart_id, None)
+                    self._settled[p.cart_id] = (int(p.cart["version"]), moment)
+            while self._settled:  # oldest first
+                oldest = next(iter(self._settled))
+                if moment - self._settled[oldest][1] < _SETTLED_SECONDS:
+                    break
+                del self._settled[oldest]
 
     def _alert(self, decided: Sequence[Prepared]) -> None:
         """Staff alerts for the big carts just decided (never the holdout's), posted in the background."""
@@ -666,25 +853,29 @@ class Detector:
     def store_prepared(self) -> list[Decided]:
         """Store the prepared decisions whose carts are due now."""
         now = self.clock()
-        ready = [p for p in self._prepared.values() if p.due_at <= now]
-        for p in ready:
-            del self._prepared[p.cart_id]
-        return self.store(ready, now)
+        with self._lock:
+            ready = [p for p in self._prepared.values() if p.due_at <= now]
+            for p in ready:
+                del self._prepared[p.cart_id]
+                self._in_flight.add(p.cart_id)
+        try:
+            return self.store(ready, now)
+        finally:
+            with self._lock:
+                self._in_flight.difference_update(p.cart_id for p in ready)
 
     def decide_due(self) -> list[Decided]:
         """Decide on the spot the carts due now that have no prepared decision (batch by batch)."""
         out: list[Decided] = []
         while True:
             now = self.clock()
-            found = [c for c in self.due(now) if c["cart_id"] not in self._prepared]
+            found = [c for c in self.due(now) if self._unprepared(c)]
             if not found:
                 return out
             decided = self.store(self.plan(found, now), now)
             out += decided
             if not decided:  # what is left is another detector's, or active again: the next round
                 return out
-
-    # -- the loop ------------------------------------------------------------------------------------
 
     def next_due(self) -> datetime | None:
         """When the next open cart falls due (of those not too late to decide)."""
@@ -763,27 +954,31 @@ class Detector:
 
     def _until_next(self) -> float | None:
         """Seconds until the next prepared decision falls due (None: none prepared); also published for
-        the catch-up thread as ``_next_store`` (a wall-clock time)."""
-        if not self._prepared:
-            self._next_store = None
-            return None
-        wait = (min(p.due_at for p in self._prepared.values()) - self.clock()).total_seconds()
-        self._next_store = time.time() + wait
-        return wait
+        the other threads as ``_next_store`` (a wall-clock time)."""
+        with self._lock:
+            if not self._prepared:
+                self._next_store = None
+                return None
+            wait = (min(p.due_at for p in self._prepared.values()) - self.clock()).total_seconds()
+            self._next_store = time.time() + wait
+            return wait
+
+    def _yield_to_store(self, stop: threading.Event, since: float) -> bool:
+        """In the catch-up and preparing threads: whether to wait, because a prepared decision is to be
+        stored within ``_FOLD_GUARD`` (keeping the database's locks and this process's CPU free for it),
+        unless this thread has waited 0.25 s since ``since`` (a monotonic time)."""
+        soon = self._next_store
+        if soon is not None and 0 <= soon - time.time() < _FOLD_GUARD and time.monotonic() - since < 0.25:
+            stop.wait(soon - time.time() + 0.005)
+            return True
+        return False
 
     def _fold(self, stop: threading.Event, poll_interval: float, failed: list[BaseException]) -> None:
-        """The catch-up thread: fold events in as they are stored."""
+        """The catch-up thread: fold events in as they are stored, and the periodic jobs."""
         try:
             folded = time.monotonic()
             while not stop.is_set():
-                # A decision about to be stored goes first: no catch-up then, unless it has waited long.
-                soon = self._next_store
-                if (
-                    soon is not None
-                    and 0 <= soon - time.time() < _FOLD_GUARD
-                    and time.monotonic() - folded < 0.25
-                ):
-                    stop.wait(soon - time.time() + 0.005)
+                if self._yield_to_store(stop, folded):
                     continue
                 folded = time.monotonic()
                 try:
@@ -797,23 +992,45 @@ class Detector:
             failed.append(error)
             stop.set()
 
+    def _prepare_loop(self, stop: threading.Event, poll_interval: float, failed: list[BaseException]) -> None:
+        """The preparing thread: decisions for the carts falling due soon, and for those due already
+        without one (just started, or changed at the last moment), handed to the storing thread."""
+        try:
+            prepared = time.monotonic()
+            while not stop.is_set():
+                if self._yield_to_store(stop, prepared):
+                    continue
+                prepared = time.monotonic()
+                try:
+                    self.prepare(self.clock(), due_too=True)
+                    stop.wait(poll_interval)
+                except sa.exc.OperationalError as error:
+                    log.warning("detector %s: database error, retrying: %s", self.detector_id, error)
+                    stop.wait(max(poll_interval, 0.5))
+        except BaseException as error:
+            failed.append(error)
+            stop.set()
+
     def run(
         self, stop: threading.Event | None = None, *, once: bool = False, poll_interval: float = 0.05
     ) -> DetectorStats:
         """Detect until ``stop`` is set; with ``once``, until nothing is left to fold in or decide now.
 
-        Two threads: one folds the events in as they are stored (:meth:`catch_up`) and runs the periodic
-        jobs (outcomes, expiry, gauges); this one prepares decisions, sleeps until the next falls due and
-        stores it, so a due cart never waits for a catch-up in progress (its events not folded in yet
-        are found by the check before storing). ``once`` runs :meth:`tick` in this thread only."""
+        Three threads: one folds the events in as they are stored (:meth:`catch_up`) and runs the
+        periodic jobs (outcomes, expiry, gauges); one prepares decisions (:meth:`prepare`); this one
+        sleeps until the next prepared decision falls due and stores it, and does nothing else, so a due
+        cart never waits for a catch-up or a preparation in progress (its events not folded in yet are
+        found by the store, which postpones it). ``once`` runs :meth:`tick` in this thread only."""
         stop = stop or threading.Event()
         failed: list[BaseException] = []
-        folder = None
+        helpers = []
         if not once:
-            folder = threading.Thread(
-                target=self._fold, args=(stop, poll_interval, failed), name="winback-fold", daemon=True
-            )
-            folder.start()
+            for name, target in (("winback-fold", self._fold), ("winback-prepare", self._prepare_loop)):
+                helper = threading.Thread(
+                    target=target, args=(stop, poll_interval, failed), name=name, daemon=True
+                )
+                helper.start()
+                helpers.append(helper)
         try:
             while not stop.is_set():
                 try:
@@ -822,27 +1039,26 @@ class Detector:
                         if not applied and not decided:
                             break
                         continue
-                    decided = len(self.store_prepared()) + len(self.decide_due())
-                    soon = self._until_next()
-                    if soon is None or soon > _PREPARE_GUARD:  # never prepare when a decision is due
-                        self.prepare(self.clock())
+                    self.store_prepared()
                 except sa.exc.OperationalError as error:  # the database went away for a moment
                     log.warning("detector %s: database error, retrying: %s", self.detector_id, error)
                     stop.wait(max(poll_interval, 0.5))
                     continue
-                if not decided:
+                with self._lock:  # until the next falls due, or one due already is prepared
                     soon = self._until_next()
-                    stop.wait(poll_interval if soon is None else min(max(soon, 0.0), poll_interval))
+                    if soon is None or soon > 0:
+                        self._lock.wait(poll_interval if soon is None else min(soon, poll_interval))
         finally:
             stop.set()
-            if folder is not None:
-                folder.join()
+            for helper in helpers:
+                helper.join()
             self.close()
         if failed:
             raise failed[0]
         return self.stats
 
     def close(self) -> None:
+        self._disconnect()
         if self._alerts is not None:
             self._alerts.shutdown(wait=True)
             self._alerts = None
