@@ -424,3 +424,28 @@ def test_a_guest_cart_moves_to_the_customer_the_visitor_becomes(
     assert decision["action"] == "reminder/email/10h"
     (message,) = rows(engine, outbox)
     assert message["recipient"] == f"{user}@example.com"
+
+
+def test_two_carts_prepared_apart_get_one_message_the_cap_allows(
+    client: TestClient, auth: dict[str, str], detector: Detector, clock: Clock
+) -> None:
+    """Two carts of one customer due a second apart are prepared in different rounds, the first not
+    stored yet when the second is prepared: the frequency cap counts the prepared message (before, both
+    were scheduled and the worker cancelled one at send time)."""
+    engine = engine_of(client)
+    (user,) = users(1, held=False)
+    consent(client, auth, user)
+    post(client, auth, [add(user, "s1", "p1", BASE), add(user, "s2", "p2", BASE + timedelta(seconds=1))])
+    due = BASE + timedelta(minutes=30)
+    clock.now = due - timedelta(seconds=1.5)
+    detector.catch_up()
+    assert detector.prepare(clock.now) == 1  # s1 only: s2 is due beyond the lead
+    clock.now = due - timedelta(seconds=0.5)
+    assert detector.prepare(clock.now) == 1  # s2, with s1's message prepared and not stored
+    clock.now = due + timedelta(seconds=1)
+    assert len(detector.store_prepared()) == 2
+    found = {d["cart_id"]: d for d in rows(engine, decisions)}
+    assert found["s1"]["action"] == "reminder/email/10h"
+    assert found["s2"]["action"] == "nothing"
+    assert any("cap" in reason for reason in json.loads(found["s2"]["reasons"]))
+    assert [m["cart_id"] for m in rows(engine, outbox)] == ["s1"]

@@ -329,7 +329,7 @@ class Detector:
         # prepared for a cart due already wakes the storing thread).
         self._lock = threading.Condition()
         self._prepared: dict[str, Prepared] = {}
-        self._in_flight: set[str] = set()  # carts being stored
+        self._in_flight: dict[str, Prepared] = {}  # decisions being stored, by cart
         self._settled: dict[str, tuple[int, float]] = {}  # carts just decided or postponed (see _settle)
         self._next_store: float | None = None  # when the next prepared decision is due (wall clock)
         self._store_connection: Connection | None = None
@@ -512,12 +512,20 @@ class Detector:
             }
         )
         items = {c["cart_id"]: json.loads(c["items"]) for c in found}
+        pending = self._pending(set(items))  # before reading the database: nothing falls in between
         with self.engine.connect() as connection:
             consent, contacts, last = self._facts(connection, list(subjects["user_id"]), now)
             budget = self._budget(connection, now)
             features: list[str] = []
             if isinstance(self.policy, UpliftPolicy):
                 subjects, features = self._features(connection, subjects, consent)
+        for p in pending:  # what is prepared counts as if stored: caps and budget see it
+            if p.message is not None:
+                user, channel = str(p.row["user_id"]), p.row["channel"]
+                at = _epoch(p.row["send_at"])
+                last.setdefault(user, {})[channel] = max(last.get(user, {}).get(channel, at), at)
+            if budget is not None:
+                budget = max(budget - float(p.row["discount_reserved"]), 0.0)
         plan = plan_decisions(
             subjects, pd.Timestamp(now), self.policy, self.catalogue, budget=budget, consent=consent,
             holdout_share=self.holdout_share, holdout_salt=self.holdout_salt, last_messages=last,
@@ -573,6 +581,17 @@ class Detector:
         return [
             Prepared(by_id[r["cart_id"]], r["due_at"], r, by_cart.get(r["cart_id"])) for r in rows
         ]  # fmt: skip
+
+    def _pending(self, replanned: set[str]) -> list[Prepared]:
+        """The decisions prepared or being stored, less those of the carts planned again now: two carts
+        of one customer due within ``prepare_seconds`` must not both get a message the frequency cap
+        allows only once, nor together reserve more of the budget than is left."""
+        with self._lock:
+            return [
+                p
+                for p in (*self._prepared.values(), *self._in_flight.values())
+                if p.cart_id not in replanned
+            ]
 
     def prepare(self, now: datetime, *, due_too: bool = False) -> int:
         """Prepare the decisions of the carts due within ``prepare_seconds`` (with ``due_too``, also of
@@ -857,12 +876,13 @@ class Detector:
             ready = [p for p in self._prepared.values() if p.due_at <= now]
             for p in ready:
                 del self._prepared[p.cart_id]
-                self._in_flight.add(p.cart_id)
+                self._in_flight[p.cart_id] = p
         try:
             return self.store(ready, now)
         finally:
             with self._lock:
-                self._in_flight.difference_update(p.cart_id for p in ready)
+                for p in ready:
+                    self._in_flight.pop(p.cart_id, None)
 
     def decide_due(self) -> list[Decided]:
         """Decide on the spot the carts due now that have no prepared decision (batch by batch)."""
