@@ -588,9 +588,7 @@ class Detector:
         allows only once, nor together reserve more of the budget than is left."""
         with self._lock:
             return [
-                p
-                for p in (*self._prepared.values(), *self._in_flight.values())
-                if p.cart_id not in replanned
+                p for p in (*self._prepared.values(), *self._in_flight.values()) if p.cart_id not in replanned
             ]
 
     def prepare(self, now: datetime, *, due_too: bool = False) -> int:
