@@ -107,6 +107,36 @@ def test_decide_follows_the_plan_and_the_policy_interface(shop: SimulationResult
     assert [d.action for d in batch] == [p[0] if p and p[0].delay_hours == 1 else NOTHING for p in plans]
 
 
+def test_pessimism_sends_an_offer_only_when_its_gain_clears_its_standard_errors(
+    shop: SimulationResult,
+    halves,  # type: ignore[no-untyped-def]
+) -> None:
+    train, test = halves
+    log = log_trajectories(train, shop.config, seed=4)
+    states, carts = train[FEATURES].astype(float), test[FEATURES].astype(float)
+    plain = FittedQPolicy(FEATURES, seed=4, pessimism=0.0).fit(log, states)
+    careful = FittedQPolicy(FEATURES, seed=4).fit(log, states)
+    assert careful.pessimism == 2.0
+    sent = {name: sum(map(len, p.plan(carts))) for name, p in (("plain", plain), ("careful", careful))}
+    assert 0 < sent["careful"] < sent["plain"]
+    # Each flow's first step beats waiting by more than its bar (nothing sent before it in the flow).
+    X, n, plans = carts.to_numpy(), len(carts), careful.plan(carts)  # noqa: N806
+    checked = 0
+    for i, h in enumerate(DECISION_HOURS):
+        q = careful.q_values(X, np.column_stack([np.full(n, float(h)), np.zeros(n), np.zeros(n)]))
+        bar = careful._penalty([fold[i] for fold in careful.heads_])
+        assert bar[0] == 0
+        assert (bar[1:] > 0).all()
+        for r, plan in enumerate(plans):
+            if plan and plan[0].delay_hours == h:
+                arm = 1 + OFFERS.index(plan[0].name.rsplit("/", 1)[0])
+                assert q[r, arm] - bar[arm] > q[r, 0]
+                checked += 1
+    assert checked > 0
+    hopeless = FittedQPolicy(FEATURES, seed=4, pessimism=1e6).fit(log, states)
+    assert all(p == () for p in hopeless.plan(carts))  # nothing is that sure: wait, send nothing
+
+
 def test_bad_input(shop: SimulationResult, halves) -> None:  # type: ignore[no-untyped-def]
     train, _ = halves
     with pytest.raises(BadInputError, match="p_wait"):
@@ -117,6 +147,8 @@ def test_bad_input(shop: SimulationResult, halves) -> None:  # type: ignore[no-u
         FittedQPolicy(FEATURES).plan(train[FEATURES])
     with pytest.raises(BadInputError, match="folds"):
         FittedQPolicy(FEATURES, folds=3)
+    with pytest.raises(BadInputError, match="pessimism -1"):
+        FittedQPolicy(FEATURES, pessimism=-1)
     log = log_trajectories(train.iloc[:300], shop.config)
     with pytest.raises(BadInputError, match="missing column"):
         FittedQPolicy([*FEATURES, "loyalty_score"]).fit(log, train[FEATURES])
