@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -27,11 +28,12 @@ from winback.decide.actions import CHANNELS, Action
 from winback.decide.catalogue import Catalogue, load_catalogue
 from winback.decide.plan import log_rewards
 from winback.errors import BadInputError
+from winback.events.normalize import sql_string
 from winback.events.store import EventStore
 from winback.features.engine import EVENT_COLUMNS, FeatureSource
 from winback.features.tables import FeatureTables, parse_time
 
-__all__ = ["SEGMENTS", "Filters", "MeasureData", "prepare_decisions"]
+__all__ = ["SEGMENTS", "Filters", "MeasureData", "prepare_decisions", "read_decisions"]
 
 #: A customer's segment when a decision was made, by their orders before it.
 SEGMENTS = ("new (no order before)", "returning (1-2 orders)", "loyal (3+ orders)")
@@ -80,8 +82,27 @@ class Period:
         return f"{self.since:%Y-%m-%d} to {self.until:%Y-%m-%d}"
 
 
-def _read_decisions(path: Any) -> pd.DataFrame:
-    """The decision log with the context fields measurement uses, parsed by DuckDB (fast on millions)."""
+#: The log's alias on the event store's connection while it is read (see :func:`read_decisions`).
+_LOG = "winback_decision_log"
+
+
+def _segment_sql() -> str:
+    return (
+        f"CASE WHEN n_before = 0 THEN '{SEGMENTS[0]}' WHEN n_before <= 2 THEN '{SEGMENTS[1]}' "
+        f"ELSE '{SEGMENTS[2]}' END"
+    )
+
+
+def read_decisions(con: duckdb.DuckDBPyConnection, path: Path) -> pd.DataFrame:
+    """The decision log at ``path`` with the context fields measurement uses, each decision's ``week``
+    (its Monday, UTC) and its customer's ``segment`` (:data:`SEGMENTS`, by their orders in the event
+    store before the decision), oldest first.
+
+    One query on ``con`` (the event store's connection, in UTC) with the log attached read-only for its
+    duration: DuckDB parses the contexts and finds each decision's orders before it (an ASOF join), and
+    the rows come back through Arrow (strings need no Python objects), which on a million decisions
+    takes a fraction of reading the log and joining the segments in pandas.
+    """
     consent = "CAST(json_extract(context, '$.consent') AS VARCHAR[])"
     known = "coalesce(TRY_CAST(json_extract(context, '$.consent_known') AS BOOLEAN), true)"
     flags = ", ".join(
@@ -93,21 +114,47 @@ def _read_decisions(path: Any) -> pd.DataFrame:
         f"TRY_CAST(json_extract_string(context, '$.{k}') AS DOUBLE) AS {k}"
         for k in ("value", "abandon_probability", "churn_probability")
     )
-    with duckdb.connect(str(path), read_only=True) as con:
-        con.execute("SET TimeZone = 'UTC'")
-        return con.execute(
-            "SELECT decision_id, decided_at, cart_id, user_id, policy, version, action, propensity, "
-            "expected_profit, send_at, holdout, outcome_observed_at, recovered, revenue, discount, margin, "
-            f"{flags}, {numbers} FROM decisions ORDER BY decided_at, decision_id"
-        ).df()
+    query = f"""
+        WITH orders AS (
+            SELECT coalesce(user_id, 'anonymous:' || anonymous_id) AS user_id, min(timestamp) AS ordered_at
+            FROM event_log WHERE event_type = 'purchase'
+            GROUP BY 1, coalesce(order_id, CAST(timestamp AS VARCHAR))
+        ),
+        numbered AS (  -- orders up to each order (orders at the same moment count together)
+            SELECT user_id, ordered_at, count(*) OVER (PARTITION BY user_id ORDER BY ordered_at) AS n
+            FROM orders
+        ),
+        logged AS (
+            SELECT decision_id, decided_at, cart_id, user_id, policy, version, action, propensity,
+                   expected_profit, send_at, holdout, outcome_observed_at, recovered, revenue, discount,
+                   margin, {flags}, {numbers},
+                   strftime(date_trunc('week', decided_at), '%Y-%m-%d') AS week
+            FROM {_LOG}.decisions
+        ),
+        segmented AS (
+            SELECT logged.*, coalesce(o.n, 0) AS n_before
+            FROM logged ASOF LEFT JOIN numbered o
+              ON logged.user_id = o.user_id AND logged.decided_at > o.ordered_at
+        )
+        SELECT * EXCLUDE (n_before), {_segment_sql()} AS segment
+        FROM segmented ORDER BY decided_at, decision_id
+    """
+    con.execute(f"ATTACH {sql_string(str(path))} AS {_LOG} (READ_ONLY)")
+    try:
+        frame = con.sql(query).to_arrow_table().to_pandas()
+    finally:
+        con.execute(f"DETACH {_LOG}")
+    # Arrow gives a nullable boolean as objects; the log's outcome is yes, no or not yet known.
+    frame["recovered"] = frame["recovered"].astype("boolean")
+    return frame
 
 
 def prepare_decisions(decisions: pd.DataFrame, catalogue: Catalogue) -> pd.DataFrame:
     """The decisions with a recorded outcome, ready for :func:`winback.measure.experiments.compare` (see
-    the module docstring); ``decisions`` as :func:`_read_decisions` reads them (a ``segment`` column, if
-    present, is kept)."""
+    the module docstring); ``decisions`` as :func:`read_decisions` reads them (``segment`` and ``week``
+    columns, if present, are kept)."""
     known = decisions["recovered"].notna() | decisions["outcome_observed_at"].notna()
-    frame = decisions[known].copy()
+    frame = decisions.copy() if known.all() else decisions[known].copy()  # a filter copies every row
     frame["recovered"] = frame["recovered"].fillna(False).astype(bool).astype(float)
     for column in ("revenue", "discount"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce").fillna(0.0).astype(float)
@@ -117,8 +164,9 @@ def prepare_decisions(decisions: pd.DataFrame, catalogue: Catalogue) -> pd.DataF
     messaged = (frame["channel"] != "none").to_numpy()
     frame["attributed"] = np.where(messaged & (frame["recovered"] > 0), frame["revenue"], 0.0)
     frame["holdout"] = frame["holdout"].astype(bool)
-    decided = pd.to_datetime(frame["decided_at"], utc=True)
-    frame["week"] = (decided.dt.tz_localize(None).dt.to_period("W-SUN").dt.start_time).dt.strftime("%Y-%m-%d")
+    if "week" not in frame.columns:
+        decided = pd.to_datetime(frame["decided_at"], utc=True).dt.tz_localize(None)
+        frame["week"] = decided.dt.to_period("W-SUN").dt.start_time.dt.strftime("%Y-%m-%d")
     frame["all"] = "all decisions"
     if "segment" not in frame.columns:
         frame["segment"] = "all customers"
@@ -195,47 +243,15 @@ class MeasureData:
     # -- decisions ---------------------------------------------------------------------------------
 
     def all_decisions(self) -> pd.DataFrame:
-        """Every logged decision (an empty frame without a decision log), with its customer's segment."""
+        """Every logged decision (an empty frame without a decision log), with its customer's segment
+        (:func:`read_decisions`)."""
 
         def read() -> pd.DataFrame:
             if not self.log_path.exists():
                 return pd.DataFrame()
-            frame = _read_decisions(self.log_path)
-            if frame.empty:
-                return frame
-            frame["segment"] = self._segments(frame)
-            return frame
+            return read_decisions(self.con, self.log_path)
 
         return self._cached(("decisions",), read)
-
-    def _segments(self, decisions: pd.DataFrame) -> np.ndarray:
-        """Each decision's customer segment by their orders before it (:data:`SEGMENTS`)."""
-        keys = decisions[["decision_id", "user_id", "decided_at"]]
-        self.con.register("measure_decision_keys", keys)
-        try:
-            counts = self.con.execute(
-                """
-                WITH orders AS (
-                    SELECT coalesce(user_id, 'anonymous:' || anonymous_id) AS user_id,
-                           min(timestamp) AS ordered_at
-                    FROM event_log WHERE event_type = 'purchase'
-                    GROUP BY 1, coalesce(order_id, CAST(timestamp AS VARCHAR))
-                ),
-                numbered AS (
-                    SELECT user_id, ordered_at,
-                           row_number() OVER (PARTITION BY user_id ORDER BY ordered_at) AS n
-                    FROM orders
-                )
-                SELECT d.decision_id, coalesce(o.n, 0) AS orders_before
-                FROM measure_decision_keys d
-                ASOF LEFT JOIN numbered o ON d.user_id = o.user_id AND d.decided_at > o.ordered_at
-                """
-            ).df()
-        finally:
-            self.con.unregister("measure_decision_keys")
-        before = counts.set_index("decision_id")["orders_before"].reindex(decisions["decision_id"])
-        n = before.fillna(0).to_numpy()
-        return np.where(n == 0, SEGMENTS[0], np.where(n <= 2, SEGMENTS[1], SEGMENTS[2]))
 
     def decisions(self, filters: Filters) -> pd.DataFrame:
         """The period's decisions with outcomes, prepared (:func:`prepare_decisions`), of the filtered
