@@ -9,7 +9,8 @@ Decisions are prepared for the experiment (:func:`prepare_decisions`): only thos
 recorded (``winback outcomes``) count, each gets its channel, whether a message was sent, its margin
 after the discount and the message's cost (the reward of :func:`winback.decide.plan.log_rewards`), the
 revenue a vendor would attribute to it (its order, when a message was sent), its customer's consent (to
-match holdout customers to an action's channel), its week and its customer's segment when it was made.
+match holdout customers to an action's channel), its week, its customer's segment when it was made, and an
+integer code of its customer (``customer``, what the experiment sums over).
 """
 
 from __future__ import annotations
@@ -168,6 +169,7 @@ def prepare_decisions(decisions: pd.DataFrame, catalogue: Catalogue) -> pd.DataF
         decided = pd.to_datetime(frame["decided_at"], utc=True).dt.tz_localize(None)
         frame["week"] = decided.dt.to_period("W-SUN").dt.start_time.dt.strftime("%Y-%m-%d")
     frame["all"] = "all decisions"
+    frame["customer"] = pd.factorize(frame["user_id"])[0]  # what experiments.compare sums per customer
     if "segment" not in frame.columns:
         frame["segment"] = "all customers"
     return frame.reset_index(drop=True)
