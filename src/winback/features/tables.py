@@ -18,7 +18,7 @@ from winback.errors import BadInputError
 from winback.features.carts import cart_snapshots, carts
 from winback.features.customers import customer_features
 from winback.features.engine import FeatureSource
-from winback.features.sessions import sessionize
+from winback.features.sessions import SessionStages
 
 
 def parse_time(value: str | datetime | pd.Timestamp, option: str = "--as-of") -> pd.Timestamp:
@@ -66,13 +66,13 @@ class FeatureTables:
 
     @property
     def sessioned(self) -> ibis.Table:
-        """The sessionised events, computed once per source (Ibis ``cache``: a temporary table on
-        DuckDB, a cached DataFrame on Spark) and shared by every table built from it; without this each
-        table would re-run the session windows over all events."""
+        """The sessionised events, computed once per source and shared by every table built from it;
+        without this each table would re-run the session windows over all events. Each stage of
+        :class:`~winback.features.sessions.SessionStages` is kept (Ibis ``cache``: a temporary table on
+        DuckDB, a cached DataFrame on Spark) before the next reads it, so the events are copied once."""
         if self._sessioned is None:
-            self._sessioned = self.source.cache(
-                sessionize(self.source.events, self.settings.session_gap_minutes)
-            )
+            stages = SessionStages(self.source.events, self.settings.session_gap_minutes, self.source.cache)
+            self._sessioned = stages.sessioned()
         return self._sessioned
 
     def span(self) -> Span:
