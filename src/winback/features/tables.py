@@ -61,6 +61,7 @@ class FeatureTables:
         self.source = source
         self.settings = settings
         self._sessioned: ibis.Table | None = None
+        self._carts: ibis.Table | None = None
         self._span: Span | None = None
         self._tables: dict[tuple[Any, ...], pd.DataFrame] = {}
 
@@ -116,13 +117,22 @@ class FeatureTables:
             ("cart_snapshots", as_of, active_since), expr, ["ts", "cart_id", "events_so_far"]
         )
 
+    @property
+    def carts_table(self) -> ibis.Table:
+        """The carts (:func:`winback.features.carts.carts`) as a table of the engine, computed once per
+        source, for expressions that read them (the report's demand signals)."""
+        if self._carts is None:
+            self._carts = self.source.cache(
+                carts(
+                    self.sessioned,
+                    idle_minutes=self.settings.abandon_idle_minutes,
+                    recovery_window_days=self.settings.recovery_window_days,
+                )
+            )
+        return self._carts
+
     def carts(self) -> pd.DataFrame:
-        expr = carts(
-            self.sessioned,
-            idle_minutes=self.settings.abandon_idle_minutes,
-            recovery_window_days=self.settings.recovery_window_days,
-        )
-        return self._ordered(("carts",), expr, ["started_ts", "cart_id"])
+        return self._ordered(("carts",), self.carts_table, ["started_ts", "cart_id"])
 
     def customers(self, as_of: pd.Timestamp, horizon_days: int | None = None) -> pd.DataFrame:
         expr = customer_features(self.sessioned, as_of.timestamp(), horizon_days)

@@ -216,7 +216,9 @@ class MeasureData:
         """First and last event, or None for an empty store."""
 
         def read() -> tuple[pd.Timestamp, pd.Timestamp] | None:
-            row = self.con.execute("SELECT min(timestamp), max(timestamp) FROM event_log").fetchone()
+            # fetchall: a result left unfinished (fetchone) makes DuckDB refuse the next relation query
+            rows = self.con.execute("SELECT min(timestamp), max(timestamp) FROM event_log").fetchall()
+            row = rows[0] if rows else None
             if row is None or row[0] is None:
                 return None
             return pd.Timestamp(row[0]).tz_convert("UTC"), pd.Timestamp(row[1]).tz_convert("UTC")
