@@ -140,6 +140,21 @@ def _sample(keys: pd.Series, size: int) -> list[str]:
     return (distinct.sample(size, random_state=0) if len(distinct) > size else distinct).tolist()
 
 
+def _carts_of_customers(carts: pd.DataFrame, size: int) -> list[str]:
+    """About ``size`` of ``carts``: all the carts of customers drawn in a seeded random order until
+    their carts number ``size``. Per cart this reads about half the events a sample of carts does (a
+    random cart more often belongs to a customer with a long history, all of which its snapshots read),
+    and every cart is as likely to be drawn: fine for the drift, not for an AUC, whose margin assumes
+    independent outcomes."""
+    if len(carts) <= size:
+        return carts["cart_id"].astype(str).tolist()
+    order = pd.Series(sorted(set(carts["user_key"].astype(str)))).sample(frac=1, random_state=0)
+    per_customer = carts.groupby(carts["user_key"].astype(str)).size().reindex(order.to_numpy())
+    drawn = int(np.searchsorted(per_customer.cumsum().to_numpy(), size)) + 1
+    chosen = set(order.iloc[:drawn])
+    return carts.loc[carts["user_key"].astype(str).isin(chosen), "cart_id"].astype(str).tolist()
+
+
 def _of_customers(data: MeasureData, users: list[str]) -> ibis.Table:
     """The sessionised events of ``users`` only: what their carts' snapshots and their own customer
     features are computed from (the same values as from every event, since both are per customer)."""
@@ -233,7 +248,7 @@ def abandonment_health(data: MeasureData, filters: Filters, *, sample: int = HEA
     }
     chosen = {"fresh": _sample(fresh["cart_id"], sample)}
     candidates = {name: overlapping(*bounds) for name, bounds in windows.items()}
-    chosen.update({name: _sample(found["cart_id"], sample) for name, found in candidates.items()})
+    chosen.update({name: _carts_of_customers(found, sample) for name, found in candidates.items()})
     wanted = set().union(*chosen.values())
     users = carts.loc[carts["cart_id"].isin(wanted), "user_key"].tolist()
     expr = cart_snapshots(
@@ -270,7 +285,9 @@ def abandonment_health(data: MeasureData, filters: Filters, *, sample: int = HEA
         sides[name] = rows[(rows["ts"] >= since.timestamp()) & (rows["ts"] < until.timestamp())]
     health.drift = _drift(sides["reference"], sides["recent"], CART_FEATURES)
     if any(len(found) > sample for found in candidates.values()):
-        health.drift_sample = f"the snapshots of a random sample of {sample:,} carts on each side"
+        health.drift_sample = (
+            f"the snapshots of about {sample:,} carts on each side (every cart of customers drawn at random)"
+        )
     if period.until - timedelta(days=DRIFT_DAYS) < cut:
         health.notes.append("the last 30 days overlap its training window: drift shows once newer data comes")
     health.status = _status(health)
@@ -318,7 +335,10 @@ def churn_health(data: MeasureData, filters: Filters, *, sample: int = HEALTH_SA
     reference_at = max(reference_at, span[0] + timedelta(days=1)) if span else reference_at
     reference_at = reference_at.tz_convert("UTC") if reference_at.tzinfo else reference_at.tz_localize("UTC")
     reference, before = _customers(data, reference_at, sample)
-    recent, now = _customers(data, period.until, sample)
+    # Every customer as of the end of the period is what the at-risk list scores: its table is shared.
+    everyone = data.tables.customers(period.until)
+    now = len(everyone)
+    recent = everyone.sample(sample, random_state=0) if now > sample else everyone
     health.drift = _drift(reference, recent, CUSTOMER_FEATURES)
     if max(before, now) > sample:
         health.drift_sample = f"a random sample of {sample:,} customers on each side"
