@@ -15,6 +15,7 @@ integer code of its customer (``customer``, what the experiment sums over).
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
@@ -85,6 +86,8 @@ class Period:
 
 #: The log's alias on the event store's connection while it is read (see :func:`read_decisions`).
 _LOG = "winback_decision_log"
+#: Numbers of a decision's context that measurement reads.
+_NUMBERS = ("value", "abandon_probability", "churn_probability")
 
 
 def _segment_sql() -> str:
@@ -104,17 +107,15 @@ def read_decisions(con: duckdb.DuckDBPyConnection, path: Path) -> pd.DataFrame:
     the rows come back through Arrow (strings need no Python objects), which on a million decisions
     takes a fraction of reading the log and joining the segments in pandas.
     """
-    consent = "CAST(json_extract(context, '$.consent') AS VARCHAR[])"
-    known = "coalesce(TRY_CAST(json_extract(context, '$.consent_known') AS BOOLEAN), true)"
+    # Each context parsed once, into the fields read (as text where the log may hold any JSON type).
+    fields = {"consent": "VARCHAR[]", "consent_known": "VARCHAR"} | dict.fromkeys(_NUMBERS, "VARCHAR")
+    known = "coalesce(TRY_CAST(c.consent_known AS BOOLEAN), true)"
     flags = ", ".join(
-        f"CASE WHEN {consent} IS NULL OR NOT {known} THEN true "
-        f"ELSE list_contains({consent}, '{c}') END AS consent_{c}"
-        for c in CHANNELS
+        f"CASE WHEN c.consent IS NULL OR NOT {known} THEN true "
+        f"ELSE list_contains(c.consent, '{channel}') END AS consent_{channel}"
+        for channel in CHANNELS
     )
-    numbers = ", ".join(
-        f"TRY_CAST(json_extract_string(context, '$.{k}') AS DOUBLE) AS {k}"
-        for k in ("value", "abandon_probability", "churn_probability")
-    )
+    numbers = ", ".join(f"TRY_CAST(c.{k} AS DOUBLE) AS {k}" for k in _NUMBERS)
     query = f"""
         WITH orders AS (
             SELECT coalesce(user_id, 'anonymous:' || anonymous_id) AS user_id, min(timestamp) AS ordered_at
@@ -125,20 +126,22 @@ def read_decisions(con: duckdb.DuckDBPyConnection, path: Path) -> pd.DataFrame:
             SELECT user_id, ordered_at, count(*) OVER (PARTITION BY user_id ORDER BY ordered_at) AS n
             FROM orders
         ),
-        logged AS (
-            SELECT decision_id, decided_at, cart_id, user_id, policy, version, action, propensity,
-                   expected_profit, send_at, holdout, outcome_observed_at, recovered, revenue, discount,
-                   margin, {flags}, {numbers},
-                   strftime(date_trunc('week', decided_at), '%Y-%m-%d') AS week
-            FROM {_LOG}.decisions
+        before AS (  -- each decision's orders before it: the ASOF join carries the keys only
+            SELECT d.rowid AS row, coalesce(o.n, 0) AS n_before
+            FROM {_LOG}.decisions d ASOF LEFT JOIN numbered o
+              ON d.user_id = o.user_id AND d.decided_at > o.ordered_at
         ),
-        segmented AS (
-            SELECT logged.*, coalesce(o.n, 0) AS n_before
-            FROM logged ASOF LEFT JOIN numbered o
-              ON logged.user_id = o.user_id AND logged.decided_at > o.ordered_at
+        parsed AS (
+            SELECT *, rowid AS row, json_transform(context, '{json.dumps(fields)}') AS c
+            FROM {_LOG}.decisions
         )
-        SELECT * EXCLUDE (n_before), {_segment_sql()} AS segment
-        FROM segmented ORDER BY decided_at, decision_id
+        SELECT decision_id, decided_at, cart_id, user_id, policy, version, action, propensity,
+               expected_profit, send_at, holdout, outcome_observed_at, recovered, revenue, discount,
+               margin, {flags}, {numbers},
+               strftime(date_trunc('week', decided_at), '%Y-%m-%d') AS week,
+               {_segment_sql()} AS segment
+        FROM parsed JOIN before USING (row)
+        ORDER BY decided_at, decision_id
     """
     con.execute(f"ATTACH {sql_string(str(path))} AS {_LOG} (READ_ONLY)")
     try:
@@ -283,7 +286,7 @@ class MeasureData:
         keep = (decided >= period.since) & (decided < period.until)
         if filters.policy:
             keep &= frame["policy"] == filters.policy
-        return frame[keep]
+        return frame if keep.all() else frame[keep]  # a filter copies every column
 
     def contexts(self, decision_ids: pd.Series) -> pd.Series:
         """The logged context (JSON) of each decision id, aligned with ``decision_ids``."""
