@@ -4,16 +4,26 @@ shop that ran winback with a holdout (real DuckDB stores and decision log)."""
 from __future__ import annotations
 
 import bisect
+import math
+import shutil
 
 import duckdb
 import ibis
+import numpy as np
 import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
 
-from winback.config import Settings
+from winback.config import Settings, load_settings
 from winback.events.store import EventStore
-from winback.features.carts import line_value, recovery_pairs
-from winback.measure import demand
+from winback.features.carts import CART_FEATURES, line_value, recovery_pairs
+from winback.features.engine import open_source
+from winback.features.tables import FeatureTables
+from winback.measure import demand, health
 from winback.measure.data import SEGMENTS, Filters, MeasureData
+from winback.models import tasks
+from winback.models.metrics import auc_margin
+from winback.models.registry import load_model
 
 
 def _segments_one_by_one(settings: Settings, decisions: pd.DataFrame) -> list[str]:
@@ -132,3 +142,76 @@ def test_carts_and_demand_from_the_carted_sessions_only(measured_shop: Settings)
         expected = _abandoned_items_over_every_session(data)
         assert len(items) > 100
         pd.testing.assert_frame_equal(_sorted(items.drop(columns="category")), _sorted(expected))
+
+
+@pytest.fixture(scope="module")
+def trained_shop(measured_shop: Settings, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """A copy of the measured shop with abandonment and churn models trained 25 days before its end,
+    so outcomes have come since their cut (and the churn horizon, 14 days, has passed for some)."""
+    settings = load_settings(home=tmp_path_factory.mktemp("trained") / "home")
+    shutil.copytree(measured_shop.home, settings.home, ignore=shutil.ignore_patterns("models", "tmp"))
+    with open_source(settings) as source:
+        tables = FeatureTables(source, settings)
+        cut = tables.span().last - pd.Timedelta(days=25)
+        tasks.train("abandonment", tables, cut, 14)
+        tasks.train("churn", tables, cut, 14)
+    return settings
+
+
+def _straightforward_abandonment_auc(data: MeasureData, cut: pd.Timestamp) -> tuple[float, int]:
+    """The AUC at the first add of every cart started after the cut, from every cart's snapshots."""
+    model, _ = load_model(data.settings, "abandonment", features=list(CART_FEATURES))
+    period = data.period(Filters())
+    assert period is not None
+    snaps = data.tables.cart_snapshots(active_since=cut - pd.Timedelta(days=health.DRIFT_DAYS))
+    carts = data.tables.carts().set_index("cart_id")
+    started = snaps["cart_id"].map(carts["started_ts"])
+    ended = snaps["cart_id"].map(carts["last_event_ts"] + 30 * 60.0)
+    fresh = snaps[(started >= cut.timestamp()) & (ended <= period.until.timestamp())]
+    first = fresh.drop_duplicates("cart_id", keep="first")
+    p = model.predict_proba(first[list(CART_FEATURES)])[:, 1]
+    return float(roc_auc_score(first["abandoned"], p)), len(first)
+
+
+def test_model_health_on_samples(trained_shop: Settings) -> None:
+    """Unsampled (fewer outcomes than the sample), model health gives the figures of every cart and
+    customer; sampled, the same within its stated margin, and it says so."""
+    with MeasureData(trained_shop) as data:
+        data.period(Filters())
+        found = {h.name: h for h in health.model_health(data, Filters())}
+        cut = pd.Timestamp(found["abandonment"].trained_to)
+        auc, n = _straightforward_abandonment_auc(data, cut)
+        whole = found["abandonment"]
+        assert (whole.n, whole.sampled_from) == (n, None)
+        assert whole.auc == pytest.approx(auc, abs=1e-12)
+        assert whole.auc_margin is not None
+        assert 0 < whole.auc_margin < 0.2
+        churn = found["churn"]
+        assert churn.n > 100
+        assert churn.sampled_from is None
+        assert churn.auc is not None
+        small = {h.name: h for h in health.model_health(data, Filters(), sample=n // 2)}
+    sampled = small["abandonment"]
+    assert (sampled.n, sampled.sampled_from) == (n // 2, n)
+    assert sampled.auc is not None
+    assert sampled.auc_margin is not None
+    assert abs(sampled.auc - auc) < 2 * sampled.auc_margin
+    assert small["churn"].sampled_from == churn.n
+    assert "customers drawn at random" in sampled.drift_sample
+    # the drift of a sample names the same most-drifted features as the drift of everyone
+    assert set(sampled.drift["feature"].head(3)) & set(whole.drift["feature"].head(3))
+
+
+def test_the_hanley_mcneil_margin_covers_the_auc() -> None:
+    """AUCs measured on 400 draws from two known score distributions fall within their stated 95%
+    margin of the true AUC about 95% of the time."""
+    rng = np.random.default_rng(1)
+    true_auc = 0.5 + 0.5 * math.erf(0.8 / 2)  # binormal, means 0.8 apart, unit variances
+    covered = 0
+    for _ in range(400):
+        positives, negatives = rng.normal(0.8, 1, 120), rng.normal(0, 1, 280)
+        scores = np.concatenate([positives, negatives])
+        labels = np.r_[np.ones(120), np.zeros(280)]
+        auc = roc_auc_score(labels, scores)
+        covered += abs(auc - true_auc) <= auc_margin(auc, 120, 280)
+    assert 0.92 <= covered / 400 <= 0.985

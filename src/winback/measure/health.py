@@ -18,9 +18,11 @@ snapshots or every customer's features twice more costs more than the rest of th
 figure is measured on a seeded random sample of at most :data:`HEALTH_SAMPLE` (10,000) carts or
 customers (all of them when there are fewer): the AUC comes with its 95% margin (Hanley and McNeil's
 standard error, :func:`winback.models.metrics.auc_margin`; about ±0.01 at 10,000), and a PSI on 10,000
-per side moves by about 0.002 from one sample to another, far below the 0.1 threshold. Features are
-computed only from the sampled customers' events, which gives each of them exactly the features the
-whole shop's computation would (features are per customer).
+per side moves by a few thousandths from one sample to another, far below the 0.1 threshold. The
+drift's carts are every cart of customers drawn at random (:func:`_carts_of_customers`), which reads
+half the history a sample of carts does. Features are computed only from the sampled customers'
+events, which gives each of them exactly the features the whole shop's computation would (features
+are per customer).
 """
 
 from __future__ import annotations

@@ -273,7 +273,8 @@ def messages_over_time(data: MeasureData, filters: Filters) -> pd.DataFrame:
         counts = counts[counts["channel"] == filters.channel]
     decisions = data.decisions(filters)
     if not decisions.empty:
-        sent = decisions[~decisions["holdout"] & (decisions["channel"] != "none")].copy()
+        messaged = ~decisions["holdout"] & (decisions["channel"] != "none")
+        sent = decisions.loc[messaged, ["decided_at", "channel", "recovered"]]  # not every column
         sent["bucket"] = _start(sent["decided_at"], unit)
         converted = sent.groupby(["bucket", "channel"]).agg(
             decisions=("recovered", "size"), recovered=("recovered", "sum")
@@ -345,7 +346,8 @@ def discount_return(data: MeasureData, filters: Filters) -> dict[str, Any]:
         return empty
     # every coupon decision against the holdout customers who could have received one (on any channel)
     reachable = decisions[[f"consent_{c}" for c in CHANNELS]].any(axis=1)
-    chosen = decisions[(decisions["holdout"] & reachable) | (coupon & ~decisions["holdout"])]
+    compared = (decisions["holdout"] & reachable) | (coupon & ~decisions["holdout"])
+    chosen = decisions.loc[compared, [c for c in decisions.columns if c in _COMPARED]]
     row = compare(chosen, "all", metrics=("margin",)).iloc[0]
     discount = float(decisions.loc[coupon & ~decisions["holdout"], "discount"].sum())
     incremental, low, high = (
@@ -361,6 +363,11 @@ def discount_return(data: MeasureData, filters: Filters) -> dict[str, Any]:
         "return": incremental / discount if discount and incremental is not None else None,
         "warning": str(row["warning"]),
     }
+
+
+#: The columns :func:`compare` reads for the whole group ("all"): a filter copies only these.
+_COMPARED = frozenset(("user_id", "customer", "holdout", "all", "recovered", "revenue", "margin", "discount",
+                       "attributed"))  # fmt: skip
 
 
 def cohort_retention(data: MeasureData, filters: Filters) -> pd.DataFrame:
