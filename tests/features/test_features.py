@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import ibis
 import pandas as pd
 import pyarrow as pa
 import pytest
@@ -16,6 +17,7 @@ from winback.events.store import EventStore
 from winback.features.carts import CART_FEATURES
 from winback.features.customers import CUSTOMER_FEATURES
 from winback.features.engine import open_source
+from winback.features.sessions import BEHAVIOUR_TYPES, LEFT_OUT
 from winback.features.tables import FeatureTables, parse_horizon, parse_time
 from winback.sim import SimulationResult
 
@@ -271,3 +273,80 @@ def test_a_source_session_belongs_to_one_customer(tmp_path: Path) -> None:
     ]
     assert snaps.user_key.eq("dora").all()
     assert snaps.events_so_far.tolist() == [1, 2, 3]
+
+
+def _sessionize_in_one_query(events: ibis.Table, gap_minutes: int = 30) -> ibis.Table:
+    """The straightforward sessionisation (as winback computed it before its stages): every source
+    session's owner by one group-by over all of them, joined back to every event."""
+    behaviour = events.filter(events.event_type.isin(BEHAVIOUR_TYPES))
+    identity = (
+        behaviour.filter(behaviour.anonymous_id.notnull() & behaviour.user_id.notnull())
+        .group_by("anonymous_id")
+        .aggregate(merged_user_id=lambda t: t.user_id.argmin(t.timestamp))
+    )
+    joined = behaviour.left_join(identity, "anonymous_id")
+    keyed = joined.select(
+        *events.columns,
+        user_key=ibis.coalesce(
+            joined.user_id, joined.merged_user_id, ibis.literal("anonymous:") + joined.anonymous_id
+        ),
+    ).mutate(ts=lambda t: t.timestamp.epoch_seconds().cast("float64"))
+    given = keyed.filter(keyed.session_id.notnull()).mutate(session_key=keyed.session_id)
+    signed_in = ~given.user_key.startswith("anonymous:")
+    owners = given.group_by("session_key").aggregate(
+        owner=ibis.coalesce(given.user_key.argmin(given.ts, where=signed_in), given.user_key.argmin(given.ts))
+    )
+    given = given.join(owners, "session_key")
+    given = given.mutate(user_key=given.owner).drop("owner")
+    own = keyed.filter(keyed.session_id.isnull())
+    by_user = ibis.window(group_by=own.user_key, order_by=[own.ts, own.event_id])
+    gap = own.ts - own.ts.lag().over(by_user)
+    marked = own.mutate(starts=ibis.ifelse(gap.isnull() | (gap > gap_minutes * 60), 1, 0))
+    running = ibis.window(group_by=marked.user_key, order_by=[marked.ts, marked.event_id], rows=(None, 0))
+    number = marked.starts.sum().over(running)
+    derived = marked.mutate(session_key=marked.user_key + ibis.literal("#") + number.cast("string"))
+    return given.union(derived.drop("starts")).drop(*LEFT_OUT)
+
+
+#: Source sessions of several customers: one that starts anonymous and goes on signed in (owner dora),
+#: one of two signed-in customers (owner erin, the first), and an anonymous visitor later seen signed in.
+SHARED = [
+    _event("add_to_cart", "2024-01-02 10:00", None, "p1", price=10.0, quantity=1, anonymous_id="a9",
+           session_id="S1"),
+    _event("view", "2024-01-02 10:01", "dora", "p2", price=5.0, session_id="S1"),
+    _event("add_to_cart", "2024-01-02 10:02", "dora", "p2", price=5.0, quantity=1, session_id="S1"),
+    _event("view", "2024-01-03 11:00", "erin", "p3", price=5.0, session_id="S2"),
+    _event("add_to_cart", "2024-01-03 11:05", "frank", "p3", price=5.0, quantity=2, session_id="S2"),
+    _event("add_to_cart", "2024-01-04 12:00", None, "p4", price=20.0, quantity=1, anonymous_id="a7",
+           session_id="S3"),
+    _event("purchase", "2024-01-06 12:00", "gina", "p4", price=20.0, quantity=1, order_id="o9",
+           anonymous_id="a7", session_id="S4"),
+]  # fmt: skip
+
+
+def _sessioned_both_ways(settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame]:
+    with open_source(settings) as source:
+        staged = FeatureTables(source, settings).sessioned
+        keys = ["event_id"]
+        fast = source.execute(staged.order_by(keys))
+        plain = source.execute(_sessionize_in_one_query(source.events).order_by(keys))
+    return fast, plain
+
+
+def test_sessions_in_stages_equal_the_one_query(
+    tmp_path: Path, sim_shop: tuple[Settings, SimulationResult]
+) -> None:
+    """The staged sessionisation (its small stages kept first, the events copied once) gives every event
+    the customer and session the straightforward one-query version gives it."""
+    settings = load_settings(home=tmp_path / "home")
+    _store(settings, PAST, FUTURE, SHARED)
+    fast, plain = _sessioned_both_ways(settings)
+    pd.testing.assert_frame_equal(fast, plain)
+    owner = fast.set_index("event_id").groupby("session_key").user_key.unique()
+    assert owner.loc["S1"].tolist() == ["dora"]
+    assert owner.loc["S2"].tolist() == ["erin"]
+    assert owner.loc["S3"].tolist() == ["gina"]  # the anonymous id merged into the user it was seen with
+    assert fast.session_key.str.contains("#").any()  # and the events without a session id, by gaps
+    fast, plain = _sessioned_both_ways(sim_shop[0])
+    assert len(fast) > 1000
+    pd.testing.assert_frame_equal(fast, plain)

@@ -766,16 +766,18 @@ def log_rewards(decisions: pd.DataFrame, catalogue: Catalogue) -> pd.Series:
     return (earned.fillna(0.0) - cost).astype(float)
 
 
-def _static_targets(decisions: pd.DataFrame, action: Action, catalogue: Catalogue) -> list[str]:
+def _static_targets(
+    decisions: pd.DataFrame, action: Action, catalogue: Catalogue, contexts: list[DecisionContext | None]
+) -> list[str]:
     """What a static policy of ``action`` would have done for each logged decision: nothing in the
-    holdout or where the guardrails (from the logged context) refuse it, else ``action``."""
+    holdout or where the guardrails (from the logged context, parsed once for every flow: ``contexts``)
+    refuse it, else ``action``."""
     guardrails = Guardrails(catalogue)
     out = []
-    for holdout, context in zip(decisions["holdout"], decisions["context"], strict=True):
+    for holdout, ctx in zip(decisions["holdout"], contexts, strict=True):
         if bool(holdout) or not action.is_message:
             out.append(NOTHING.name)
             continue
-        ctx = context_from_json(context)
         if ctx is None:
             out.append(action.name)  # nothing known that would refuse it
             continue
@@ -893,9 +895,10 @@ def evaluate_log(
     actions = log["action"].astype(str)
     logged_names = list(dict.fromkeys(actions))
     policies: dict[str, list[str]] = {"nothing": [NOTHING.name] * len(log)}
+    contexts = [context_from_json(c) for c in log["context"]] if catalogue.flows else []
     for name in catalogue.flows:
         first = StaticPolicy.from_flow(catalogue, name).action
-        policies[name] = _static_targets(log, first, catalogue)
+        policies[name] = _static_targets(log, first, catalogue, contexts)
     columns = list(dict.fromkeys([*logged_names, *(a for t in policies.values() for a in t)]))
     means = pd.Series(reward).groupby(actions.to_numpy()).mean()
     fallback = float(means.get(NOTHING.name, float(np.mean(reward))))

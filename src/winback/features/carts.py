@@ -157,7 +157,12 @@ def carts(sessioned: ibis.Table, *, idle_minutes: int = 30, recovery_window_days
     ``abandoned_ts`` is the last event plus the idle threshold (null for purchased carts).
     """
     t = sessioned.mutate(money=line_value(sessioned), qty=ibis.coalesce(sessioned.quantity, 1))
-    per_cart = t.group_by(["user_key", "session_key"]).aggregate(
+    # Only the sessions with an add are carts: aggregating theirs alone skips most sessions. A session
+    # has one customer, so grouping by the session key alone is the same grouping, with smaller keys.
+    carted = t.filter(t.event_type == "add_to_cart").select("session_key").distinct()
+    t = t.semi_join(carted, "session_key")
+    per_cart = t.group_by("session_key").aggregate(
+        user_key=_.user_key.arbitrary(),
         started_ts=_.ts.min(where=_.event_type == "add_to_cart"),
         last_event_ts=_.ts.max(),
         n_items=(_.qty * _is(_, "add_to_cart") - _.qty * _is(_, "remove_from_cart")).sum(),

@@ -18,7 +18,7 @@ from winback.errors import BadInputError
 from winback.features.carts import cart_snapshots, carts
 from winback.features.customers import customer_features
 from winback.features.engine import FeatureSource
-from winback.features.sessions import sessionize
+from winback.features.sessions import SessionStages
 
 
 def parse_time(value: str | datetime | pd.Timestamp, option: str = "--as-of") -> pd.Timestamp:
@@ -61,18 +61,19 @@ class FeatureTables:
         self.source = source
         self.settings = settings
         self._sessioned: ibis.Table | None = None
+        self._carts: ibis.Table | None = None
         self._span: Span | None = None
         self._tables: dict[tuple[Any, ...], pd.DataFrame] = {}
 
     @property
     def sessioned(self) -> ibis.Table:
-        """The sessionised events, computed once per source (Ibis ``cache``: a temporary table on
-        DuckDB, a cached DataFrame on Spark) and shared by every table built from it; without this each
-        table would re-run the session windows over all events."""
+        """The sessionised events, computed once per source and shared by every table built from it;
+        without this each table would re-run the session windows over all events. Each stage of
+        :class:`~winback.features.sessions.SessionStages` is kept (Ibis ``cache``: a temporary table on
+        DuckDB, a cached DataFrame on Spark) before the next reads it, so the events are copied once."""
         if self._sessioned is None:
-            self._sessioned = self.source.cache(
-                sessionize(self.source.events, self.settings.session_gap_minutes)
-            )
+            stages = SessionStages(self.source.events, self.settings.session_gap_minutes, self.source.cache)
+            self._sessioned = stages.sessioned()
         return self._sessioned
 
     def span(self) -> Span:
@@ -116,13 +117,22 @@ class FeatureTables:
             ("cart_snapshots", as_of, active_since), expr, ["ts", "cart_id", "events_so_far"]
         )
 
+    @property
+    def carts_table(self) -> ibis.Table:
+        """The carts (:func:`winback.features.carts.carts`) as a table of the engine, computed once per
+        source, for expressions that read them (the report's demand signals)."""
+        if self._carts is None:
+            self._carts = self.source.cache(
+                carts(
+                    self.sessioned,
+                    idle_minutes=self.settings.abandon_idle_minutes,
+                    recovery_window_days=self.settings.recovery_window_days,
+                )
+            )
+        return self._carts
+
     def carts(self) -> pd.DataFrame:
-        expr = carts(
-            self.sessioned,
-            idle_minutes=self.settings.abandon_idle_minutes,
-            recovery_window_days=self.settings.recovery_window_days,
-        )
-        return self._ordered(("carts",), expr, ["started_ts", "cart_id"])
+        return self._ordered(("carts",), self.carts_table, ["started_ts", "cart_id"])
 
     def customers(self, as_of: pd.Timestamp, horizon_days: int | None = None) -> pd.DataFrame:
         expr = customer_features(self.sessioned, as_of.timestamp(), horizon_days)

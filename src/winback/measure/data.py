@@ -9,13 +9,16 @@ Decisions are prepared for the experiment (:func:`prepare_decisions`): only thos
 recorded (``winback outcomes``) count, each gets its channel, whether a message was sent, its margin
 after the discount and the message's cost (the reward of :func:`winback.decide.plan.log_rewards`), the
 revenue a vendor would attribute to it (its order, when a message was sent), its customer's consent (to
-match holdout customers to an action's channel), its week and its customer's segment when it was made.
+match holdout customers to an action's channel), its week, its customer's segment when it was made, and an
+integer code of its customer (``customer``, what the experiment sums over).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -27,11 +30,12 @@ from winback.decide.actions import CHANNELS, Action
 from winback.decide.catalogue import Catalogue, load_catalogue
 from winback.decide.plan import log_rewards
 from winback.errors import BadInputError
+from winback.events.normalize import sql_string
 from winback.events.store import EventStore
 from winback.features.engine import EVENT_COLUMNS, FeatureSource
 from winback.features.tables import FeatureTables, parse_time
 
-__all__ = ["SEGMENTS", "Filters", "MeasureData", "prepare_decisions"]
+__all__ = ["SEGMENTS", "Filters", "MeasureData", "prepare_decisions", "read_decisions"]
 
 #: A customer's segment when a decision was made, by their orders before it.
 SEGMENTS = ("new (no order before)", "returning (1-2 orders)", "loyal (3+ orders)")
@@ -80,34 +84,81 @@ class Period:
         return f"{self.since:%Y-%m-%d} to {self.until:%Y-%m-%d}"
 
 
-def _read_decisions(path: Any) -> pd.DataFrame:
-    """The decision log with the context fields measurement uses, parsed by DuckDB (fast on millions)."""
-    consent = "CAST(json_extract(context, '$.consent') AS VARCHAR[])"
-    known = "coalesce(TRY_CAST(json_extract(context, '$.consent_known') AS BOOLEAN), true)"
+#: The log's alias on the event store's connection while it is read (see :func:`read_decisions`).
+_LOG = "winback_decision_log"
+#: Numbers of a decision's context that measurement reads.
+_NUMBERS = ("value", "abandon_probability", "churn_probability")
+
+
+def _segment_sql() -> str:
+    return (
+        f"CASE WHEN n_before = 0 THEN '{SEGMENTS[0]}' WHEN n_before <= 2 THEN '{SEGMENTS[1]}' "
+        f"ELSE '{SEGMENTS[2]}' END"
+    )
+
+
+def read_decisions(con: duckdb.DuckDBPyConnection, path: Path) -> pd.DataFrame:
+    """The decision log at ``path`` with the context fields measurement uses, each decision's ``week``
+    (its Monday, UTC) and its customer's ``segment`` (:data:`SEGMENTS`, by their orders in the event
+    store before the decision), oldest first.
+
+    One query on ``con`` (the event store's connection, in UTC) with the log attached read-only for its
+    duration: DuckDB parses the contexts and finds each decision's orders before it (an ASOF join), and
+    the rows come back through Arrow (strings need no Python objects), which on a million decisions
+    takes a fraction of reading the log and joining the segments in pandas.
+    """
+    # Each context parsed once, into the fields read (as text where the log may hold any JSON type).
+    fields = {"consent": "VARCHAR[]", "consent_known": "VARCHAR"} | dict.fromkeys(_NUMBERS, "VARCHAR")
+    known = "coalesce(TRY_CAST(c.consent_known AS BOOLEAN), true)"
     flags = ", ".join(
-        f"CASE WHEN {consent} IS NULL OR NOT {known} THEN true "
-        f"ELSE list_contains({consent}, '{c}') END AS consent_{c}"
-        for c in CHANNELS
+        f"CASE WHEN c.consent IS NULL OR NOT {known} THEN true "
+        f"ELSE list_contains(c.consent, '{channel}') END AS consent_{channel}"
+        for channel in CHANNELS
     )
-    numbers = ", ".join(
-        f"TRY_CAST(json_extract_string(context, '$.{k}') AS DOUBLE) AS {k}"
-        for k in ("value", "abandon_probability", "churn_probability")
-    )
-    with duckdb.connect(str(path), read_only=True) as con:
-        con.execute("SET TimeZone = 'UTC'")
-        return con.execute(
-            "SELECT decision_id, decided_at, cart_id, user_id, policy, version, action, propensity, "
-            "expected_profit, send_at, holdout, outcome_observed_at, recovered, revenue, discount, margin, "
-            f"{flags}, {numbers} FROM decisions ORDER BY decided_at, decision_id"
-        ).df()
+    numbers = ", ".join(f"TRY_CAST(c.{k} AS DOUBLE) AS {k}" for k in _NUMBERS)
+    query = f"""
+        WITH orders AS (
+            SELECT coalesce(user_id, 'anonymous:' || anonymous_id) AS user_id, min(timestamp) AS ordered_at
+            FROM event_log WHERE event_type = 'purchase'
+            GROUP BY 1, coalesce(order_id, CAST(timestamp AS VARCHAR))
+        ),
+        numbered AS (  -- orders up to each order (orders at the same moment count together)
+            SELECT user_id, ordered_at, count(*) OVER (PARTITION BY user_id ORDER BY ordered_at) AS n
+            FROM orders
+        ),
+        before AS (  -- each decision's orders before it: the ASOF join carries the keys only
+            SELECT d.rowid AS row, coalesce(o.n, 0) AS n_before
+            FROM {_LOG}.decisions d ASOF LEFT JOIN numbered o
+              ON d.user_id = o.user_id AND d.decided_at > o.ordered_at
+        ),
+        parsed AS (
+            SELECT *, rowid AS row, json_transform(context, '{json.dumps(fields)}') AS c
+            FROM {_LOG}.decisions
+        )
+        SELECT decision_id, decided_at, cart_id, user_id, policy, version, action, propensity,
+               expected_profit, send_at, holdout, outcome_observed_at, recovered, revenue, discount,
+               margin, {flags}, {numbers},
+               strftime(date_trunc('week', decided_at), '%Y-%m-%d') AS week,
+               {_segment_sql()} AS segment
+        FROM parsed JOIN before USING (row)
+        ORDER BY decided_at, decision_id
+    """
+    con.execute(f"ATTACH {sql_string(str(path))} AS {_LOG} (READ_ONLY)")
+    try:
+        frame = con.sql(query).to_arrow_table().to_pandas()
+    finally:
+        con.execute(f"DETACH {_LOG}")
+    # Arrow gives a nullable boolean as objects; the log's outcome is yes, no or not yet known.
+    frame["recovered"] = frame["recovered"].astype("boolean")
+    return frame
 
 
 def prepare_decisions(decisions: pd.DataFrame, catalogue: Catalogue) -> pd.DataFrame:
     """The decisions with a recorded outcome, ready for :func:`winback.measure.experiments.compare` (see
-    the module docstring); ``decisions`` as :func:`_read_decisions` reads them (a ``segment`` column, if
-    present, is kept)."""
+    the module docstring); ``decisions`` as :func:`read_decisions` reads them (``segment`` and ``week``
+    columns, if present, are kept)."""
     known = decisions["recovered"].notna() | decisions["outcome_observed_at"].notna()
-    frame = decisions[known].copy()
+    frame = decisions.copy() if known.all() else decisions[known].copy()  # a filter copies every row
     frame["recovered"] = frame["recovered"].fillna(False).astype(bool).astype(float)
     for column in ("revenue", "discount"):
         frame[column] = pd.to_numeric(frame[column], errors="coerce").fillna(0.0).astype(float)
@@ -117,9 +168,11 @@ def prepare_decisions(decisions: pd.DataFrame, catalogue: Catalogue) -> pd.DataF
     messaged = (frame["channel"] != "none").to_numpy()
     frame["attributed"] = np.where(messaged & (frame["recovered"] > 0), frame["revenue"], 0.0)
     frame["holdout"] = frame["holdout"].astype(bool)
-    decided = pd.to_datetime(frame["decided_at"], utc=True)
-    frame["week"] = (decided.dt.tz_localize(None).dt.to_period("W-SUN").dt.start_time).dt.strftime("%Y-%m-%d")
+    if "week" not in frame.columns:
+        decided = pd.to_datetime(frame["decided_at"], utc=True).dt.tz_localize(None)
+        frame["week"] = decided.dt.to_period("W-SUN").dt.start_time.dt.strftime("%Y-%m-%d")
     frame["all"] = "all decisions"
+    frame["customer"] = pd.factorize(frame["user_id"])[0]  # what experiments.compare sums per customer
     if "segment" not in frame.columns:
         frame["segment"] = "all customers"
     return frame.reset_index(drop=True)
@@ -166,7 +219,9 @@ class MeasureData:
         """First and last event, or None for an empty store."""
 
         def read() -> tuple[pd.Timestamp, pd.Timestamp] | None:
-            row = self.con.execute("SELECT min(timestamp), max(timestamp) FROM event_log").fetchone()
+            # fetchall: a result left unfinished (fetchone) makes DuckDB refuse the next relation query
+            rows = self.con.execute("SELECT min(timestamp), max(timestamp) FROM event_log").fetchall()
+            row = rows[0] if rows else None
             if row is None or row[0] is None:
                 return None
             return pd.Timestamp(row[0]).tz_convert("UTC"), pd.Timestamp(row[1]).tz_convert("UTC")
@@ -195,47 +250,15 @@ class MeasureData:
     # -- decisions ---------------------------------------------------------------------------------
 
     def all_decisions(self) -> pd.DataFrame:
-        """Every logged decision (an empty frame without a decision log), with its customer's segment."""
+        """Every logged decision (an empty frame without a decision log), with its customer's segment
+        (:func:`read_decisions`)."""
 
         def read() -> pd.DataFrame:
             if not self.log_path.exists():
                 return pd.DataFrame()
-            frame = _read_decisions(self.log_path)
-            if frame.empty:
-                return frame
-            frame["segment"] = self._segments(frame)
-            return frame
+            return read_decisions(self.con, self.log_path)
 
         return self._cached(("decisions",), read)
-
-    def _segments(self, decisions: pd.DataFrame) -> np.ndarray:
-        """Each decision's customer segment by their orders before it (:data:`SEGMENTS`)."""
-        keys = decisions[["decision_id", "user_id", "decided_at"]]
-        self.con.register("measure_decision_keys", keys)
-        try:
-            counts = self.con.execute(
-                """
-                WITH orders AS (
-                    SELECT coalesce(user_id, 'anonymous:' || anonymous_id) AS user_id,
-                           min(timestamp) AS ordered_at
-                    FROM event_log WHERE event_type = 'purchase'
-                    GROUP BY 1, coalesce(order_id, CAST(timestamp AS VARCHAR))
-                ),
-                numbered AS (
-                    SELECT user_id, ordered_at,
-                           row_number() OVER (PARTITION BY user_id ORDER BY ordered_at) AS n
-                    FROM orders
-                )
-                SELECT d.decision_id, coalesce(o.n, 0) AS orders_before
-                FROM measure_decision_keys d
-                ASOF LEFT JOIN numbered o ON d.user_id = o.user_id AND d.decided_at > o.ordered_at
-                """
-            ).df()
-        finally:
-            self.con.unregister("measure_decision_keys")
-        before = counts.set_index("decision_id")["orders_before"].reindex(decisions["decision_id"])
-        n = before.fillna(0).to_numpy()
-        return np.where(n == 0, SEGMENTS[0], np.where(n <= 2, SEGMENTS[1], SEGMENTS[2]))
 
     def decisions(self, filters: Filters) -> pd.DataFrame:
         """The period's decisions with outcomes, prepared (:func:`prepare_decisions`), of the filtered
@@ -263,7 +286,7 @@ class MeasureData:
         keep = (decided >= period.since) & (decided < period.until)
         if filters.policy:
             keep &= frame["policy"] == filters.policy
-        return frame[keep]
+        return frame if keep.all() else frame[keep]  # a filter copies every column
 
     def contexts(self, decision_ids: pd.Series) -> pd.Series:
         """The logged context (JSON) of each decision id, aligned with ``decision_ids``."""

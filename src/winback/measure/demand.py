@@ -33,13 +33,14 @@ def abandoned_items(data: MeasureData, filters: Filters) -> pd.DataFrame:
         if period is None:
             return pd.DataFrame(columns=columns)
         s = data.tables.sessioned
-        per_session = s.group_by("session_key").aggregate(
-            ended=_.ts.max(), purchased=(_.event_type == "purchase").any()
-        )
+        # The carts (a table of the engine, computed once) know each cart's end and whether it was
+        # bought: a session with an add is a cart, so no pass over every session is needed.
+        carts = data.tables.carts_table
+        abandoned = carts.filter(carts.abandoned).select(session_key="cart_id", ended="last_event_ts")
         added = s.filter((s.event_type == "add_to_cart") & s.product_id.notnull())
         added = added.filter((added.ts >= period.since.timestamp()) & (added.ts < period.until.timestamp()))
         items = (
-            added.join(per_session.filter(~_.purchased), "session_key")
+            added.join(abandoned, "session_key")
             .group_by(["user_key", "session_key", "product_id"])
             .aggregate(
                 category=_.category.arbitrary(),

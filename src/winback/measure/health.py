@@ -12,6 +12,17 @@ For each deployed model (the registry's current version):
   deciles of the reference. :data:`PSI_WATCH` (0.1) and :data:`PSI_ALERT` (0.25) are the usual
   thresholds: under 0.1 stable, 0.1-0.25 worth watching, above 0.25 the population has moved and the
   model should be retrained (``winback retrain``).
+
+**Samples.** A large shop has hundreds of thousands of recent outcomes, and computing every cart's
+snapshots or every customer's features twice more costs more than the rest of the report. So each
+figure is measured on a seeded random sample of at most :data:`HEALTH_SAMPLE` (10,000) carts or
+customers (all of them when there are fewer): the AUC comes with its 95% margin (Hanley and McNeil's
+standard error, :func:`winback.models.metrics.auc_margin`; about ±0.01 at 10,000), and a PSI on 10,000
+per side moves by a few thousandths from one sample to another, far below the 0.1 threshold. The
+drift's carts are every cart of customers drawn at random (:func:`_carts_of_customers`), which reads
+half the history a sample of carts does. Features are computed only from the sampled customers'
+events, which gives each of them exactly the features the whole shop's computation would (features
+are per customer).
 """
 
 from __future__ import annotations
@@ -20,17 +31,19 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+import ibis
 import numpy as np
 import pandas as pd
 
 from winback.errors import BadInputError
-from winback.features.carts import CART_FEATURES
-from winback.features.customers import CUSTOMER_FEATURES
+from winback.features.carts import CART_FEATURES, cart_snapshots
+from winback.features.customers import CUSTOMER_FEATURES, customer_features
 from winback.measure.data import Filters, MeasureData
-from winback.models.metrics import binary_report
+from winback.models.metrics import auc_margin, binary_report
 from winback.models.registry import ModelCard, load_model
 
 __all__ = [
+    "HEALTH_SAMPLE",
     "PSI_ALERT",
     "PSI_WATCH",
     "ModelHealth",
@@ -46,7 +59,8 @@ PSI_ALERT = 0.25
 DRIFT_DAYS = 30
 #: Fewest recent outcomes (with both classes) to judge a model on.
 MIN_OUTCOMES = 30
-_SAMPLE = 200_000
+#: Carts or customers each figure is measured on at most (a seeded random sample beyond).
+HEALTH_SAMPLE = 10_000
 
 
 def psi(reference: np.ndarray, recent: np.ndarray, bins: int = 10) -> float | None:
@@ -81,6 +95,9 @@ class ModelHealth:
     source: str = ""  # what the quality figures are measured on
     n: int = 0
     auc: float | None = None
+    auc_margin: float | None = None  # half-width of its 95% interval (Hanley-McNeil)
+    sampled_from: int | None = None  # the outcomes n was sampled from, when it is a sample
+    drift_sample: str = ""  # what the drift was measured on, when sampled
     calibration: list[dict[str, float]] = field(default_factory=list)
     drift: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["feature", "psi", "status"]))
     status: str = "not trained"
@@ -94,6 +111,9 @@ class ModelHealth:
             "source": self.source,
             "n": self.n,
             "auc": self.auc,
+            "auc_margin": self.auc_margin,
+            "sampled_from": self.sampled_from,
+            "drift_sample": self.drift_sample,
             "calibration": self.calibration,
             "drift": self.drift.to_dict("records"),
             "status": self.status,
@@ -116,8 +136,58 @@ def _drift(reference: pd.DataFrame, recent: pd.DataFrame, features: tuple[str, .
     return frame.sort_values("psi", ascending=False, ignore_index=True)
 
 
-def _sample(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame.sample(_SAMPLE, random_state=0) if len(frame) > _SAMPLE else frame
+def _sample(keys: pd.Series, size: int) -> list[str]:
+    """At most ``size`` of the distinct ``keys``, a seeded random sample (the same on every run)."""
+    distinct = pd.Series(sorted(set(keys.astype(str))), dtype=object)
+    return (distinct.sample(size, random_state=0) if len(distinct) > size else distinct).tolist()
+
+
+def _carts_of_customers(carts: pd.DataFrame, size: int) -> list[str]:
+    """About ``size`` of ``carts``: all the carts of customers drawn in a seeded random order until
+    their carts number ``size``. Per cart this reads about half the events a sample of carts does (a
+    random cart more often belongs to a customer with a long history, all of which its snapshots read),
+    and every cart is as likely to be drawn: fine for the drift, not for an AUC, whose margin assumes
+    independent outcomes."""
+    if len(carts) <= size:
+        return carts["cart_id"].astype(str).tolist()
+    order = pd.Series(sorted(set(carts["user_key"].astype(str)))).sample(frac=1, random_state=0)
+    per_customer = carts.groupby(carts["user_key"].astype(str)).size().reindex(order.to_numpy())
+    drawn = int(np.searchsorted(per_customer.cumsum().to_numpy(), size)) + 1
+    chosen = set(order.iloc[:drawn])
+    return carts.loc[carts["user_key"].astype(str).isin(chosen), "cart_id"].astype(str).tolist()
+
+
+def _of_customers(data: MeasureData, users: list[str]) -> ibis.Table:
+    """The sessionised events of ``users`` only: what their carts' snapshots and their own customer
+    features are computed from (the same values as from every event, since both are per customer)."""
+    s = data.tables.sessioned
+    return s.semi_join(ibis.memtable(pd.DataFrame({"user_key": sorted(set(users))})), "user_key")
+
+
+def _buyers(data: MeasureData, before: pd.Timestamp) -> pd.Series:
+    """The customers with a purchase before ``before``: the population of the customer mart then."""
+    s = data.tables.sessioned
+    bought = s.filter((s.event_type == "purchase") & (s.ts < before.timestamp())).select("user_key")
+    return data.source.execute(bought.distinct().order_by("user_key"))["user_key"]
+
+
+def _customers(
+    data: MeasureData, as_of: pd.Timestamp, size: int, horizon_days: int | None = None
+) -> tuple[pd.DataFrame, int]:
+    """Customer features as of ``as_of`` of a sample of at most ``size`` of the customers who had
+    bought by then, and how many there were."""
+    buyers = _buyers(data, as_of)
+    chosen = _sample(buyers, size)
+    expr = customer_features(_of_customers(data, chosen), as_of.timestamp(), horizon_days)
+    return data.source.execute(expr.order_by("user_key")).reset_index(drop=True), len(buyers)
+
+
+def _judged(health: ModelHealth, y: np.ndarray, p: np.ndarray) -> None:
+    """AUC (with its margin) and calibration of predictions ``p`` of outcomes ``y``."""
+    report = binary_report(y, p)
+    positives = int(np.asarray(y, dtype=bool).sum())
+    health.n, health.auc, health.calibration = len(y), report["roc_auc"], list(report["calibration"])
+    health.auc_margin = auc_margin(report["roc_auc"], positives, len(y) - positives)
 
 
 def _status(health: ModelHealth) -> str:
@@ -144,8 +214,9 @@ def _from_card(health: ModelHealth, card: ModelCard, auc_of: Any) -> None:
     )
 
 
-def abandonment_health(data: MeasureData, filters: Filters) -> ModelHealth:
-    """The abandonment model's health (see the module docstring)."""
+def abandonment_health(data: MeasureData, filters: Filters, *, sample: int = HEALTH_SAMPLE) -> ModelHealth:
+    """The abandonment model's health (see the module docstring): on at most ``sample`` carts for
+    its quality and on each side of the drift."""
     health = ModelHealth("abandonment")
     period = data.period(filters)
     try:
@@ -160,38 +231,74 @@ def abandonment_health(data: MeasureData, filters: Filters) -> ModelHealth:
     cut = pd.Timestamp(card.as_of)
     cut = cut.tz_localize("UTC") if cut.tzinfo is None else cut
     start = min(cut, period.until) - timedelta(days=DRIFT_DAYS)
-    snaps = data._cached(("snapshots", start), lambda: data.tables.cart_snapshots(active_since=start))
     carts = data._cached(("carts",), data.tables.carts)
     idle = data.settings.abandon_idle_minutes * 60.0
-    ended = snaps["cart_id"].map(carts.set_index("cart_id")["last_event_ts"] + idle)
-    started = snaps["cart_id"].map(carts.set_index("cart_id")["started_ts"])
-    fresh = snaps[(started >= cut.timestamp()) & (ended <= period.until.timestamp())]
-    first = fresh.drop_duplicates("cart_id", keep="first")
+    # Carts with snapshots since `start` (their last event is after it), then those of each use.
+    active = carts[carts["last_event_ts"] >= start.timestamp()]
+    ended = active["last_event_ts"] + idle
+    fresh = active[(active["started_ts"] >= cut.timestamp()) & (ended <= period.until.timestamp())]
+
+    def overlapping(since: pd.Timestamp, until: pd.Timestamp) -> pd.DataFrame:
+        """Carts with a snapshot that may fall in [since, until): their span meets it."""
+        return active[
+            (active["started_ts"] < until.timestamp()) & (active["last_event_ts"] >= since.timestamp())
+        ]
+
+    windows = {
+        "reference": (cut - timedelta(days=DRIFT_DAYS), cut),
+        "recent": (period.until - timedelta(days=DRIFT_DAYS), period.until),
+    }
+    chosen = {"fresh": _sample(fresh["cart_id"], sample)}
+    candidates = {name: overlapping(*bounds) for name, bounds in windows.items()}
+    chosen.update({name: _carts_of_customers(found, sample) for name, found in candidates.items()})
+    wanted = set().union(*chosen.values())
+    users = carts.loc[carts["cart_id"].isin(wanted), "user_key"].tolist()
+    expr = cart_snapshots(
+        _of_customers(data, users),
+        recovery_window_days=data.settings.recovery_window_days,
+        active_since=start.timestamp(),
+    )
+    snaps = data.source.execute(
+        expr.filter(
+            expr.cart_id.isin(ibis.memtable(pd.DataFrame({"cart_id": sorted(wanted)})).cart_id)
+        ).order_by(["ts", "cart_id", "events_so_far"])
+    )
+    first = snaps[snaps["cart_id"].isin(chosen["fresh"])].drop_duplicates("cart_id", keep="first")
     if len(first) >= MIN_OUTCOMES and first["abandoned"].nunique() == 2:
         p = model.predict_proba(first[list(CART_FEATURES)])[:, 1]
-        report = binary_report(first["abandoned"].to_numpy(), p)
-        health.source = f"{len(first):,} carts started after its cut, at the first add"
-        health.n, health.auc, health.calibration = len(first), report["roc_auc"], list(report["calibration"])
+        _judged(health, first["abandoned"].to_numpy(), p)
+        if len(fresh) > sample:
+            health.sampled_from = len(fresh)
+            health.source = (
+                f"a random sample of {len(first):,} of the {len(fresh):,} carts started after its cut, "
+                "at the first add"
+            )
+        else:
+            health.source = f"{len(first):,} carts started after its cut, at the first add"
     else:
         _from_card(
             health,
             card,
             lambda s: (s.get("at the first add") or {}).get("LightGBM (calibrated)", {}).get("roc_auc"),
         )
-    reference = snaps[
-        (snaps["ts"] >= (cut - timedelta(days=DRIFT_DAYS)).timestamp()) & (snaps["ts"] < cut.timestamp())
-    ]
-    recent = snaps[snaps["ts"] >= (period.until - timedelta(days=DRIFT_DAYS)).timestamp()]
-    recent = recent[recent["ts"] < period.until.timestamp()]
-    health.drift = _drift(_sample(reference), _sample(recent), CART_FEATURES)
+    sides = {}
+    for name, (since, until) in windows.items():
+        rows = snaps[snaps["cart_id"].isin(chosen[name])]
+        sides[name] = rows[(rows["ts"] >= since.timestamp()) & (rows["ts"] < until.timestamp())]
+    health.drift = _drift(sides["reference"], sides["recent"], CART_FEATURES)
+    if any(len(found) > sample for found in candidates.values()):
+        health.drift_sample = (
+            f"the snapshots of about {sample:,} carts on each side (every cart of customers drawn at random)"
+        )
     if period.until - timedelta(days=DRIFT_DAYS) < cut:
         health.notes.append("the last 30 days overlap its training window: drift shows once newer data comes")
     health.status = _status(health)
     return health
 
 
-def churn_health(data: MeasureData, filters: Filters) -> ModelHealth:
-    """The churn model's health (see the module docstring)."""
+def churn_health(data: MeasureData, filters: Filters, *, sample: int = HEALTH_SAMPLE) -> ModelHealth:
+    """The churn model's health (see the module docstring): on at most ``sample`` customers for its
+    quality and on each side of the drift."""
     health = ModelHealth("churn")
     period = data.period(filters)
     try:
@@ -209,18 +316,17 @@ def churn_health(data: MeasureData, filters: Filters) -> ModelHealth:
     moment = period.until - timedelta(days=horizon)
     tested = False
     if moment >= cut:
-        test = data.tables.customers(moment, horizon)
+        test, population = _customers(data, moment, sample, horizon)
         if len(test) >= MIN_OUTCOMES and test["churned"].nunique() == 2:
             p = model.predict_proba(test[list(CUSTOMER_FEATURES)])[:, 1]
-            report = binary_report(test["churned"].to_numpy(), p)
-            health.source = (
-                f"{len(test):,} customers as of {moment:%Y-%m-%d}, churn over the {horizon} days after"
+            _judged(health, test["churned"].to_numpy(), p)
+            scope = (
+                f"a random sample of {len(test):,} of the {population:,}"
+                if population > sample
+                else (f"{len(test):,}")
             )
-            health.n, health.auc, health.calibration = (
-                len(test),
-                report["roc_auc"],
-                list(report["calibration"]),
-            )
+            health.sampled_from = population if population > sample else None
+            health.source = f"{scope} customers as of {moment:%Y-%m-%d}, churn over the {horizon} days after"
             tested = True
     if not tested:
         _from_card(
@@ -229,20 +335,23 @@ def churn_health(data: MeasureData, filters: Filters) -> ModelHealth:
     reference_at = pd.Timestamp(card.params.get("features_as_of") or cut - timedelta(days=horizon))
     span = data.span()
     reference_at = max(reference_at, span[0] + timedelta(days=1)) if span else reference_at
-    health.drift = _drift(
-        data.tables.customers(
-            reference_at.tz_convert("UTC") if reference_at.tzinfo else reference_at.tz_localize("UTC")
-        ),
-        data.tables.customers(period.until),
-        CUSTOMER_FEATURES,
-    )
+    reference_at = reference_at.tz_convert("UTC") if reference_at.tzinfo else reference_at.tz_localize("UTC")
+    reference, before = _customers(data, reference_at, sample)
+    # Every customer as of the end of the period is what the at-risk list scores: its table is shared.
+    everyone = data.tables.customers(period.until)
+    now = len(everyone)
+    recent = everyone.sample(sample, random_state=0) if now > sample else everyone
+    health.drift = _drift(reference, recent, CUSTOMER_FEATURES)
+    if max(before, now) > sample:
+        health.drift_sample = f"a random sample of {sample:,} customers on each side"
     health.status = _status(health)
     return health
 
 
-def model_health(data: MeasureData, filters: Filters) -> list[ModelHealth]:
-    """The health of every deployed model that has one (abandonment, churn)."""
-    return [abandonment_health(data, filters), churn_health(data, filters)]
+def model_health(data: MeasureData, filters: Filters, *, sample: int = HEALTH_SAMPLE) -> list[ModelHealth]:
+    """The health of every deployed model that has one (abandonment, churn), each figure on at most
+    ``sample`` carts or customers."""
+    return [abandonment_health(data, filters, sample=sample), churn_health(data, filters, sample=sample)]
 
 
 def clv_check(data: MeasureData) -> dict[str, Any] | None:

@@ -64,10 +64,13 @@ def bucket(data: MeasureData, filters: Filters) -> str:
 
 
 def _start(times: pd.Series, unit: str) -> pd.Series:
-    """Each time's bucket start as a ``YYYY-MM-DD`` label."""
-    naive = pd.to_datetime(times, utc=True).dt.tz_localize(None)
-    periods = naive.dt.to_period("W-SUN" if unit == "week" else "M")
-    return periods.dt.start_time.dt.strftime("%Y-%m-%d")
+    """Each time's bucket start as a ``YYYY-MM-DD`` label (labelled once per distinct day: a log has
+    millions of times and a few hundred days)."""
+    days = pd.to_datetime(times, utc=True).dt.tz_localize(None).dt.floor("D")
+    codes, distinct = pd.factorize(days)
+    periods = pd.Series(distinct).dt.to_period("W-SUN" if unit == "week" else "M")
+    labels = periods.dt.start_time.dt.strftime("%Y-%m-%d").to_numpy(dtype=object)
+    return pd.Series(labels[codes] if len(labels) else [], index=times.index, dtype=str)
 
 
 def _rate(numerator: pd.Series, denominator: pd.Series) -> list[float | None]:
@@ -82,13 +85,18 @@ def funnel(data: MeasureData, filters: Filters) -> pd.DataFrame:
         return pd.DataFrame(columns=["stage", "count"])
     events = data.tables.sessioned
     events = events.filter((events.ts >= period.since.timestamp()) & (events.ts < period.until.timestamp()))
-    session = events.session_key
+    # One row per session, then sums: one hash table instead of four distinct counts.
+    sessions = events.group_by("session_key").aggregate(
+        carts=(events.event_type == "add_to_cart").any().cast("int64"),
+        checkouts=(events.event_type == "checkout_start").any().cast("int64"),
+        bought=(events.event_type == "purchase").any().cast("int64"),
+    )
     counts = data.source.execute(
-        events.aggregate(
-            visits=session.nunique(),
-            carts=session.nunique(where=events.event_type == "add_to_cart"),
-            checkouts=session.nunique(where=events.event_type == "checkout_start"),
-            bought=session.nunique(where=events.event_type == "purchase"),
+        sessions.aggregate(
+            visits=sessions.count(),
+            carts=sessions.carts.sum(),
+            checkouts=sessions.checkouts.sum(),
+            bought=sessions.bought.sum(),
         )
     )
     row = tuple(int(counts[c].iloc[0] or 0) for c in ("visits", "carts", "checkouts", "bought"))
@@ -265,7 +273,8 @@ def messages_over_time(data: MeasureData, filters: Filters) -> pd.DataFrame:
         counts = counts[counts["channel"] == filters.channel]
     decisions = data.decisions(filters)
     if not decisions.empty:
-        sent = decisions[~decisions["holdout"] & (decisions["channel"] != "none")].copy()
+        messaged = ~decisions["holdout"] & (decisions["channel"] != "none")
+        sent = decisions.loc[messaged, ["decided_at", "channel", "recovered"]]  # not every column
         sent["bucket"] = _start(sent["decided_at"], unit)
         converted = sent.groupby(["bucket", "channel"]).agg(
             decisions=("recovered", "size"), recovered=("recovered", "sum")
@@ -331,12 +340,14 @@ def discount_return(data: MeasureData, filters: Filters) -> dict[str, Any]:
     }
     if decisions.empty:
         return empty
-    coupon = decisions["action"].map(lambda a: Action.parse(str(a)).coupon > 0).astype(bool)
+    with_coupon = {a: Action.parse(str(a)).coupon > 0 for a in decisions["action"].unique()}
+    coupon = decisions["action"].map(with_coupon).astype(bool)  # parsed once per distinct action
     if not coupon.any():
         return empty
     # every coupon decision against the holdout customers who could have received one (on any channel)
     reachable = decisions[[f"consent_{c}" for c in CHANNELS]].any(axis=1)
-    chosen = decisions[(decisions["holdout"] & reachable) | (coupon & ~decisions["holdout"])]
+    compared = (decisions["holdout"] & reachable) | (coupon & ~decisions["holdout"])
+    chosen = decisions.loc[compared, [c for c in decisions.columns if c in _COMPARED]]
     row = compare(chosen, "all", metrics=("margin",)).iloc[0]
     discount = float(decisions.loc[coupon & ~decisions["holdout"], "discount"].sum())
     incremental, low, high = (
@@ -354,6 +365,11 @@ def discount_return(data: MeasureData, filters: Filters) -> dict[str, Any]:
     }
 
 
+#: The columns :func:`compare` reads for the whole group ("all"): a filter copies only these.
+_COMPARED = frozenset(("user_id", "customer", "holdout", "all", "recovered", "revenue", "margin", "discount",
+                       "attributed"))  # fmt: skip
+
+
 def cohort_retention(data: MeasureData, filters: Filters) -> pd.DataFrame:
     """Customers by month of first order (cohorts starting in the period): ``cohort``, ``customers``,
     and for each month after (``month`` 0, 1, ...) the ``retention`` (share who ordered that month),
@@ -364,15 +380,11 @@ def cohort_retention(data: MeasureData, filters: Filters) -> pd.DataFrame:
     if period is None or every.empty:
         return pd.DataFrame(columns=columns)
     at = pd.to_datetime(every["ordered_at"], utc=True).dt.tz_localize(None)
-    month = at.dt.to_period("M")
+    month = at.dt.year * 12 + at.dt.month - 1  # months counted from year 0: differences are offsets
     first = month.groupby(every["user_id"]).transform("min")
-    frame = pd.DataFrame(
-        {"user_id": every["user_id"], "cohort": first, "offset": (month - first).map(lambda d: d.n)}
-    )
-    start, end = (
-        period.since.tz_localize(None).to_period("M"),
-        (period.until.tz_localize(None) - pd.Timedelta(seconds=1)).to_period("M"),
-    )
+    frame = pd.DataFrame({"user_id": every["user_id"], "cohort": first, "offset": month - first})
+    last = period.until.tz_localize(None) - pd.Timedelta(seconds=1)
+    start, end = period.since.year * 12 + period.since.month - 1, last.year * 12 + last.month - 1
     frame = frame[
         (frame["cohort"] >= start) & (frame["cohort"] <= end) & (frame["cohort"] + frame["offset"] <= end)
     ]
@@ -382,7 +394,7 @@ def cohort_retention(data: MeasureData, filters: Filters) -> pd.DataFrame:
     active = frame.groupby(["cohort", "offset"])["user_id"].nunique().reset_index()
     active["customers"] = active["cohort"].map(sizes)
     active["retention"] = active["user_id"] / active["customers"]
-    active["cohort"] = active["cohort"].astype(str)
+    active["cohort"] = [f"{m // 12:04d}-{m % 12 + 1:02d}" for m in active["cohort"]]
     return active.rename(columns={"offset": "month"})[columns].reset_index(drop=True)
 
 

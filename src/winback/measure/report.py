@@ -687,11 +687,24 @@ def model_health_section(data: MeasureData, filters: Filters) -> Section:
         if h.version is None:
             parts.append(_note("; ".join(h.notes) or "not trained"))
             continue
-        figures[h.name] = {"status": h.status, "auc": h.auc}
+        figures[h.name] = {"status": h.status, "auc": h.auc, "auc_margin": h.auc_margin, "n": h.n}
+        margin = (
+            f" \N{PLUS-MINUS SIGN} {number(h.auc_margin, '.3f')} (95%, Hanley\N{EN DASH}McNeil)"
+            if _finite(h.auc_margin)
+            else ""
+        )
         parts.append(
             f"<p>Version {html.escape(h.version)}, trained on data to {html.escape(str(h.trained_to)[:10])}: "
-            f"<b>{html.escape(h.status)}</b>. ROC-AUC {number(h.auc, '.3f')} on {html.escape(h.source)}.</p>"
+            f"<b>{html.escape(h.status)}</b>. ROC-AUC {number(h.auc, '.3f')}{html.escape(margin)} on "
+            f"{html.escape(h.source)}.</p>"
         )
+        if h.sampled_from:
+            parts.append(
+                _note(
+                    f"Measured on a random sample of {h.n:,} of {h.sampled_from:,} outcomes, to keep the "
+                    "report fast: the margin says how far the AUC of all of them may be."
+                )
+            )
         parts += [_note(n) for n in h.notes]
         if h.calibration:
             predicted = [c["mean_predicted"] for c in h.calibration]
@@ -724,6 +737,14 @@ def model_health_section(data: MeasureData, filters: Filters) -> Section:
         else:
             rows = [(r.feature, number(r.psi, ".3f"), r.status) for r in h.drift.head(8).itertuples()]
             parts.append(_table(["feature (most drifted first)", "PSI", "status"], rows))
+            if h.drift_sample:
+                parts.append(
+                    _note(
+                        f"Drift measured on {h.drift_sample}, to keep the report fast: at 10,000 per "
+                        "side a PSI moves by a few thousandths from one sample to another, far below "
+                        "the thresholds."
+                    )
+                )
     return Section("model-health", "Model health", "".join(parts), figures)
 
 
