@@ -122,11 +122,19 @@ class SessionStages:
         derived = marked.mutate(session_key=marked.user_key + ibis.literal("#") + number.cast("string"))
         return derived.drop("starts")
 
-    def sessioned(self) -> ibis.Table:
-        """Every stage in turn, each passed through ``keep``; the union of the last two."""
+    def sessioned(self, is_empty: Callable[[ibis.Table], bool] | None = None) -> ibis.Table:
+        """Every stage in turn, each passed through ``keep``; the union of the last two, or with
+        ``is_empty`` (a check of a kept stage) the one that has rows when the other has none: most
+        sources give every event a session id or none, and a union costs its readers a fifth more."""
         identities = self.keep(self.identities())
         owners = self.keep(self.owners(identities, self.keep(self.shared(identities))))
-        return self.keep(self.given(identities, owners)).union(self.keep(self.derived(identities)))
+        given = self.keep(self.given(identities, owners))
+        derived = self.keep(self.derived(identities))
+        if is_empty is not None and is_empty(derived):
+            return given
+        if is_empty is not None and is_empty(given):
+            return derived
+        return given.union(derived)
 
 
 def sessionize(events: ibis.Table, gap_minutes: int = 30) -> ibis.Table:

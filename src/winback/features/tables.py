@@ -73,8 +73,11 @@ class FeatureTables:
         DuckDB, a cached DataFrame on Spark) before the next reads it, so the events are copied once."""
         if self._sessioned is None:
             stages = SessionStages(self.source.events, self.settings.session_gap_minutes, self.source.cache)
-            self._sessioned = stages.sessioned()
+            self._sessioned = stages.sessioned(is_empty=self._is_empty)
         return self._sessioned
+
+    def _is_empty(self, table: ibis.Table) -> bool:
+        return self.source.execute(table.limit(1)).empty
 
     def span(self) -> Span:
         if self._span is None:

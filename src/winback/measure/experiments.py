@@ -37,7 +37,7 @@ interval that includes 0 (with the customers per arm the observed difference wou
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,8 +129,9 @@ class Arm:
     variances: dict[str, float]  # recovery, revenue, margin
 
     @classmethod
-    def of(cls, customer: np.ndarray, frame: pd.DataFrame, n_customers: int) -> Arm:
-        """Sum ``frame``'s decisions per customer (``customer``: their codes among ``n_customers``)."""
+    def of(cls, customer: np.ndarray, frame: Mapping[str, Any], n_customers: int) -> Arm:
+        """Sum ``frame``'s decisions per customer (``customer``: their codes among ``n_customers``);
+        ``frame`` has the columns of :data:`_SUMS` (a DataFrame, or a dict of arrays)."""
 
         def per(values: np.ndarray | None = None) -> np.ndarray:
             return np.bincount(customer, weights=values, minlength=n_customers)
@@ -140,7 +141,7 @@ class Arm:
         n = n[present]
         if n.size == 0:
             return cls(0, 0, 0, dict.fromkeys(_SUMS, 0.0), dict.fromkeys(_RATIOS.values(), 0.0))
-        totals = {c: per(frame[c].to_numpy(dtype=float))[present] for c in _SUMS}
+        totals = {c: per(np.asarray(frame[c], dtype=float))[present] for c in _SUMS}
         g = n.size
         variances = {}
         for metric, column in _RATIOS.items():
@@ -205,25 +206,29 @@ def _warning(t: Arm, c: Arm, low: float | None, high: float | None, difference: 
 
 
 def _groups(frame: pd.DataFrame, by: str) -> Iterable[tuple[str, np.ndarray, np.ndarray]]:
-    """(group, treated rows, control rows) of each value of ``by``."""
+    """(group, treated rows, control rows) of each value of ``by``, as row positions."""
     held = frame["holdout"].to_numpy(dtype=bool)
     if by == "all":
-        yield "all decisions", ~held, held
+        yield "all decisions", np.flatnonzero(~held), np.flatnonzero(held)
         return
-    # Integer codes of the values: comparing a million strings once per group is what takes time.
+    # Integer codes of the values, and the rows sorted by them once: each group is then a slice, where
+    # comparing a million strings (or masking a million rows) once per group is what takes time.
     codes, values = pd.factorize(frame[by].astype(str))
     names = [str(v) for v in values]
+    order = np.argsort(codes, kind="stable")
+    bounds = np.searchsorted(codes[order], np.arange(len(names) + 1))
+    rows = {code: order[bounds[code] : bounds[code + 1]] for code in range(len(names))}
     if by in ("action", "channel"):
         channels = frame["channel"].astype(str).to_numpy()
-        for code in sorted(set(codes[~held].tolist()), key=names.__getitem__):
-            treated = ~held & (codes == code)
-            channel = channels[treated][0]
+        for code in sorted((c for c in rows if (~held[rows[c]]).any()), key=names.__getitem__):
+            treated = rows[code][~held[rows[code]]]
+            channel = channels[treated[0]]
             eligible = frame[f"consent_{channel}"].to_numpy(dtype=bool) if channel in CHANNELS else True
-            yield names[code], treated, held & eligible
+            yield names[code], treated, np.flatnonzero(held & eligible)
         return
-    for code in sorted(range(len(names)), key=names.__getitem__):
-        same = codes == code
-        yield names[code], ~held & same, held & same
+    for code in sorted(rows, key=names.__getitem__):
+        mine = rows[code]
+        yield names[code], mine[~held[mine]], mine[held[mine]]
 
 
 def compare(
@@ -261,11 +266,11 @@ def compare(
         codes, users = pd.factorize(decisions["user_id"])
         n_customers = len(users)
     wanted = [m for m in metrics if not (m == "conversion" and by in _PER_DECISION_ONLY)]
-    numbers = decisions[list(_SUMS)]  # what the arms sum: filtering these is cheaper than every column
+    numbers = {c: decisions[c].to_numpy(dtype=float) for c in _SUMS}  # what the arms sum
     rows = []
     for group, treated, control in _groups(decisions, by):
-        t = Arm.of(codes[treated], numbers[treated], n_customers)
-        c = Arm.of(codes[control], numbers[control], n_customers)
+        t = Arm.of(codes[treated], {c: v[treated] for c, v in numbers.items()}, n_customers)
+        c = Arm.of(codes[control], {c: v[control] for c, v in numbers.items()}, n_customers)
         for metric in wanted:
             value_t, value_c = t.value(metric), c.value(metric)
             difference = None if value_t is None or value_c is None else value_t - value_c
@@ -355,7 +360,7 @@ def uplift_by_decile(decisions: pd.DataFrame, score: str, *, bins: int = 10) -> 
     """Observed uplift per decile of ``score`` (a column known for treated and holdout decisions alike,
     e.g. the cart's value or its abandonment probability): recovery rate and margin per decision of
     each arm, and their difference. Deciles with an empty arm are left out."""
-    known = decisions[decisions[score].notna()]
+    known = decisions.loc[decisions[score].notna(), [score, "holdout", "recovered", "margin"]]
     if known.empty:
         return pd.DataFrame(columns=["decile", "low", "high", "treated", "control", "recovery_uplift",
                                      "margin_uplift", "decisions"])  # fmt: skip

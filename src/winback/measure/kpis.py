@@ -409,14 +409,15 @@ def churn_over_time(data: MeasureData, filters: Filters, horizon_days: int) -> p
         return pd.DataFrame(columns=columns)
     at = pd.to_datetime(every["ordered_at"], utc=True)
     horizon = pd.Timedelta(days=horizon_days)
+    customer = pd.factorize(every["user_id"])[0]  # sets of integer codes, not of strings
     rows = []
     for start in pd.date_range(period.since.ceil("D"), period.until, freq="MS", tz="UTC"):
         if start + horizon > span[1]:
             break
-        before = set(every.loc[(at >= start - horizon) & (at < start), "user_id"])
-        after = set(every.loc[(at >= start) & (at < start + horizon), "user_id"])
-        if before:
-            churned = len(before - after)
+        before = np.unique(customer[((at >= start - horizon) & (at < start)).to_numpy()])
+        after = np.unique(customer[((at >= start) & (at < start + horizon)).to_numpy()])
+        if len(before):
+            churned = len(np.setdiff1d(before, after, assume_unique=True))
             rows.append(
                 {
                     "month": f"{start:%Y-%m-%d}",
