@@ -350,6 +350,26 @@ class ItemNeighbours:
             for j, s in zip(top, strongest, strict=True)
         )
 
+    def scores_of(
+        self, product_ids: Sequence[str], weights: Sequence[float], candidates: Sequence[str]
+    ) -> np.ndarray:
+        """The score :meth:`for_items` gives each of ``candidates`` for the query ``product_ids`` with
+        ``weights`` (0 for a product unknown or sharing no customer with the query): a feature of every
+        candidate, also of those other sources proposed."""
+        out = np.zeros(len(candidates))
+        rows: dict[int, float] = {}
+        for p, w in zip(_ids(product_ids), weights, strict=True):
+            i = self.item_index_.get(p)
+            if i is not None:
+                rows[i] = rows.get(i, 0.0) + float(w)
+        columns = np.array([self.item_index_.get(str(p), -1) for p in candidates], dtype=np.intp)
+        known = columns >= 0
+        if not rows or not known.any():
+            return out
+        block = self._cosines[np.fromiter(rows, np.intp, len(rows))]
+        out[known] = (block.T @ np.fromiter(rows.values(), float, len(rows)))[columns[known]]
+        return out
+
     def _reason(self, item: int, because: int) -> str:
         if item == because:
             return "chosen before, and by customers with the same taste"
