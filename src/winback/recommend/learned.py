@@ -121,6 +121,13 @@ class LearnedRanker:
         LightGBM's; ``max_depth`` also bounds the steps of :meth:`Forest.predict`.
     early_stopping_rounds
         Stop adding trees when the validation customers' NDCG@10 has not improved for this many.
+    base
+        A feature the trees start from and correct (LightGBM's initial score), or None: with few
+        examples early stopping keeps few trees, and a handful of trees alone order a list coarsely
+        (their scores are steps; measured on a 600-customer shop: 5 trees, recall@10 0.19 against the
+        blend's 0.28), whereas the base keeps every distinction it makes.
+    base_scale
+        The base feature's weight in the score.
     threads
         LightGBM threads (0: its default, all cores). One by default: the data are small, and on two
         busy cores OpenMP's waiting made 80 rounds on 20,000 pairs take 27 s instead of 1.9 s.
@@ -138,12 +145,14 @@ class LearnedRanker:
     def __init__(
         self,
         objective: str = "lambdarank",
-        n_estimators: int = 300,
-        learning_rate: float = 0.05,
-        num_leaves: int = 15,
-        max_depth: int = 5,
-        min_child_samples: int = 20,
-        early_stopping_rounds: int = 30,
+        n_estimators: int = 1000,
+        learning_rate: float = 0.03,
+        num_leaves: int = 7,
+        max_depth: int = 6,
+        min_child_samples: int = 50,
+        early_stopping_rounds: int = 50,
+        base: str | None = None,
+        base_scale: float = 1.0,
         threads: int = 1,
         random_state: int = 0,
     ) -> None:
@@ -154,6 +163,8 @@ class LearnedRanker:
         self.max_depth = max_depth
         self.min_child_samples = min_child_samples
         self.early_stopping_rounds = early_stopping_rounds
+        self.base = base
+        self.base_scale = base_scale
         self.threads = threads
         self.random_state = random_state
 
@@ -204,27 +215,47 @@ class LearnedRanker:
             )
         params = self._params()
         names = list(features)
-        train = lgb.Dataset(x, label=y, group=groups, feature_name=names, free_raw_data=True)
+        if self.base is not None and self.base not in names:
+            raise BadInputError(f"base {self.base!r}: not one of the features")
+        self.features_ = tuple(features)
+        self._base_column = names.index(self.base) if self.base is not None else None
+        train = lgb.Dataset(
+            x, label=y, group=groups, feature_name=names, init_score=self._base_score(x), free_raw_data=True
+        )
         sets: list[Any] = []
         callbacks: list[Any] = []
         if validation is not None:
             vx, vy, vg = validation
-            sets = [lgb.Dataset(vx, label=vy, group=vg, reference=train, feature_name=names)]
+            sets = [
+                lgb.Dataset(
+                    vx,
+                    label=vy,
+                    group=vg,
+                    reference=train,
+                    feature_name=names,
+                    init_score=self._base_score(vx),
+                )
+            ]
             callbacks = [lgb.early_stopping(self.early_stopping_rounds, verbose=False)]
         booster = lgb.train(
             params, train, num_boost_round=self.n_estimators, valid_sets=sets, callbacks=callbacks
         )
         self.best_iteration_ = int(booster.best_iteration or booster.current_iteration())
         self.forest_ = Forest.from_dump(booster.dump_model(num_iteration=self.best_iteration_))
-        self.features_ = tuple(features)
         gains = booster.feature_importance("gain", iteration=self.best_iteration_)
         self.importance_ = {n: float(g) for n, g in zip(names, gains, strict=True)}
         self._booster_text = booster.model_to_string(num_iteration=self.best_iteration_)
         return self
 
+    def _base_score(self, x: np.ndarray) -> np.ndarray:
+        """The base feature's part of the score (0 without one; a missing value counts 0)."""
+        if self._base_column is None:
+            return np.zeros(len(x))
+        return self.base_scale * np.nan_to_num(np.asarray(x, dtype=float)[:, self._base_column])
+
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Scores of the rows of ``x``: higher ranks first (raw scores; for ``binary``, log-odds)."""
-        return self.forest_.predict(x)
+        return self._base_score(x) + self.forest_.predict(x)
 
     def booster(self) -> Any:
         """The trained LightGBM booster (rebuilt from its text): for inspection and tests."""

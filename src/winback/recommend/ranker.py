@@ -391,8 +391,9 @@ class Recommender:
         what came before, and falls back to the fixed blend when there are too few of them to learn
         from (or when the learned order does worse than the blend on customers held out);
         ``blend`` always uses the fixed weights.
-    window_days
-        The label window of the learned ranker.
+    window_days, windows
+        The label windows of the learned ranker: ``windows`` of ``window_days`` each, the last ending
+        at the end of the data and each earlier one ``window_days / 2`` before the next.
     min_customers
         Customers of the label window, with a purchase among their candidates, needed to learn.
     max_customers
@@ -429,6 +430,7 @@ class Recommender:
         max_customers: int = 5000,
         sample_interactions: int = 1_000_000,
         depth: int = 30,
+        windows: int = 3,
     ) -> None:
         self.weights = weights
         self.recent_days = recent_days
@@ -445,6 +447,7 @@ class Recommender:
         self.max_customers = max_customers
         self.sample_interactions = sample_interactions
         self.depth = depth
+        self.windows = windows
 
     # ----------------------------------------------------------------- fitting
     def fit(
@@ -524,31 +527,101 @@ class Recommender:
         return self
 
     def _learn_ranker(self, frame: pd.DataFrame) -> None:
-        """Learn the ``winback`` use's ranker: the sources fitted on the interactions before the label
-        window, each label customer's candidates at its start, labelled by what they bought in it."""
-        cut = self.now_ - self.window_days * DAY
-        ts = frame["ts"].to_numpy(float)
-        before = ts < cut
-        in_window = ~before & (frame["kind"] == "purchase").to_numpy()
-        known = set(frame.loc[before, "user_key"].astype(str))
-        window = frame.loc[in_window, ["user_key", "product_id"]].astype(str)
-        window = window[window["user_key"].isin(known)]
-        bought: dict[str, set[str]] = {str(u): set(g) for u, g in window.groupby("user_key")["product_id"]}
+        """Learn the ``winback`` use's ranker from :attr:`windows` label windows of ``window_days``
+        before the end of ``frame``, ``window_days / 2`` apart: for each, the sources fitted on the
+        interactions before it, each customer's candidates at its start, labelled by what they bought
+        in it. A fifth of the customers are held out to stop adding trees and to check that the learned
+        order beats the blend's; the ranker is then refitted on all of them."""
         days = f"{self.window_days:g}"
-        if len(bought) < self.min_customers:
+        rng = np.random.default_rng(0)
+        examples: list[tuple[str, np.ndarray, np.ndarray]] = []  # (customer, features, labels)
+        wanted = found = asked = sampled = 0
+        for window in range(self.windows):
+            cut = self.now_ - self.window_days * DAY * (1 + window / 2)
+            bought = _bought_in(frame, cut, cut + self.window_days * DAY)
+            if window == 0 and len(bought) < self.min_customers:
+                self._fall_back(
+                    f"too little data to learn a ranker: {len(bought)} known customers bought in the "
+                    f"last {days} days (need {self.min_customers})"
+                )
+                return
+            if len(bought) < self.min_customers // 2:  # earlier windows: whatever they add
+                break
+            users = sorted(bought)
+            share = max(self.max_customers // self.windows, 1)
+            if len(users) > share:
+                users = sorted(rng.choice(np.array(users, dtype=object), share, replace=False).tolist())
+            past = frame[frame["ts"].to_numpy(float) < cut]
+            budget = max(self.sample_interactions // self.windows, 1)
+            if len(past) > budget:
+                past = _sample_customers(past, set(users), budget, rng)
+            sampled += len(past)
+            inner = self._inner().fit(past.reset_index(drop=True))
+            for user in users:
+                history = inner.histories_.of(user)
+                if history is None:
+                    continue
+                asked += 1
+                skip = inner._unavailable(history, cut)
+                slate = build_slate(inner, user, history, cut, skip, self.depth + len(skip))
+                labels = np.array([p in bought[user] for p in slate.products], dtype=float)
+                wanted += len(bought[user])
+                found += int(labels.sum())
+                if labels.any():
+                    examples.append((user, slate.x, labels))
+        report: dict[str, Any] = {
+            "window_days": self.window_days,
+            "windows": self.windows,
+            "customers": asked,
+            "learnt_from": len(examples),
+            "pairs": int(sum(len(y) for _, _, y in examples)),
+            "candidate_recall": round(found / max(wanted, 1), 4),
+            "sampled_interactions": sampled,
+        }
+        self.ranker_report_ = report
+        if len(examples) < self.min_customers:
             self._fall_back(
-                f"too little data to learn a ranker: {len(bought)} known customers bought in the last "
-                f"{days} days (need {self.min_customers})"
+                f"too little data to learn a ranker: {len(examples)} customers bought one of their "
+                f"candidates in the label windows (need {self.min_customers})"
             )
             return
-        rng = np.random.default_rng(0)
-        users = sorted(bought)
-        if len(users) > self.max_customers:
-            users = sorted(rng.choice(np.array(users, dtype=object), self.max_customers, replace=False))
-        past = frame[before]
-        if len(past) > self.sample_interactions:
-            past = _sample_customers(past, set(users), self.sample_interactions, rng)
-        inner = Recommender(
+        # Held out by customer: the same customer's windows are alike.
+        customers = sorted({u for u, _, _ in examples})
+        held = set(rng.permutation(np.array(customers, dtype=object))[: max(len(customers) // 5, 1)].tolist())
+        train = [e for e in examples if e[0] not in held]
+        valid = [e for e in examples if e[0] in held]
+        trial = LearnedRanker(base="blend").fit(*_stacked(train), FEATURES, validation=_stacked(valid))
+        learned = _recall_at(trial, valid)
+        blend = _recall_at(None, valid)
+        report.update(
+            held_out=len(valid),
+            trees=trial.best_iteration_,
+            held_out_recall_learned=round(learned, 4),
+            held_out_recall_blend=round(blend, 4),
+        )
+        figures = (
+            f"recall@10 of the candidates' purchases on {len(valid)} lists held out: "
+            f"learned {learned:.3f}, blend {blend:.3f}"
+        )
+        if learned < blend:
+            self._fall_back(f"the learned ranker did not beat the fixed blend ({figures})")
+            return
+        self.ranker_ = LearnedRanker(base="blend", n_estimators=trial.best_iteration_).fit(
+            *_stacked(examples), FEATURES
+        )
+        report["importance"] = {
+            name: round(gain, 1)
+            for name, gain in sorted(self.ranker_.importance_.items(), key=lambda item: -item[1])[:10]
+        }
+        self.ranker_reason_ = (
+            f"learned ranker from {len(examples)} lists of customers who bought in the {days} days after "
+            f"them ({figures})"
+        )
+        log.info("recommender: %s", self.ranker_reason_)
+
+    def _inner(self) -> Recommender:
+        """A recommender with the same settings that blends (for the label windows)."""
+        return Recommender(
             weights=self.weights,
             recent_days=self.recent_days,
             cart_days=self.cart_days,
@@ -559,76 +632,7 @@ class Recommender:
             price_sensitive_below=self.price_sensitive_below,
             threads=self.threads,
             ranker="blend",
-        ).fit(past.reset_index(drop=True))
-        xs, ys, groups = [], [], []
-        wanted = found = 0
-        for user in users:
-            history = inner.histories_.of(user)
-            if history is None:
-                continue
-            skip = inner._unavailable(history, cut)
-            slate = build_slate(inner, user, history, cut, skip, self.depth + len(skip))
-            labels = np.array([p in bought[user] for p in slate.products], dtype=float)
-            wanted += len(bought[user])
-            found += int(labels.sum())
-            if labels.any():
-                xs.append(slate.x)
-                ys.append(labels)
-                groups.append(len(labels))
-        report: dict[str, Any] = {
-            "window_days": self.window_days,
-            "customers": len(users),
-            "learnt_from": len(groups),
-            "pairs": int(sum(groups)),
-            "candidate_recall": round(found / max(wanted, 1), 4),
-            "sampled_interactions": len(past),
-        }
-        self.ranker_report_ = report
-        if len(groups) < self.min_customers:
-            self._fall_back(
-                f"too little data to learn a ranker: {len(groups)} customers bought one of their "
-                f"candidates in the last {days} days (need {self.min_customers})"
-            )
-            return
-        order = rng.permutation(len(groups))
-        held = set(order[: max(len(groups) // 5, 1)].tolist())
-        train = [i for i in range(len(groups)) if i not in held]
-        valid = sorted(held)
-
-        def stack(which: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-            return (
-                np.vstack([xs[i] for i in which]),
-                np.concatenate([ys[i] for i in which]),
-                np.array([groups[i] for i in which]),
-            )
-
-        trial = LearnedRanker().fit(*stack(train), FEATURES, validation=stack(valid))
-        learned = _recall_at(trial, [xs[i] for i in valid], [ys[i] for i in valid])
-        blend = _recall_at(None, [xs[i] for i in valid], [ys[i] for i in valid])
-        report.update(
-            held_out=len(valid),
-            trees=trial.best_iteration_,
-            held_out_recall_learned=round(learned, 4),
-            held_out_recall_blend=round(blend, 4),
         )
-        figures = (
-            f"recall@10 of the candidates' purchases on {len(valid)} customers held out: "
-            f"learned {learned:.3f}, blend {blend:.3f}"
-        )
-        if learned < blend:
-            self._fall_back(f"the learned ranker did not beat the fixed blend ({figures})")
-            return
-        self.ranker_ = LearnedRanker(n_estimators=trial.best_iteration_).fit(
-            *stack(list(range(len(groups)))), FEATURES
-        )
-        report["importance"] = {
-            name: round(gain, 1)
-            for name, gain in sorted(self.ranker_.importance_.items(), key=lambda item: -item[1])[:10]
-        }
-        self.ranker_reason_ = (
-            f"learned ranker from {len(groups)} customers' purchases in the last {days} days ({figures})"
-        )
-        log.info("recommender: %s", self.ranker_reason_)
 
     def _fall_back(self, reason: str) -> None:
         self.ranker_ = None
@@ -743,7 +747,9 @@ class Recommender:
                 reason=f"nothing to propose to customer {user_key}: every candidate is left out"
             )
         scores = self.ranker_.predict(slate.x)
-        top = np.lexsort((np.array(slate.products, dtype=object), -scores))[:k]
+        # Equal scores (trees' scores are steps) keep the order the candidates were gathered in:
+        # left items, items due, then the sources' own orders.
+        top = np.argsort(-scores, kind="stable")[:k]
         reasons = self._contributors(slate, top, scores)
         return Candidates(
             Candidate(slate.products[i], round(float(1 / (1 + np.exp(-scores[i]))), 6), reason)
@@ -989,13 +995,32 @@ def _sample_customers(
     return frame[chosen[codes]]
 
 
+def _bought_in(frame: pd.DataFrame, start: float, end: float) -> dict[str, set[str]]:
+    """The products each customer known before ``start`` bought in ``[start, end)``."""
+    ts = frame["ts"].to_numpy(float)
+    known = set(frame.loc[ts < start, "user_key"].astype(str))
+    chosen = (ts >= start) & (ts < end) & (frame["kind"] == "purchase").to_numpy()
+    window = frame.loc[chosen, ["user_key", "product_id"]].astype(str)
+    window = window[window["user_key"].isin(known)]
+    return {str(u): set(g) for u, g in window.groupby("user_key")["product_id"]}
+
+
+def _stacked(examples: list[tuple[str, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Features, labels and group sizes of ``examples`` (customer, features, labels) for LightGBM."""
+    return (
+        np.vstack([x for _, x, _ in examples]),
+        np.concatenate([y for _, _, y in examples]),
+        np.array([len(y) for _, _, y in examples]),
+    )
+
+
 def _recall_at(
-    ranker: LearnedRanker | None, xs: list[np.ndarray], ys: list[np.ndarray], k: int = 10
+    ranker: LearnedRanker | None, examples: list[tuple[str, np.ndarray, np.ndarray]], k: int = 10
 ) -> float:
-    """Mean share of each customer's labelled candidates in the top ``k`` of ``ranker``'s order (the
+    """Mean share of each list's labelled candidates in the top ``k`` of ``ranker``'s order (the
     blend's if None)."""
     recalls = []
-    for x, y in zip(xs, ys, strict=True):
+    for _, x, y in examples:
         scores = ranker.predict(x) if ranker is not None else x[:, FEATURES.index("blend")]
         top = np.argsort(-scores, kind="stable")[:k]
         recalls.append(y[top].sum() / max(y.sum(), 1.0))

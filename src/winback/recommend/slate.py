@@ -52,6 +52,10 @@ SOURCES = (
     "popular",  # the shop's popular products
 )
 
+#: A product first seen this many days ago or more counts as old (``item_age_days`` is capped there: the
+#: label windows have a shorter past than the fit, and an uncapped age would tell them apart).
+NEW_DAYS = 30.0
+
 #: Features that describe the product alone (columns of :class:`ItemStats`).
 ITEM_FEATURES = (
     "item_popularity",
@@ -83,8 +87,6 @@ FEATURES: tuple[str, ...] = (
     "days_since_seen",
     "days_since_carted",
     "days_since_bought",
-    "user_products",
-    "user_purchases",
     "user_days_idle",
     "blend",
 )
@@ -155,11 +157,11 @@ class ItemStats:
         self.values_ = np.column_stack(
             [
                 decayed / (top or 1.0),
-                np.log1p(interactions),
-                np.log1p(buyers),
+                np.log((interactions + 1.0) / max(interactions.mean(), 1.0)),
+                np.log((buyers + 1.0) / max(buyers.mean(), 1.0)),
                 (purchases + 0.1) / (interactions + 1.0),
                 np.log((week + 0.1) / (month + 0.1)),
-                (now - first) / DAY,
+                np.minimum((now - first) / DAY, NEW_DAYS),
                 interactions / np.maximum(in_category[category], 1.0),
                 np.fromiter((p in replenishable for p in ids), dtype=float, count=n),
                 level,
@@ -279,14 +281,15 @@ def build_slate(
     known = (codes >= 0) & (category >= 0)
     if shares is not None:
         x[known, COLUMN["category_share"]] = shares[0][category[known]]
-        x[known, COLUMN["category_visits"]] = shares[1][category[known]]
+        x[known, COLUMN["category_visits"]] = shares[1][category[known]] / max(shares[1].sum(), 1.0)
     stats = model.item_stats_
     if (u := stats.user_index_.get(user_key)) is not None:
         for column, matrix in (
             ("category_carts", stats.user_carts_),
             ("category_purchases", stats.user_purchases_),
         ):
-            x[known, COLUMN[column]] = _dense_row(matrix, u)[category[known]]
+            row = _dense_row(matrix, u)
+            x[known, COLUMN[column]] = row[category[known]] / max(row.sum(), 1.0)
     # The category affinity's own score, for every candidate: share of the category times the product's
     # share of it, at the customer's price level.
     dense = x[:, COLUMN["category_share"]] * x[:, COLUMN["item_category_share"]]
@@ -313,8 +316,6 @@ def build_slate(
         ("days_since_bought", history.last_bought),
     ):
         x[mine, COLUMN[column]] = (now - moments[at[mine]]) / DAY
-    x[:, COLUMN["user_products"]] = np.log1p(history.products.size)
-    x[:, COLUMN["user_purchases"]] = np.log1p(np.count_nonzero(~np.isnan(history.last_bought)))
     x[:, COLUMN["user_days_idle"]] = (now - float(np.nanmax(history.last_ts))) / DAY
     return Slate(names, x, reasons, blend_weights)
 
