@@ -288,8 +288,8 @@ def build_slate(
             ("category_carts", stats.user_carts_),
             ("category_purchases", stats.user_purchases_),
         ):
-            row = _dense_row(matrix, u)
-            x[known, COLUMN[column]] = row[category[known]] / max(row.sum(), 1.0)
+            counts = _dense_row(matrix, u)
+            x[known, COLUMN[column]] = counts[category[known]] / max(counts.sum(), 1.0)
     # The category affinity's own score, for every candidate: share of the category times the product's
     # share of it, at the customer's price level.
     dense = x[:, COLUMN["category_share"]] * x[:, COLUMN["item_category_share"]]
