@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -536,6 +537,7 @@ class Recommender:
         rng = np.random.default_rng(0)
         examples: list[tuple[str, np.ndarray, np.ndarray]] = []  # (customer, features, labels)
         wanted = found = asked = sampled = 0
+        seconds = {"sources": 0.0, "candidates": 0.0, "lightgbm": 0.0}
         for window in range(self.windows):
             cut = self.now_ - self.window_days * DAY * (1 + window / 2)
             bought = _bought_in(frame, cut, cut + self.window_days * DAY)
@@ -556,7 +558,10 @@ class Recommender:
             if len(past) > budget:
                 past = _sample_customers(past, set(users), budget, rng)
             sampled += len(past)
+            started = time.perf_counter()
             inner = self._inner().fit(past.reset_index(drop=True))
+            seconds["sources"] += time.perf_counter() - started
+            started = time.perf_counter()
             for user in users:
                 history = inner.histories_.of(user)
                 if history is None:
@@ -569,7 +574,9 @@ class Recommender:
                 found += int(labels.sum())
                 if labels.any():
                     examples.append((user, slate.x, labels))
+            seconds["candidates"] += time.perf_counter() - started
         report: dict[str, Any] = {
+            "seconds": seconds,
             "window_days": self.window_days,
             "windows": self.windows,
             "customers": asked,
@@ -590,6 +597,7 @@ class Recommender:
         held = set(rng.permutation(np.array(customers, dtype=object))[: max(len(customers) // 5, 1)].tolist())
         train = [e for e in examples if e[0] not in held]
         valid = [e for e in examples if e[0] in held]
+        started = time.perf_counter()
         trial = LearnedRanker(base="blend").fit(*_stacked(train), FEATURES, validation=_stacked(valid))
         learned = _recall_at(trial, valid)
         blend = _recall_at(None, valid)
@@ -609,6 +617,8 @@ class Recommender:
         self.ranker_ = LearnedRanker(base="blend", n_estimators=trial.best_iteration_).fit(
             *_stacked(examples), FEATURES
         )
+        seconds["lightgbm"] = time.perf_counter() - started
+        report["seconds"] = {part: round(took, 2) for part, took in seconds.items()}
         report["importance"] = {
             name: round(gain, 1)
             for name, gain in sorted(self.ranker_.importance_.items(), key=lambda item: -item[1])[:10]
