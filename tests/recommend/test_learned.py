@@ -142,7 +142,8 @@ def test_each_item_keeps_the_reason_of_the_source_that_proposed_it(
         history = learned.histories_.of(user)
         assert history is not None
         skip = learned._unavailable(history, shop_split.at)
-        slate = build_slate(learned, user, history, shop_split.at, skip, learned.depth + 10 + len(skip))
+        depth = learned.depth + 10 + len(skip)
+        slate = build_slate(learned, user, history, shop_split.at, skip, depth, als_list=learned._als_list())
         for c in recs:
             said = {slate.reasons[s][c.product_id] for s in SOURCES if c.product_id in slate.reasons[s]}
             assert c.reason in said, (user, c)

@@ -41,6 +41,7 @@ from winback.recommend.interactions import check_interactions
 from winback.recommend.learned import LearnedRanker
 from winback.recommend.repeat import RepeatPurchases
 from winback.recommend.slate import (
+    ALS_LIST_PRODUCTS,
     FEATURES,
     HISTORY_ITEMS,
     SOURCE_COLUMNS,
@@ -398,11 +399,13 @@ class Recommender:
     min_customers
         Customers of the label window, with a purchase among their candidates, needed to learn.
     max_customers
-        At most this many customers of the label window are learnt from (a random sample).
+        At most this many customers' lists are learnt from, in all windows (a random sample of each
+        window's customers, the last window first).
     sample_interactions
-        Above this many interactions before the label window, the sources the ranker learns from are
-        fitted on a random sample of customers (all of the sampled label customers, and others) of
-        about this size, so that learning the ranker adds a fraction of the fit's time on large logs.
+        Above this many interactions before a label window, the sources the ranker learns from are
+        fitted on a random sample of customers (the window's sampled customers, and others) of about
+        this size, so that learning the ranker adds a fraction of the fit's time on large logs. Their
+        statistics are then noisier than those of the sources it serves with (measured below).
     depth
         Candidates asked of each source for the learned ranker (plus the products left out).
 
@@ -428,8 +431,8 @@ class Recommender:
         ranker: str = "auto",
         window_days: float = 30.0,
         min_customers: int = 50,
-        max_customers: int = 5000,
-        sample_interactions: int = 1_000_000,
+        max_customers: int = 2000,
+        sample_interactions: int = 300_000,
         depth: int = 30,
         windows: int = 3,
     ) -> None:
@@ -538,39 +541,39 @@ class Recommender:
         examples: list[tuple[str, np.ndarray, np.ndarray]] = []  # (customer, features, labels)
         wanted = found = asked = sampled = 0
         seconds = {"sources": 0.0, "candidates": 0.0, "lightgbm": 0.0}
+        log_ = _CodedLog(frame)
         for window in range(self.windows):
             cut = self.now_ - self.window_days * DAY * (1 + window / 2)
-            bought = _bought_in(frame, cut, cut + self.window_days * DAY)
-            if window == 0 and len(bought) < self.min_customers:
+            buyers = log_.buyers(cut, cut + self.window_days * DAY)
+            if window == 0 and buyers.size < self.min_customers:
                 self._fall_back(
-                    f"too little data to learn a ranker: {len(bought)} known customers bought in the "
+                    f"too little data to learn a ranker: {buyers.size} known customers bought in the "
                     f"last {days} days (need {self.min_customers})"
                 )
                 return
-            if len(bought) < self.min_customers // 2:  # earlier windows: whatever they add
+            room = self.max_customers - asked
+            if buyers.size < self.min_customers // 2 or room <= 0:  # earlier windows: what they add
                 break
-            users = sorted(bought)
-            share = max(self.max_customers // self.windows, 1)
-            if len(users) > share:
-                users = sorted(rng.choice(np.array(users, dtype=object), share, replace=False).tolist())
-            past = frame[frame["ts"].to_numpy(float) < cut]
-            budget = max(self.sample_interactions // self.windows, 1)
-            if len(past) > budget:
-                past = _sample_customers(past, set(users), budget, rng)
-            sampled += len(past)
+            if buyers.size > room:
+                buyers = np.sort(rng.choice(buyers, room, replace=False))
+            bought = log_.bought(buyers, cut, cut + self.window_days * DAY)
+            rows = log_.sample_before(cut, buyers, self.sample_interactions, rng)
+            sampled += int(rows.sum())
             started = time.perf_counter()
-            inner = self._inner().fit(past.reset_index(drop=True))
+            inner = self._inner().fit(frame[rows].reset_index(drop=True))
             seconds["sources"] += time.perf_counter() - started
             started = time.perf_counter()
-            for user in users:
+            for user, products in bought.items():
                 history = inner.histories_.of(user)
                 if history is None:
                     continue
                 asked += 1
                 skip = inner._unavailable(history, cut)
-                slate = build_slate(inner, user, history, cut, skip, self.depth + len(skip))
-                labels = np.array([p in bought[user] for p in slate.products], dtype=float)
-                wanted += len(bought[user])
+                slate = build_slate(
+                    inner, user, history, cut, skip, self.depth + len(skip), als_list=self._als_list()
+                )
+                labels = np.array([p in products for p in slate.products], dtype=float)
+                wanted += len(products)
                 found += int(labels.sum())
                 if labels.any():
                     examples.append((user, slate.x, labels))
@@ -643,6 +646,10 @@ class Recommender:
             threads=self.threads,
             ranker="blend",
         )
+
+    def _als_list(self) -> bool:
+        """Whether ALS proposes candidates of its own to the learned ranker (small catalogues only)."""
+        return self.als_ is not None and len(self.als_.items_) <= ALS_LIST_PRODUCTS
 
     def _fall_back(self, reason: str) -> None:
         self.ranker_ = None
@@ -751,7 +758,9 @@ class Recommender:
         """The ``winback`` list in the learned ranker's order; each product's reason from the source
         that contributed most to its score (an item left in a cart or due again says so first)."""
         assert self.ranker_ is not None
-        slate = build_slate(self, user_key, history, now, skip, max(self.depth, k) + len(skip))
+        slate = build_slate(
+            self, user_key, history, now, skip, max(self.depth, k) + len(skip), als_list=self._als_list()
+        )
         if not slate.products:
             return Candidates(
                 reason=f"nothing to propose to customer {user_key}: every candidate is left out"
@@ -989,30 +998,52 @@ def _blend(
     return Candidates(Candidate(p, round(s, 6), best[p][1]) for p, s in ranked)
 
 
-def _sample_customers(
-    frame: pd.DataFrame, keep: set[str], size: int, rng: np.random.Generator
-) -> pd.DataFrame:
-    """The interactions of every customer in ``keep`` and of other customers drawn at random, about
-    ``size`` of them in all (whole customers: their histories stay whole)."""
-    codes, users = _factorised(frame["user_key"])
-    counts = np.bincount(codes, minlength=len(users))
-    chosen = pd.Index(users).isin(list(keep))
-    room = size - int(counts[chosen].sum())
-    others = rng.permutation(np.flatnonzero(~chosen))
-    if room > 0 and others.size:
-        taken = others[np.cumsum(counts[others]) <= room]
-        chosen[taken] = True
-    return frame[chosen[codes]]
+class _CodedLog:
+    """The interactions as integer codes (those :func:`shared_codes` shares with the sources), to pick
+    the label windows' customers and samples without string operations on a large log."""
 
+    def __init__(self, frame: pd.DataFrame) -> None:
+        self.users, self.user_ids = _factorised(frame["user_key"])
+        self.items, self.item_ids = _factorised(frame["product_id"])
+        self.ts = frame["ts"].to_numpy(float)
+        self.purchase = (frame["kind"] == "purchase").to_numpy()
+        first = np.full(len(self.user_ids), np.inf)
+        seen = pd.Series(self.ts).groupby(self.users, sort=True).min()
+        first[seen.index.to_numpy()] = seen.to_numpy(float)
+        self.first_seen = first
 
-def _bought_in(frame: pd.DataFrame, start: float, end: float) -> dict[str, set[str]]:
-    """The products each customer known before ``start`` bought in ``[start, end)``."""
-    ts = frame["ts"].to_numpy(float)
-    known = set(frame.loc[ts < start, "user_key"].astype(str))
-    chosen = (ts >= start) & (ts < end) & (frame["kind"] == "purchase").to_numpy()
-    window = frame.loc[chosen, ["user_key", "product_id"]].astype(str)
-    window = window[window["user_key"].isin(known)]
-    return {str(u): set(g) for u, g in window.groupby("user_key")["product_id"]}
+    def _in_window(self, start: float, end: float) -> np.ndarray:
+        return self.purchase & (self.ts >= start) & (self.ts < end) & (self.first_seen[self.users] < start)
+
+    def buyers(self, start: float, end: float) -> np.ndarray:
+        """Codes of the customers known before ``start`` who bought in ``[start, end)``."""
+        return np.unique(self.users[self._in_window(start, end)])
+
+    def bought(self, buyers: np.ndarray, start: float, end: float) -> dict[str, set[str]]:
+        """What each of ``buyers`` (codes) bought in ``[start, end)``, by customer id."""
+        chosen = np.zeros(len(self.user_ids), dtype=bool)
+        chosen[buyers] = True
+        rows = np.flatnonzero(self._in_window(start, end) & chosen[self.users])
+        out: dict[str, set[str]] = {}
+        for user, item in zip(self.users[rows].tolist(), self.items[rows].tolist(), strict=True):
+            out.setdefault(str(self.user_ids[user]), set()).add(str(self.item_ids[item]))
+        return out
+
+    def sample_before(self, cut: float, keep: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+        """The rows before ``cut`` of the customers ``keep`` (codes) and of others drawn at random,
+        about ``size`` rows in all (whole customers: their histories stay whole)."""
+        before = self.ts < cut
+        counts = np.bincount(self.users[before], minlength=len(self.user_ids))
+        chosen = np.zeros(len(self.user_ids), dtype=bool)
+        if int(counts.sum()) <= size:
+            chosen[:] = True
+        else:
+            chosen[keep] = True
+            others = rng.permutation(np.flatnonzero(~chosen & (counts > 0)))
+            room = size - int(counts[chosen].sum())
+            if room > 0 and others.size:
+                chosen[others[np.cumsum(counts[others]) <= room]] = True
+        return before & chosen[self.users]
 
 
 def _stacked(examples: list[tuple[str, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
