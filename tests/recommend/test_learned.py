@@ -197,3 +197,18 @@ def test_a_tiny_shop_falls_back_to_the_blend_and_says_why() -> None:
     assert blend.ranker_reason_ == "fixed blend (ranker='blend')"
     with pytest.raises(BadInputError, match="ranker 'best'"):
         Recommender(ranker="best").fit(frame)
+
+
+def test_new_interactions_reach_the_learned_lists(learned: Recommender, shop_split: TimeSplit) -> None:
+    """After ``learn_new`` a new customer, unknown to the fitted sources, gets a learned list from the
+    sources that know them (their views, the item neighbours), and a product new to the shop is
+    scored without features it cannot have."""
+    model = pickle.loads(pickle.dumps(learned))
+    popular = [c.product_id for c in model.popularity_.top(3)]
+    rows = [("newcomer", p, shop_split.at + 60.0 * i, "view") for i, p in enumerate(popular)]
+    rows.append(("newcomer", "brand-new-product", shop_split.at + 300.0, "view"))
+    model.learn_new(with_weights(pd.DataFrame(rows, columns=["user_key", "product_id", "ts", "kind"])))
+    recs = model.for_user("newcomer", 5)
+    assert model.ranker_ is not None
+    assert len(recs) == 5
+    assert all(c.reason for c in recs)
