@@ -15,9 +15,14 @@ Uses (:data:`USES`):
 - ``session``: a new visitor known only by what they viewed: neighbours and categories of those views.
 
 Each source's list is scaled by its best score and weighted (:data:`DEFAULT_WEIGHTS`); a product's score
-is the sum over sources, its reason that of the source that gave it most. Every use leaves out what the
-customer bought in the last ``recent_days`` unless it is replenishable, and products known to be out of
-stock. A question that cannot be answered (an unknown customer, cart or product) gets an empty list with
+is the sum over sources, its reason that of the source that gave it most. The ``winback`` use is
+ordered instead by a ranker learnt from the shop's own purchases where there are enough of them
+(:meth:`Recommender._learn_ranker`, :mod:`.slate`, :mod:`.learned`): LightGBM corrects the blend's score
+from every source's score and rank and what is known of the product and the customer; a product's
+reason is then that of the proposing source whose absence would lower its score most.
+
+Every use leaves out what the customer bought in the last ``recent_days`` unless it is replenishable,
+and products known to be out of stock. A question that cannot be answered (an unknown customer, cart or product) gets an empty list with
 the reason; a ``k`` out of range is a usage error.
 """
 

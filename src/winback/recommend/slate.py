@@ -7,14 +7,19 @@ less what may not be shown, with one row of features per candidate (:data:`FEATU
   its list (``<source>_rank``), missing (NaN) where the source did not propose it;
 - scores every candidate has, whoever proposed it: the ALS taste fit (``als_dot``), the summed item
   neighbour similarity to the customer's history (``neighbours_sum``), the customer's smoothed share of
-  visits in the candidate's category and their own visits there;
-- the product: its recency-weighted popularity, interactions, buyers, purchases per interaction, trend
-  (last week against last month), age in the shop, share of its category, whether it is replenishable;
+  visits in the candidate's category, and their own share of visits, carts and purchases there, the
+  category affinity's score (``affinity_dense``);
+- the product: its recency-weighted popularity, interactions and buyers (against the average product),
+  purchases per interaction, trend (last week against last month), days since first seen (capped at
+  :data:`NEW_DAYS`), share of its category, whether it is replenishable;
 - its price level (``ln(price / category median)``) against the customer's own level;
 - the customer's past with it: summed interaction weight, days since they last saw, carted or bought it;
-- the customer: distinct products, purchases, days since their last interaction;
-- the fixed blend's score (:data:`winback.recommend.ranker.DEFAULT_WEIGHTS`), so the learned ranker
-  starts from what the blend knows.
+  days since the customer's last interaction;
+- the fixed blend's score (:data:`winback.recommend.ranker.DEFAULT_WEIGHTS`), which the learned ranker
+  starts from and corrects.
+
+Features are scale-free where they can be (shares, ratios to the average, scores over their list's
+best): the ranker learns them in label windows with a shorter past than the fit it serves with.
 
 :class:`ItemStats` holds the product columns, computed once per fit.
 """
