@@ -22,8 +22,8 @@ from every source's score and rank and what is known of the product and the cust
 reason is then that of the proposing source whose absence would lower its score most.
 
 Every use leaves out what the customer bought in the last ``recent_days`` unless it is replenishable,
-and products known to be out of stock. A question that cannot be answered (an unknown customer, cart or product) gets an empty list with
-the reason; a ``k`` out of range is a usage error.
+and products known to be out of stock. A question that cannot be answered (an unknown customer, cart or
+product) gets an empty list with the reason; a ``k`` out of range is a usage error.
 """
 
 from __future__ import annotations
