@@ -212,3 +212,14 @@ def test_new_interactions_reach_the_learned_lists(learned: Recommender, shop_spl
     assert model.ranker_ is not None
     assert len(recs) == 5
     assert all(c.reason for c in recs)
+
+
+def test_a_recommender_saved_before_the_learned_ranker_still_answers(learned: Recommender) -> None:
+    """A pickle of the previous version (no ranker, no cart times in the histories) ranks with the blend."""
+    old = pickle.loads(pickle.dumps(learned))
+    for name in ("ranker_", "ranker_reason_", "ranker_report_", "item_stats_"):
+        delattr(old, name)
+    del old.histories_._last_carted
+    loaded = pickle.loads(pickle.dumps(old))
+    user = sorted(loaded.histories_.index_)[0]
+    assert loaded.for_user(user, 5) == learned.for_user(user, 5, learned=False)

@@ -253,6 +253,11 @@ class Histories:
         if fresh.any():
             self.index_ = {u: i for i, u in enumerate(self._users.tolist())}
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if "_last_carted" not in state:  # saved before carts were kept: none known
+            self._last_carted = np.full(len(self._products), np.nan)
+
     def __contains__(self, user_key: object) -> bool:
         return str(user_key) in self.index_
 
