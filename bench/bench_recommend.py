@@ -238,7 +238,9 @@ def breakdown(model: Recommender, frame: pd.DataFrame) -> dict[str, float]:
         "Popularity": lambda: Popularity(model.half_life_days).fit(frame),
         "CategoryAffinity": lambda: CategoryAffinity().fit(frame),
         "RepeatPurchases": lambda: RepeatPurchases().fit(frame),
-        "ALSFactors": lambda: ALSFactors(factors=model.factors, threads=model.threads).fit(frame),
+        "ALSFactors": lambda: ALSFactors(
+            factors=model.factors, iterations=model.als_iterations, threads=model.threads
+        ).fit(frame),
         "Histories": lambda: Histories(frame),
         "open carts": lambda: _open_carts(frame, model.now_ - model.cart_days * DAY),
         "price ratios": lambda: model._price_ratios(frame),
