@@ -23,8 +23,11 @@ Figures, each with a baseline measured in the same command (the machine is share
   coding is the first line), so the table shows where the time goes (the parts add up to about the fit,
   give or take the machine's noise: ALS on both cores is the most sensitive to other work); peak RSS
   right after the fit; target (issue 4): 10M interactions in under 60 s on 2 cores;
+- the learned ranker of the ``winback`` use: why it was learned or not, and its learning's time (within
+  the fit);
 - queries: p50 / p99 over ``--queries`` calls of ``for_user`` (random known customers, a tenth of them
-  from the heaviest 1%), ``for_cart`` (random open carts by id), ``similar`` (random products by
+  from the heaviest 1%; also in the fixed blend's order, ``learned=False``, the baseline of the learned
+  ranker), ``for_cart`` (random open carts by id), ``similar`` (random products by
   popularity) and ``for_session`` (the viewed products of random sessions), against
   ``Popularity.top(10)`` (a slice of a sorted Series); target: p99 under 5 ms;
 - ``learn_new`` of ``--new`` new interactions (the day after the log, a tenth of them from new customers),
@@ -235,10 +238,13 @@ def breakdown(model: Recommender, frame: pd.DataFrame) -> dict[str, float]:
         "Popularity": lambda: Popularity(model.half_life_days).fit(frame),
         "CategoryAffinity": lambda: CategoryAffinity().fit(frame),
         "RepeatPurchases": lambda: RepeatPurchases().fit(frame),
-        "ALSFactors": lambda: ALSFactors(factors=model.factors, threads=model.threads).fit(frame),
+        "ALSFactors": lambda: ALSFactors(
+            factors=model.factors, iterations=model.als_iterations, threads=model.threads
+        ).fit(frame),
         "Histories": lambda: Histories(frame),
         "open carts": lambda: _open_carts(frame, model.now_ - model.cart_days * DAY),
         "price ratios": lambda: model._price_ratios(frame),
+        "learned ranker (label windows)": lambda: model._learn_ranker(frame),
     }
     seconds = {}
     with shared_codes():
@@ -287,6 +293,8 @@ def main() -> None:
         f"fit/groupby {fit_s / count_s:.1f} (target: under {TARGET_FIT_S:.0f} s); "
         f"peak RSS {peak_fit:,.0f} MiB"
     )
+    learning = model.ranker_report_.get("seconds", {})
+    print(f"ranker: {model.ranker_reason_}; learning took {learning} (within the fit)")
 
     # -- queries
     rng = np.random.default_rng(SEED)
@@ -303,6 +311,7 @@ def main() -> None:
     sessions = [viewed[key] for key in picked]  # sessions with more views are picked more often
     query_ms = {
         "for_user": latencies(lambda u: model.for_user(str(u)), users),
+        "for_user, fixed blend": latencies(lambda u: model.for_user(str(u), learned=False), users),
         "for_cart": latencies(lambda c: model.for_cart(str(c)), carts),
         "similar": latencies(lambda p: model.similar(str(p)), products),
         "for_session": latencies(lambda s: model.for_session(s), sessions),  # type: ignore[arg-type]
@@ -312,6 +321,8 @@ def main() -> None:
     base_p99 = figures["Popularity.top"]["p99_ms"]
     heavy_ms = query_ms["for_user"][np.isin(np.array(users, dtype=object), heavy)]
     figures["for_user (heaviest 1%)"] = quantiles(heavy_ms)
+    blend_heavy = query_ms["for_user, fixed blend"][np.isin(np.array(users, dtype=object), heavy)]
+    figures["for_user, fixed blend (heaviest 1%)"] = quantiles(blend_heavy)
 
     # -- learn_new
     batch = new_interactions(args.new, frame, users=n_users, products=n_products)
@@ -359,6 +370,8 @@ def main() -> None:
                 "fit_parts_seconds": {k: round(v, 2) for k, v in parts.items()},
                 "queries": figures,
                 "learn_new_seconds": round(learn_s, 2),
+                "ranker": model.ranker_reason_,
+                "ranker_learning_seconds": learning,
                 "peak_rss_after_fit_mib": round(peak_fit),
                 "peak_rss_mib": round(peak),
             }

@@ -90,10 +90,16 @@ def evaluate(
     ranker = Recommender().fit(train)
     fitted["winback recommender"] = time.perf_counter() - start
     shop_top = [c.product_id for c in popularity.top(k)]
+    print(f"  winback recommender: {ranker.ranker_reason_}")
+    if ranker.ranker_report_:
+        print(f"  learning: {ranker.ranker_report_}")
     rng = np.random.default_rng(seed)
 
     recommenders: dict[str, Recommend] = {
         "winback recommender": lambda u, items: [c.product_id for c in ranker.for_user(u, k, now=split.at)],
+        "winback, fixed blend": lambda u, items: [
+            c.product_id for c in ranker.for_user(u, k, now=split.at, learned=False)
+        ],
         "category affinity": lambda u, items: [c.product_id for c in affinity.for_user(u, k)],
         "ALS factors (implicit)": lambda u, items: [
             c.product_id for c in als.for_user(u, k, include_seen=True)

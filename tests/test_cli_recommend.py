@@ -26,6 +26,9 @@ def trained_home(shop_copy: Callable[[str], Path]) -> Path:
     assert (home / "models" / "recommend" / card["version"] / "model.pkl").exists()
     split = card["metrics"]["time_split"]
     assert split["winback"]["recall@10"] > split["random"]["recall@10"]
+    # How the `winback` use is ranked, and why: learned on this shop, or the blend with the reason.
+    assert card["params"]["ranker"].startswith(("learned ranker from", "fixed blend: "))
+    assert "candidate_recall" in card["metrics"]["ranker"]
     return home
 
 

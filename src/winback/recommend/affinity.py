@@ -195,6 +195,22 @@ class CategoryAffinity:
             for c, n in zip(self._user_categories[lo:hi], self._user_counts[lo:hi], strict=True)
         }
 
+    def shares(self, user_key: str) -> tuple[np.ndarray, np.ndarray] | None:
+        """The customer's smoothed share of each category (:attr:`categories_` order), as the ranking
+        uses it, and their own visits per category (None for an unknown customer)."""
+        i = self._user_index.get(str(user_key))
+        if i is None:
+            return None
+        lo, hi = self._user_ptr[i], self._user_ptr[i + 1]
+        counts = np.zeros(len(self.categories_))
+        counts[self._user_categories[lo:hi]] = self._user_counts[lo:hi]
+        return (counts + self.prior * self.shop_share_) / (counts.sum() + self.prior), counts
+
+    def category_index(self, product_id: str) -> int:
+        """The position of the product's category in :attr:`categories_` (-1 if the product is unknown)."""
+        name = self.category_of_.get(str(product_id), UNKNOWN_CATEGORY)
+        return self._category_index.get(name, -1)
+
     def for_user(self, user_key: str, k: int = 10, exclude: Iterable[str] = ()) -> Candidates:
         """Popular products in the categories ``user_key`` browses."""
         k = check_k(k)

@@ -15,15 +15,22 @@ Uses (:data:`USES`):
 - ``session``: a new visitor known only by what they viewed: neighbours and categories of those views.
 
 Each source's list is scaled by its best score and weighted (:data:`DEFAULT_WEIGHTS`); a product's score
-is the sum over sources, its reason that of the source that gave it most. Every use leaves out what the
-customer bought in the last ``recent_days`` unless it is replenishable, and products known to be out of
-stock. A question that cannot be answered (an unknown customer, cart or product) gets an empty list with
-the reason; a ``k`` out of range is a usage error.
+is the sum over sources, its reason that of the source that gave it most. The ``winback`` use is
+ordered instead by a ranker learnt from the shop's own purchases where there are enough of them
+(:meth:`Recommender._learn_ranker`, :mod:`.slate`, :mod:`.learned`): LightGBM corrects the blend's score
+from every source's score and rank and what is known of the product and the customer; a product's
+reason is then that of the proposing source whose absence would lower its score most.
+
+Every use leaves out what the customer bought in the last ``recent_days`` unless it is replenishable,
+and products known to be out of stock. A question that cannot be answered (an unknown customer, cart or
+product) gets an empty list with the reason; a ``k`` out of range is a usage error.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -36,7 +43,19 @@ from winback.errors import BadInputError
 from winback.recommend.affinity import CategoryAffinity
 from winback.recommend.factors import ALSFactors
 from winback.recommend.interactions import check_interactions
+from winback.recommend.learned import LearnedRanker
 from winback.recommend.repeat import RepeatPurchases
+from winback.recommend.slate import (
+    ALS_LIST_PRODUCTS,
+    FEATURES,
+    HISTORY_ITEMS,
+    SOURCE_COLUMNS,
+    SOURCES,
+    ItemStats,
+    Slate,
+    ago,
+    build_slate,
+)
 from winback.recommend.sources import (
     MAX_K,
     BasketRules,
@@ -53,6 +72,10 @@ from winback.recommend.sources import (
 )
 
 USES = ("winback", "cart", "similar", "session")
+
+log = logging.getLogger(__name__)
+
+DAY = 86_400.0
 
 #: Weight of each source's (best-scaled) list, per use.
 DEFAULT_WEIGHTS: dict[str, dict[str, float]] = {
@@ -87,8 +110,8 @@ Asked = Candidates | Callable[[], Candidates]
 #: Popular products kept for filling short lists.
 FALLBACK_DEPTH = 200
 
-#: Products of a customer's history the item-to-item query starts from (the most recent ones).
-HISTORY_ITEMS = 50
+#: How the ``winback`` use is ranked: ``auto`` learns a ranker when the data allow, ``blend`` never does.
+RANKERS = ("auto", "blend")
 
 
 @dataclass(frozen=True)
@@ -99,10 +122,11 @@ class History:
     weights: np.ndarray  # summed interaction weights
     last_ts: np.ndarray
     last_bought: np.ndarray  # NaN if never bought
+    last_carted: np.ndarray  # NaN if never added to a cart
 
 
 class Histories:
-    """Every customer's products (weights summed, last interaction and last purchase), stored as arrays
+    """Every customer's products (weights summed, last interaction, cart and purchase), stored as arrays
     per customer so a query slices rather than filters; :meth:`add` folds in new interactions.
 
     A customer's products are ordered by last interaction, most recent first; products last seen at the
@@ -119,6 +143,9 @@ class Histories:
         last_bought = np.full(len(pairs), np.nan)
         bought = (interactions["kind"] == "purchase").to_numpy()
         np.fmax.at(last_bought, pair_codes[bought], ts[bought])
+        last_carted = np.full(len(pairs), np.nan)
+        carted = (interactions["kind"] == "cart").to_numpy()
+        np.fmax.at(last_carted, pair_codes[carted], ts[carted])
         owner = pairs // width
         order = np.lexsort((-last_ts, owner))  # stable: equal moments in the order of the log
         self._users = users
@@ -128,14 +155,16 @@ class Histories:
         self._weights = weight.to_numpy(float)[order]
         self._last_ts = last_ts[order]
         self._last_bought = last_bought[order]
+        self._last_carted = last_carted[order]
         self._seen = order.astype(np.int64)  # first interaction with the product: ties in last_ts
         self._next = len(pairs)
 
     @staticmethod
     def _stats(frame: pd.DataFrame) -> pd.DataFrame:
         bought = frame["ts"].where(frame["kind"] == "purchase")
+        carted = frame["ts"].where(frame["kind"] == "cart")
         return pd.DataFrame(
-            {"weight": frame["weight"], "last_ts": frame["ts"], "last_bought": bought}
+            {"weight": frame["weight"], "last_ts": frame["ts"], "last_bought": bought, "last_carted": carted}
         ).reset_index(drop=True)
 
     def add(self, interactions: pd.DataFrame) -> None:
@@ -181,6 +210,7 @@ class Histories:
                 "weight": self._weights[rows],
                 "last_ts": self._last_ts[rows],
                 "last_bought": self._last_bought[rows],
+                "last_carted": self._last_carted[rows],
                 "seen": self._seen[rows],
             }
         )
@@ -193,6 +223,7 @@ class Histories:
             "_weights": merged["weight"].to_numpy(float),
             "_last_ts": merged["last_ts"].to_numpy(float),
             "_last_bought": merged["last_bought"].to_numpy(float),
+            "_last_carted": merged["last_carted"].to_numpy(float),
             "_seen": merged["seen"].to_numpy(np.int64),
         }
         lengths = np.bincount(
@@ -222,6 +253,11 @@ class Histories:
         if fresh.any():
             self.index_ = {u: i for i, u in enumerate(self._users.tolist())}
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if "_last_carted" not in state:  # saved before carts were kept: none known
+            self._last_carted = np.full(len(self._products), np.nan)
+
     def __contains__(self, user_key: object) -> bool:
         return str(user_key) in self.index_
 
@@ -234,7 +270,11 @@ class Histories:
             return None
         lo, hi = self._ptr[i], self._ptr[i + 1]
         return History(
-            self._products[lo:hi], self._weights[lo:hi], self._last_ts[lo:hi], self._last_bought[lo:hi]
+            self._products[lo:hi],
+            self._weights[lo:hi],
+            self._last_ts[lo:hi],
+            self._last_bought[lo:hi],
+            self._last_carted[lo:hi],
         )
 
 
@@ -243,6 +283,7 @@ _PAIR_STATS = {
     "weight": ("weight", "sum"),
     "last_ts": ("last_ts", "max"),
     "last_bought": ("last_bought", "max"),
+    "last_carted": ("last_carted", "max"),
 }
 
 
@@ -356,6 +397,34 @@ class Recommender:
         median price is treated as price-sensitive: substitutes for their cart are cheaper ones.
     threads
         Threads for ALS (0: all cores).
+    ranker
+        How the ``winback`` use orders its candidates: ``auto`` learns a ranker (:mod:`.learned`) from
+        the purchases of the last ``window_days`` before the end of the data, with the sources fitted on
+        what came before, and falls back to the fixed blend when there are too few of them to learn
+        from (or when the learned order does worse than the blend on customers held out);
+        ``blend`` always uses the fixed weights.
+    window_days, windows
+        The label windows of the learned ranker: ``windows`` of ``window_days`` each, the last ending
+        at the end of the data and each earlier one ``window_days / 2`` before the next.
+    min_customers
+        Customers of the label window, with a purchase among their candidates, needed to learn.
+    max_customers
+        At most this many customers' lists are learnt from, in all windows (a random sample of each
+        window's customers, the last window first).
+    sample_interactions
+        Above this many interactions before a label window, the sources the ranker learns from are
+        fitted on a random sample of customers (the window's sampled customers, and others) of about
+        this size, so that learning the ranker adds a fraction of the fit's time on large logs. Their
+        statistics are then noisier than those of the sources it serves with (measured below).
+    depth
+        Candidates asked of each source for the learned ranker (plus the products left out).
+
+    Attributes
+    ----------
+    ranker_ : LearnedRanker or None, the learned ranker of the ``winback`` use (None: the fixed blend)
+    ranker_reason_ : str, why it was learned or not, with its validation figures
+    ranker_report_ : dict, the learning's figures (customers, candidates, recall of the candidates,
+        recall@10 of the learned order and of the blend on the customers held out)
     """
 
     def __init__(
@@ -369,6 +438,13 @@ class Recommender:
         als_iterations: int = 8,
         price_sensitive_below: float = 0.85,
         threads: int = 0,
+        ranker: str = "auto",
+        window_days: float = 30.0,
+        min_customers: int = 50,
+        max_customers: int = 2000,
+        sample_interactions: int = 300_000,
+        depth: int = 30,
+        windows: int = 3,
     ) -> None:
         self.weights = weights
         self.recent_days = recent_days
@@ -379,6 +455,13 @@ class Recommender:
         self.als_iterations = als_iterations
         self.price_sensitive_below = price_sensitive_below
         self.threads = threads
+        self.ranker = ranker
+        self.window_days = window_days
+        self.min_customers = min_customers
+        self.max_customers = max_customers
+        self.sample_interactions = sample_interactions
+        self.depth = depth
+        self.windows = windows
 
     # ----------------------------------------------------------------- fitting
     def fit(
@@ -397,6 +480,8 @@ class Recommender:
             raise BadInputError(
                 "interactions: none to learn from (no views, carts or purchases before as-of)"
             )
+        if self.ranker not in RANKERS:
+            raise BadInputError(f"ranker {self.ranker!r}: expected one of {', '.join(RANKERS)}")
         with shared_codes():  # every source codes the same user and product columns
             return self._fit(frame, products, stock)
 
@@ -444,7 +529,142 @@ class Recommender:
                 dict(zip(products["product_id"].astype(str), products["in_stock"], strict=True))
             )
         self.price_ratio_ = self._price_ratios(frame)
+        self.item_stats_ = ItemStats().fit(
+            frame, self.now_, self.popularity_.scores_, set(self.repeat_.replenishable_.index), self.affinity_
+        )
+        self.ranker_: LearnedRanker | None = None
+        self.ranker_report_: dict[str, Any] = {}
+        if self.ranker == "blend":
+            self.ranker_reason_ = "fixed blend (ranker='blend')"
+        else:
+            self._learn_ranker(frame)
         return self
+
+    def _learn_ranker(self, frame: pd.DataFrame) -> None:
+        """Learn the ``winback`` use's ranker from :attr:`windows` label windows of ``window_days``
+        before the end of ``frame``, ``window_days / 2`` apart: for each, the sources fitted on the
+        interactions before it, each customer's candidates at its start, labelled by what they bought
+        in it. A fifth of the customers are held out to stop adding trees and to check that the learned
+        order beats the blend's; the ranker is then refitted on all of them."""
+        days = f"{self.window_days:g}"
+        rng = np.random.default_rng(0)
+        examples: list[tuple[str, np.ndarray, np.ndarray]] = []  # (customer, features, labels)
+        wanted = found = asked = sampled = 0
+        seconds = {"sources": 0.0, "candidates": 0.0, "lightgbm": 0.0}
+        log_ = _CodedLog(frame)
+        for window in range(self.windows):
+            cut = self.now_ - self.window_days * DAY * (1 + window / 2)
+            buyers = log_.buyers(cut, cut + self.window_days * DAY)
+            if window == 0 and buyers.size < self.min_customers:
+                self._fall_back(
+                    f"too little data to learn a ranker: {buyers.size} known customers bought in the "
+                    f"last {days} days (need {self.min_customers})"
+                )
+                return
+            room = self.max_customers - asked
+            if buyers.size < self.min_customers // 2 or room <= 0:  # earlier windows: what they add
+                break
+            if buyers.size > room:
+                buyers = np.sort(rng.choice(buyers, room, replace=False))
+            bought = log_.bought(buyers, cut, cut + self.window_days * DAY)
+            rows = log_.sample_before(cut, buyers, self.sample_interactions, rng)
+            sampled += int(rows.sum())
+            started = time.perf_counter()
+            inner = self._inner().fit(frame[rows].reset_index(drop=True))
+            seconds["sources"] += time.perf_counter() - started
+            started = time.perf_counter()
+            for user, products in bought.items():
+                history = inner.histories_.of(user)
+                if history is None:
+                    continue
+                asked += 1
+                skip = inner._unavailable(history, cut)
+                slate = build_slate(
+                    inner, user, history, cut, skip, self.depth + len(skip), als_list=self._als_list()
+                )
+                labels = np.array([p in products for p in slate.products], dtype=float)
+                wanted += len(products)
+                found += int(labels.sum())
+                if labels.any():
+                    examples.append((user, slate.x, labels))
+            seconds["candidates"] += time.perf_counter() - started
+        report: dict[str, Any] = {
+            "seconds": seconds,
+            "window_days": self.window_days,
+            "windows": self.windows,
+            "customers": asked,
+            "learnt_from": len(examples),
+            "pairs": int(sum(len(y) for _, _, y in examples)),
+            "candidate_recall": round(found / max(wanted, 1), 4),
+            "sampled_interactions": sampled,
+        }
+        self.ranker_report_ = report
+        if len(examples) < self.min_customers:
+            self._fall_back(
+                f"too little data to learn a ranker: {len(examples)} customers bought one of their "
+                f"candidates in the label windows (need {self.min_customers})"
+            )
+            return
+        # Held out by customer: the same customer's windows are alike.
+        customers = sorted({u for u, _, _ in examples})
+        held = set(rng.permutation(np.array(customers, dtype=object))[: max(len(customers) // 5, 1)].tolist())
+        train = [e for e in examples if e[0] not in held]
+        valid = [e for e in examples if e[0] in held]
+        started = time.perf_counter()
+        trial = LearnedRanker(base="blend").fit(*_stacked(train), FEATURES, validation=_stacked(valid))
+        learned = _recall_at(trial, valid)
+        blend = _recall_at(None, valid)
+        report.update(
+            held_out=len(valid),
+            trees=trial.best_iteration_,
+            held_out_recall_learned=round(learned, 4),
+            held_out_recall_blend=round(blend, 4),
+        )
+        figures = (
+            f"recall@10 of the candidates' purchases on {len(valid)} lists held out: "
+            f"learned {learned:.3f}, blend {blend:.3f}"
+        )
+        if learned < blend:
+            self._fall_back(f"the learned ranker did not beat the fixed blend ({figures})")
+            return
+        self.ranker_ = LearnedRanker(base="blend", n_estimators=trial.best_iteration_).fit(
+            *_stacked(examples), FEATURES
+        )
+        seconds["lightgbm"] = time.perf_counter() - started
+        report["seconds"] = {part: round(took, 2) for part, took in seconds.items()}
+        report["importance"] = {
+            name: round(gain, 1)
+            for name, gain in sorted(self.ranker_.importance_.items(), key=lambda item: -item[1])[:10]
+        }
+        self.ranker_reason_ = (
+            f"learned ranker from {len(examples)} lists of customers who bought in the {days} days after "
+            f"them ({figures})"
+        )
+        log.info("recommender: %s", self.ranker_reason_)
+
+    def _inner(self) -> Recommender:
+        """A recommender with the same settings that blends (for the label windows)."""
+        return Recommender(
+            weights=self.weights,
+            recent_days=self.recent_days,
+            cart_days=self.cart_days,
+            left_half_life_days=self.left_half_life_days,
+            half_life_days=self.half_life_days,
+            factors=self.factors,
+            als_iterations=self.als_iterations,
+            price_sensitive_below=self.price_sensitive_below,
+            threads=self.threads,
+            ranker="blend",
+        )
+
+    def _als_list(self) -> bool:
+        """Whether ALS proposes candidates of its own to the learned ranker (small catalogues only)."""
+        return self.als_ is not None and len(self.als_.items_) <= ALS_LIST_PRODUCTS
+
+    def _fall_back(self, reason: str) -> None:
+        self.ranker_ = None
+        self.ranker_reason_ = f"fixed blend: {reason}"
+        log.info("recommender: %s", self.ranker_reason_)
 
     def _price_ratios(self, frame: pd.DataFrame) -> dict[str, float]:
         """Each customer's median carted price relative to the median price of its category."""
@@ -504,14 +724,19 @@ class Recommender:
         raise BadInputError(f"use {use!r}: expected one of {', '.join(USES)}")
 
     @_one_blas_thread
-    def for_user(self, user_key: str, k: int = 10, now: float | None = None) -> Candidates:
-        """What a lapsing customer is likely to buy next (the ``winback`` use)."""
+    def for_user(
+        self, user_key: str, k: int = 10, now: float | None = None, *, learned: bool = True
+    ) -> Candidates:
+        """What a lapsing customer is likely to buy next (the ``winback`` use): ordered by the learned
+        ranker if there is one (:attr:`ranker_`) and ``learned``, else by the fixed blend."""
         k = check_k(k)
         history = self.histories_.of(user_key)
         if history is None:
             return Candidates(reason=f"unknown customer {user_key}: no interactions yet (cold start)")
         moment = self.now_ if now is None else float(now)
         skip = self._unavailable(history, moment)
+        if learned and getattr(self, "ranker_", None) is not None:
+            return self._ranked(user_key, history, moment, skip, k)
         wide = _depth(k, skip)
         recent = history.products[:HISTORY_ITEMS]
         bought = history.products[~np.isnan(history.last_bought)][:HISTORY_ITEMS]
@@ -539,6 +764,59 @@ class Recommender:
         # reasons.
         return _blend(lists, k, skip, fallback=self._fallback(wide), prefer=(0, 2))
 
+    def _ranked(self, user_key: str, history: History, now: float, skip: set[str], k: int) -> Candidates:
+        """The ``winback`` list in the learned ranker's order; each product's reason from the source
+        that contributed most to its score (an item left in a cart or due again says so first)."""
+        assert self.ranker_ is not None
+        slate = build_slate(
+            self, user_key, history, now, skip, max(self.depth, k) + len(skip), als_list=self._als_list()
+        )
+        if not slate.products:
+            return Candidates(
+                reason=f"nothing to propose to customer {user_key}: every candidate is left out"
+            )
+        scores = self.ranker_.predict(slate.x)
+        # Equal scores (trees' scores are steps) keep the order the candidates were gathered in:
+        # left items, items due, then the sources' own orders.
+        top = np.argsort(-scores, kind="stable")[:k]
+        reasons = self._contributors(slate, top, scores)
+        return Candidates(
+            Candidate(slate.products[i], round(float(1 / (1 + np.exp(-scores[i]))), 6), reason)
+            for i, reason in zip(top, reasons, strict=True)
+        )
+
+    def _contributors(self, slate: Slate, rows: np.ndarray, scores: np.ndarray) -> list[str]:
+        """Per row, the reason of the source whose removal would lower its score most (what it proposed
+        left out: its score, rank and share of the blend), among the sources that proposed it."""
+        assert self.ranker_ is not None
+        reasons: list[str] = [""] * len(rows)
+        asked: list[tuple[int, str]] = []
+        trials: list[np.ndarray] = []
+        blend = FEATURES.index("blend")
+        for n, row in enumerate(rows.tolist()):
+            product = slate.products[row]
+            proposers = [s for s in SOURCES if product in slate.reasons[s]]
+            preferred = [s for s in ("left", "repeat") if s in proposers]
+            if preferred or len(proposers) == 1:
+                reasons[n] = slate.reasons[(preferred or proposers)[0]][product]
+                continue
+            for source in proposers:
+                x = slate.x[row].copy()
+                x[blend] -= slate.blend_weights[source] * x[SOURCE_COLUMNS[source][0]]
+                x[SOURCE_COLUMNS[source]] = np.nan
+                asked.append((n, source))
+                trials.append(x)
+        if trials:
+            without = self.ranker_.predict(np.vstack(trials))
+            best: dict[int, tuple[float, str]] = {}
+            for (n, source), score in zip(asked, without.tolist(), strict=True):
+                drop = float(scores[rows[n]]) - score
+                if n not in best or drop > best[n][0]:
+                    best[n] = (drop, source)
+            for n, (_, source) in best.items():
+                reasons[n] = slate.reasons[source][slate.products[rows[n]]]
+        return reasons
+
     def left_in_carts(self, user_key: str, now: float, history: History | None = None) -> Candidates:
         """Products of the customer's open carts not bought since, most recent first; scored by
         recency (halving every ``left_half_life_days``), for carts active within ``cart_days``."""
@@ -560,9 +838,7 @@ class Recommender:
                 age[product] = min(days, age.get(product, np.inf))
         ranked = sorted(age.items(), key=lambda item: (item[1], item[0]))
         return Candidates(
-            Candidate(
-                p, round(0.5 ** (days / self.left_half_life_days), 6), f"left in your cart {_ago(days)}"
-            )
+            Candidate(p, round(0.5 ** (days / self.left_half_life_days), 6), f"left in your cart {ago(days)}")
             for p, days in ranked
         )
 
@@ -732,10 +1008,74 @@ def _blend(
     return Candidates(Candidate(p, round(s, 6), best[p][1]) for p, s in ranked)
 
 
-def _ago(days: float) -> str:
-    """``today``, ``yesterday`` or ``N days ago``, to the nearest day."""
-    whole = round(days)
-    return "today" if whole == 0 else "yesterday" if whole == 1 else f"{whole} days ago"
+class _CodedLog:
+    """The interactions as integer codes (those :func:`shared_codes` shares with the sources), to pick
+    the label windows' customers and samples without string operations on a large log."""
+
+    def __init__(self, frame: pd.DataFrame) -> None:
+        self.users, self.user_ids = _factorised(frame["user_key"])
+        self.items, self.item_ids = _factorised(frame["product_id"])
+        self.ts = frame["ts"].to_numpy(float)
+        self.purchase = (frame["kind"] == "purchase").to_numpy()
+        first = np.full(len(self.user_ids), np.inf)
+        seen = pd.Series(self.ts).groupby(self.users, sort=True).min()
+        first[seen.index.to_numpy()] = seen.to_numpy(float)
+        self.first_seen = first
+
+    def _in_window(self, start: float, end: float) -> np.ndarray:
+        return self.purchase & (self.ts >= start) & (self.ts < end) & (self.first_seen[self.users] < start)
+
+    def buyers(self, start: float, end: float) -> np.ndarray:
+        """Codes of the customers known before ``start`` who bought in ``[start, end)``."""
+        return np.unique(self.users[self._in_window(start, end)])
+
+    def bought(self, buyers: np.ndarray, start: float, end: float) -> dict[str, set[str]]:
+        """What each of ``buyers`` (codes) bought in ``[start, end)``, by customer id."""
+        chosen = np.zeros(len(self.user_ids), dtype=bool)
+        chosen[buyers] = True
+        rows = np.flatnonzero(self._in_window(start, end) & chosen[self.users])
+        out: dict[str, set[str]] = {}
+        for user, item in zip(self.users[rows].tolist(), self.items[rows].tolist(), strict=True):
+            out.setdefault(str(self.user_ids[user]), set()).add(str(self.item_ids[item]))
+        return out
+
+    def sample_before(self, cut: float, keep: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+        """The rows before ``cut`` of the customers ``keep`` (codes) and of others drawn at random,
+        about ``size`` rows in all (whole customers: their histories stay whole)."""
+        before = self.ts < cut
+        counts = np.bincount(self.users[before], minlength=len(self.user_ids))
+        chosen = np.zeros(len(self.user_ids), dtype=bool)
+        if int(counts.sum()) <= size:
+            chosen[:] = True
+        else:
+            chosen[keep] = True
+            others = rng.permutation(np.flatnonzero(~chosen & (counts > 0)))
+            room = size - int(counts[chosen].sum())
+            if room > 0 and others.size:
+                chosen[others[np.cumsum(counts[others]) <= room]] = True
+        return before & chosen[self.users]
+
+
+def _stacked(examples: list[tuple[str, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Features, labels and group sizes of ``examples`` (customer, features, labels) for LightGBM."""
+    return (
+        np.vstack([x for _, x, _ in examples]),
+        np.concatenate([y for _, _, y in examples]),
+        np.array([len(y) for _, _, y in examples]),
+    )
+
+
+def _recall_at(
+    ranker: LearnedRanker | None, examples: list[tuple[str, np.ndarray, np.ndarray]], k: int = 10
+) -> float:
+    """Mean share of each list's labelled candidates in the top ``k`` of ``ranker``'s order (the
+    blend's if None)."""
+    recalls = []
+    for _, x, y in examples:
+        scores = ranker.predict(x) if ranker is not None else x[:, FEATURES.index("blend")]
+        top = np.argsort(-scores, kind="stable")[:k]
+        recalls.append(y[top].sum() / max(y.sum(), 1.0))
+    return float(np.mean(recalls)) if recalls else 0.0
 
 
 def _answer(asked: Asked) -> Candidates:

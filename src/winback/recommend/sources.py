@@ -310,6 +310,19 @@ class ItemNeighbours:
         left out unless ``include_query`` (then each counts its similarity 1 to itself: a product the
         customer chose before may come back, as an abandoned cart's items do); ``exclude`` always is.
         """
+        return self.query(product_ids, k, exclude, weights=weights, include_query=include_query)[0]
+
+    def query(
+        self,
+        product_ids: Sequence[str],
+        k: int = 10,
+        exclude: Iterable[str] = (),
+        *,
+        weights: Sequence[float] | None = None,
+        include_query: bool = False,
+    ) -> tuple[Candidates, np.ndarray]:
+        """:meth:`for_items`, and the score of every product (``items_`` order; zeros if none of the
+        query is known): the learned ranker reads it for candidates other sources proposed."""
         k = check_k(k)
         if weights is not None and len(weights) != len(product_ids):
             raise BadInputError(f"weights: expected one per product ({len(product_ids)}), got {len(weights)}")
@@ -321,7 +334,7 @@ class ItemNeighbours:
         query = list(given)
         known = [p for p in query if p in self.item_index_]
         if not known:
-            return Candidates(reason=_unknown(query))
+            return Candidates(reason=_unknown(query)), np.zeros(len(self.items_))
         rows = np.array([self.item_index_[p] for p in known], dtype=np.intp)
         factors = np.array([given[p] for p in known], dtype=float)
         block = self._cosines[rows]
@@ -334,7 +347,8 @@ class ItemNeighbours:
                 eligible[self.item_index_[str(p)]] = False
         top = top_indices(scores, k, eligible)
         if not top.size:
-            return Candidates(reason=f"no other product shares customers with {', '.join(query[:3])}")
+            reason = f"no other product shares customers with {', '.join(query[:3])}"
+            return Candidates(reason=reason), scores
         # The query item that gave each most: its cosine looked up in each (sorted) row.
         dense = np.zeros((len(rows), top.size))
         for i in range(len(rows)):
@@ -345,10 +359,11 @@ class ItemNeighbours:
                 found = columns[at] == top
                 dense[i, found] = factors[i] * block.data[lo:hi][at[found]]
         strongest = dense.argmax(axis=0)
-        return Candidates(
+        found = Candidates(
             Candidate(str(self.items_[j]), round(float(scores[j]), 6), self._reason(j, rows[s]))
             for j, s in zip(top, strongest, strict=True)
         )
+        return found, scores
 
     def _reason(self, item: int, because: int) -> str:
         if item == because:

@@ -122,7 +122,11 @@ def train_recommend(tables: FeatureTables, as_of: pd.Timestamp | None = None) ->
     model = Recommender(threads=tables.settings.threads or 0).fit(frame)
     took = time.perf_counter() - start
     notes: list[str] = []
-    metrics: dict[str, Any] = {"fit_seconds": round(took, 2), "interactions": len(frame)}
+    metrics: dict[str, Any] = {
+        "fit_seconds": round(took, 2),
+        "interactions": len(frame),
+        "ranker": model.ranker_report_,
+    }
     cut = frame["ts"].max() - EVAL_TEST_DAYS * 86_400
     try:
         table = evaluate_split(time_split(frame, float(cut)))
@@ -145,6 +149,7 @@ def train_recommend(tables: FeatureTables, as_of: pd.Timestamp | None = None) ->
             "customers": len(model.histories_),
             "products": len(model.neighbours_.items_),
             "open_carts": len(model.carts_),
+            "ranker": model.ranker_reason_,
         },
         metrics=metrics,
         notes=notes,
