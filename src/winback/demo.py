@@ -182,6 +182,7 @@ def run_demo(
         f" --home {settings.home})\n"
         f"  scores           {', '.join(predictions['files'].values()) or 'none (too little history)'}\n"
         f"  report           {measured['out']}   (winback report --home {settings.home} --out report.html)\n"
+        + "".join(f"     {line}\n" for line in measured["headline"])
         + (
             f"  live loop        {live_summary['home']}/ (state.db, logs/)\n"
             if live_summary and "home" in live_summary
@@ -278,10 +279,11 @@ def _measure(settings: Settings, console: Console) -> dict[str, Any]:
 
     console.print("8. measuring: what winback's decisions changed against the holdout, and the report")
     result = write_report(settings, Filters(), settings.home / "demo" / "report.html")
-    for line in headline_lines(result.summary):
+    headline = headline_lines(result.summary)
+    for line in headline:
         console.print(f"   {line}")
     console.print(f"   report ({result.seconds:.1f} s) -> {result.path}")
-    return {"out": str(result.path), **result.summary}
+    return {"out": str(result.path), "headline": headline, **result.summary}
 
 
 def demo_horizon(days: int) -> int:
