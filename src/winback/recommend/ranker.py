@@ -530,7 +530,12 @@ class Recommender:
             )
         self.price_ratio_ = self._price_ratios(frame)
         self.item_stats_ = ItemStats().fit(
-            frame, self.now_, self.popularity_.scores_, set(self.repeat_.replenishable_.index), self.affinity_
+            frame,
+            self.now_,
+            self.popularity_.scores_,
+            set(self.repeat_.replenishable_.index),
+            self.affinity_,
+            self.histories_.index_,
         )
         self.ranker_: LearnedRanker | None = None
         self.ranker_report_: dict[str, Any] = {}

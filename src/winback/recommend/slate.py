@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from winback.recommend.sources import Candidate, Candidates, _catalogue, _factorised
+from winback.recommend.sources import Candidate, Candidates, _catalogue, _factorised, _pairs
 
 if TYPE_CHECKING:
     from winback.recommend.affinity import CategoryAffinity
@@ -119,9 +119,12 @@ class ItemStats:
         popularity: pd.Series,
         replenishable: set[str],
         affinity: CategoryAffinity,
+        user_index: dict[str, int] | None = None,
     ) -> ItemStats:
         """The product columns of ``frame`` at ``now``; ``popularity`` is the popularity source's
-        scores, ``replenishable`` the repeat source's products."""
+        scores, ``replenishable`` the repeat source's products; ``user_index`` the customers' codes
+        if already made (the :class:`~winback.recommend.ranker.Histories` index of the same frame: a
+        copy is kept, as the histories change with new interactions)."""
         codes, items = _factorised(frame["product_id"])
         n = len(items)
         ids = items.tolist()
@@ -131,9 +134,10 @@ class ItemStats:
         interactions = np.bincount(codes, minlength=n).astype(float)
         purchases = np.bincount(codes[bought], minlength=n).astype(float)
         user_codes, users = _factorised(frame["user_key"])
-        width = max(len(users), 1)
-        buyer_pairs = np.unique(codes[bought].astype(np.int64) * width + user_codes[bought])
-        buyers = np.bincount(buyer_pairs // width, minlength=n).astype(float)
+        pair_codes, pair_keys, pair_width = _pairs(frame)  # each (customer, product) pair once
+        bought_pair = np.zeros(len(pair_keys), dtype=bool)
+        bought_pair[pair_codes[bought]] = True
+        buyers = np.bincount(pair_keys[bought_pair] % pair_width, minlength=n).astype(float)
         age = np.maximum(now - ts, 0.0) / DAY
         week = np.bincount(codes, weights=0.5 ** (age / 7), minlength=n)
         month = np.bincount(codes, weights=0.5 ** (age / 30), minlength=n)
@@ -149,7 +153,9 @@ class ItemStats:
                 level = np.log(price / median)
         in_category = np.bincount(category, weights=interactions, minlength=n)
         width = max(len(affinity.categories_), 1)
-        self.user_index_ = {u: i for i, u in enumerate(users.tolist())}
+        self.user_index_ = (
+            dict(user_index) if user_index is not None else {u: i for i, u in enumerate(users.tolist())}
+        )
         row_category = category[codes]
 
         def per_category(kind: str) -> sp.csr_matrix:
