@@ -42,8 +42,16 @@ def redis_client() -> redis.Redis:
     return client
 
 
+def _is_winback(process: psutil.Process) -> bool:
+    """A live ``winback`` process (an exited one not reaped yet, left by another test, is not)."""
+    try:
+        return process.status() != psutil.STATUS_ZOMBIE and "winback.cli" in " ".join(process.cmdline())
+    except psutil.Error:  # gone, or a zombie, meanwhile
+        return False
+
+
 def _winback_children() -> list[psutil.Process]:
-    return [p for p in psutil.Process().children(recursive=True) if "winback.cli" in " ".join(p.cmdline())]
+    return [p for p in psutil.Process().children(recursive=True) if _is_winback(p)]
 
 
 def test_the_live_loop_end_to_end(tmp_path: Path, redis_client: redis.Redis) -> None:
@@ -124,9 +132,7 @@ def test_ctrl_c_stops_every_service_before_the_demo_exits(tmp_path: Path, redis_
                 (logs / f"{n}.log").exists() and "ready" in (logs / f"{n}.log").read_text()
                 for n in ("detect", "worker")
             )
-            services = [
-                p for p in psutil.Process(demo.pid).children() if "winback.cli" in " ".join(p.cmdline())
-            ]
+            services = [p for p in psutil.Process(demo.pid).children() if _is_winback(p)]
             if ready and len(services) == 4:
                 break
             time.sleep(0.1)
