@@ -27,6 +27,7 @@ are per customer).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -38,7 +39,7 @@ import pandas as pd
 from winback.errors import BadInputError
 from winback.features.carts import CART_FEATURES, cart_snapshots
 from winback.features.customers import CUSTOMER_FEATURES, customer_features
-from winback.measure.data import Filters, MeasureData
+from winback.measure.data import Filters, MeasureData, Period
 from winback.models.metrics import auc_margin, binary_report
 from winback.models.registry import ModelCard, load_model
 
@@ -214,20 +215,32 @@ def _from_card(health: ModelHealth, card: ModelCard, auc_of: Any) -> None:
     )
 
 
-def abandonment_health(data: MeasureData, filters: Filters, *, sample: int = HEALTH_SAMPLE) -> ModelHealth:
-    """The abandonment model's health (see the module docstring): on at most ``sample`` carts for
-    its quality and on each side of the drift."""
-    health = ModelHealth("abandonment")
+def _deployed(
+    data: MeasureData, filters: Filters, task: str, features: Sequence[str]
+) -> tuple[ModelHealth, tuple[Any, ModelCard, Period] | None]:
+    """The health record of ``task``'s deployed model, and (model, card, period), or None when there is
+    no model (the note says why) or no data in the period."""
+    health = ModelHealth(task)
     period = data.period(filters)
     try:
-        model, card = load_model(data.settings, "abandonment", features=list(CART_FEATURES))
+        model, card = load_model(data.settings, task, features=list(features))
     except BadInputError as error:
         health.notes.append(str(error))
-        return health
+        return health, None
     health.version, health.trained_to = card.version, card.as_of
     if period is None:
         health.status = "no data"
+        return health, None
+    return health, (model, card, period)
+
+
+def abandonment_health(data: MeasureData, filters: Filters, *, sample: int = HEALTH_SAMPLE) -> ModelHealth:
+    """The abandonment model's health (see the module docstring): on at most ``sample`` carts for
+    its quality and on each side of the drift."""
+    health, deployed = _deployed(data, filters, "abandonment", CART_FEATURES)
+    if deployed is None:
         return health
+    model, card, period = deployed
     cut = pd.Timestamp(card.as_of)
     cut = cut.tz_localize("UTC") if cut.tzinfo is None else cut
     start = min(cut, period.until) - timedelta(days=DRIFT_DAYS)
@@ -299,17 +312,10 @@ def abandonment_health(data: MeasureData, filters: Filters, *, sample: int = HEA
 def churn_health(data: MeasureData, filters: Filters, *, sample: int = HEALTH_SAMPLE) -> ModelHealth:
     """The churn model's health (see the module docstring): on at most ``sample`` customers for its
     quality and on each side of the drift."""
-    health = ModelHealth("churn")
-    period = data.period(filters)
-    try:
-        model, card = load_model(data.settings, "churn", features=list(CUSTOMER_FEATURES))
-    except BadInputError as error:
-        health.notes.append(str(error))
+    health, deployed = _deployed(data, filters, "churn", CUSTOMER_FEATURES)
+    if deployed is None:
         return health
-    health.version, health.trained_to = card.version, card.as_of
-    if period is None:
-        health.status = "no data"
-        return health
+    model, card, period = deployed
     horizon = int(card.params.get("horizon_days", data.settings.churn_horizon_days))
     cut = pd.Timestamp(card.as_of)
     cut = cut.tz_localize("UTC") if cut.tzinfo is None else cut
