@@ -50,14 +50,36 @@ def _is_winback(process: psutil.Process) -> bool:
         return False
 
 
-def _winback_children() -> list[psutil.Process]:
-    return [p for p in psutil.Process().children(recursive=True) if _is_winback(p)]
+def _winback_children(since: float = 0.0) -> list[psutil.Process]:
+    """This process's live ``winback`` descendants started at or after ``since`` (a wall-clock time), so
+    that a process another test left behind is not counted against this one."""
+    found = []
+    for process in psutil.Process().children(recursive=True):
+        try:
+            if _is_winback(process) and process.create_time() >= since - 1:  # create_time has coarse ticks
+                found.append(process)
+        except psutil.Error:
+            continue
+    return found
+
+
+def _left_running(since: float, grace: float = 10.0) -> list[str]:
+    """The command lines of the ``winback`` processes started since ``since`` still running after
+    ``grace`` seconds (one that is stopping gets time to finish)."""
+    _, alive = psutil.wait_procs(_winback_children(since), timeout=grace)
+    left = []
+    for process in alive:
+        try:
+            left.append(f"{process.pid}: {' '.join(process.cmdline())}")
+        except psutil.Error:
+            continue
+    return left
 
 
 def test_the_live_loop_end_to_end(tmp_path: Path, redis_client: redis.Redis) -> None:
     settings = load_settings(home=tmp_path / "home", redis_url=REDIS_URL)
     printed = io.StringIO()
-    started = time.monotonic()
+    started, since = time.monotonic(), time.time()
     summary = run_live(settings, Console(file=printed, width=110), seed=3, options=TINY, number="9")
     took = time.monotonic() - started
     text = printed.getvalue()
@@ -93,7 +115,7 @@ def test_the_live_loop_end_to_end(tmp_path: Path, redis_client: redis.Redis) -> 
     assert (codes["consume"], codes["detect"], codes["worker"]) == (0, 0, 0)
     assert codes["serve"] in (0, -signal.SIGTERM)  # uvicorn re-raises SIGTERM after its clean shutdown
     assert not any(psutil.pid_exists(pid) for pid in summary["pids"].values())
-    assert _winback_children() == []
+    assert _left_running(since) == []
     assert redis_client.exists(summary["stream"]) == 0
     assert "decided (" in summary["said"]["detect"]
 
