@@ -82,6 +82,47 @@ def test_cosine_matches_implicit(shop: pd.DataFrame) -> None:
         assert s == pytest.approx(theirs[p], rel=1e-4)
 
 
+def _random_shop(users: int = 40, products: int = 30, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows: list[dict] = []
+    for u in range(users):
+        chosen = rng.choice(products, size=6, replace=False)
+        kinds = rng.choice(["view", "cart", "purchase"], size=6, p=[0.6, 0.25, 0.15])
+        for i, (p, kind) in enumerate(zip(chosen, kinds, strict=True)):
+            rows += _rows(f"u{u}", [f"p{p}"], str(kind), NOW - i * DAY)
+    return with_weights(pd.DataFrame(rows))
+
+
+def test_each_product_keeps_only_its_closest_neighbours() -> None:
+    """Item-kNN's usual pruning: each product keeps its ``neighbours`` strongest similarities (itself
+    first, then the closest; of equal ones the first products); a query sums the kept ones."""
+    frame = _random_shop()
+    full = ItemNeighbours(neighbours=0).fit(frame)
+    kept = ItemNeighbours(neighbours=4).fit(frame)
+    assert full._cosines.nnz > kept._cosines.nnz == 4 * len(kept.items_)
+    for i in range(len(full.items_)):
+        row = full._cosines[i]
+        strongest = row.indices[np.lexsort((row.indices, -row.data))[:4]]
+        assert sorted(kept._cosines[i].indices) == sorted(strongest)
+        assert kept._cosines[i, i] == pytest.approx(1.0)  # a product is its own closest
+        assert len(kept.similar(str(kept.items_[i]), k=10)) <= 3
+
+    history, weights = ["p1", "p2", "p3", "p5", "p8"], [5.0, 1.0, 3.0, 1.0, 2.0]
+    found, scores = kept.query(history, k=10, weights=weights, include_query=True)
+    assert len(found) == 10
+    rows = [kept.item_index_[p] for p in history]
+    np.testing.assert_allclose(scores, kept._cosines[rows].T @ np.array(weights))
+    assert [c.product_id for c in found] == [
+        str(kept.items_[j]) for j in np.lexsort((np.arange(scores.size), -scores))[: len(found)]
+    ]
+    for candidate in found:  # the reason names the history item that gave it most
+        j = kept.item_index_[candidate.product_id]
+        gave = kept._cosines[rows, j].toarray().ravel() * weights
+        assert candidate.reason == kept._reason(j, rows[int(np.argmax(gave))])
+    with pytest.raises(BadInputError, match="neighbours -1"):
+        ItemNeighbours(neighbours=-1).fit(frame)
+
+
 def test_learn_new_equals_a_full_fit(shop: pd.DataFrame) -> None:
     more = with_weights(
         pd.DataFrame(

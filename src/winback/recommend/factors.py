@@ -27,7 +27,7 @@ from threadpoolctl import threadpool_limits
 
 from winback.errors import BadInputError
 from winback.recommend.interactions import check_interactions
-from winback.recommend.sources import Candidate, Candidates, check_k, top_indices
+from winback.recommend.sources import Candidate, Candidates, _factorised, check_k, top_indices
 
 
 class ALSFactors:
@@ -103,8 +103,8 @@ class ALSFactors:
         weights = frame["weight"].to_numpy(dtype=float)
         if not np.all(np.isfinite(weights) & (weights >= 0)):
             raise BadInputError("interactions column 'weight': expected finite numbers >= 0")
-        user_codes, users = pd.factorize(frame["user_key"].astype(str), sort=True)
-        item_codes, items = pd.factorize(frame["product_id"].astype(str), sort=True)
+        user_codes, users = _factorised(frame["user_key"])  # shared with the other sources in a fit
+        item_codes, items = _factorised(frame["product_id"])
         self.users_ = np.asarray(users, dtype=object)
         self.items_ = np.asarray(items, dtype=object)
         self.user_index_ = {u: i for i, u in enumerate(self.users_)}

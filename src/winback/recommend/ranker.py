@@ -28,10 +28,13 @@ product) gets an empty list with the reason; a ``k`` out of range is a usage err
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -349,6 +352,13 @@ def _one_blas_thread(
     return limited
 
 
+def _cores() -> int:
+    """The CPU cores this process may use."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def _stock_set(stock: Mapping[str, object] | pd.Series | None) -> set[str]:
     """Products out of stock: a mapping product -> units (or in-stock flag); 0 / False is out."""
     if stock is None:
@@ -503,6 +513,32 @@ class Recommender:
             weights[use].update(given)
         self.weights_ = weights
         self.now_ = float(frame["ts"].max())
+        _, users = _factorised(frame["user_key"])  # coded before ALS's thread reads the shared codes
+        wants_als = self.factors > 0 and len(users) >= 2 and len(items) > self.factors
+        self.als_list_ = wants_als and len(items) <= ALS_LIST_PRODUCTS
+        # ALS, the longest part, learns in a thread of its own beside the others (which are mostly
+        # single-threaded NumPy, pandas and SciPy, releasing the GIL as it does).
+        threads = self.threads or _cores()
+        als = (
+            ALSFactors(factors=self.factors, iterations=self.als_iterations, threads=max(threads - 1, 1))
+            if wants_als
+            else None
+        )
+        with ThreadPoolExecutor(1, thread_name_prefix="winback-als") as pool:
+            learning = None
+            if als is not None and threads > 1:
+                learning = pool.submit(contextvars.copy_context().run, als.fit, frame)
+            self._fit_rest(frame, products, stock)
+            self.als_ = learning.result() if learning else als.fit(frame) if als else None
+        return self
+
+    def _fit_rest(
+        self,
+        frame: pd.DataFrame,
+        products: pd.DataFrame | None,
+        stock: Mapping[str, object] | pd.Series | None,
+    ) -> None:
+        """Every source but ALS, the tables of the learned ranker's features, and the ranker."""
         self.neighbours_ = ItemNeighbours().fit(frame)
         self.rules_ = BasketRules().fit(frame)
         self.complements_ = BasketRules(**COMPLEMENT_RULES).fit(frame)
@@ -511,13 +547,6 @@ class Recommender:
         self.popularity_ = Popularity(self.half_life_days).fit(frame)
         self.affinity_ = CategoryAffinity().fit(frame)
         self.repeat_ = RepeatPurchases().fit(frame)
-        self.als_ = (
-            ALSFactors(factors=self.factors, iterations=self.als_iterations, threads=self.threads).fit(frame)
-            if self.factors > 0
-            and frame["user_key"].nunique() >= 2
-            and frame["product_id"].nunique() > self.factors
-            else None
-        )
         self.histories_ = Histories(frame)
         self.carts_, self.cart_seen_ = _open_carts(frame, self.now_ - self.cart_days * 86_400)
         self.carts_of_: dict[str, list[str]] = {}
@@ -543,7 +572,6 @@ class Recommender:
             self.ranker_reason_ = "fixed blend (ranker='blend')"
         else:
             self._learn_ranker(frame)
-        return self
 
     def _learn_ranker(self, frame: pd.DataFrame) -> None:
         """Learn the ``winback`` use's ranker from :attr:`windows` label windows of ``window_days``
@@ -663,8 +691,11 @@ class Recommender:
         )
 
     def _als_list(self) -> bool:
-        """Whether ALS proposes candidates of its own to the learned ranker (small catalogues only)."""
-        return self.als_ is not None and len(self.als_.items_) <= ALS_LIST_PRODUCTS
+        """Whether ALS proposes candidates of its own to the learned ranker (small catalogues only;
+        known before ALS has finished learning)."""
+        if hasattr(self, "als_list_"):
+            return bool(self.als_list_)
+        return self.als_ is not None and len(self.als_.items_) <= ALS_LIST_PRODUCTS  # saved before
 
     def _fall_back(self, reason: str) -> None:
         self.ranker_ = None

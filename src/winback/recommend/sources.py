@@ -151,7 +151,8 @@ def _strongest(frame: pd.DataFrame, shape: tuple[int, int]) -> sp.csr_matrix:
 def top_indices(scores: np.ndarray, k: int, eligible: np.ndarray) -> np.ndarray:
     """Indices of the ``k`` highest positive eligible scores, best first (ties: lower index first;
     which of equal scores at the ``k``-th place make it is as one ``np.argpartition`` picks)."""
-    candidates = np.flatnonzero(eligible & (scores > 0))
+    candidates = np.flatnonzero(scores > 0)
+    candidates = candidates[eligible[candidates]]
     if candidates.size > k:
         values = scores[candidates]
         chosen = values >= _kth_highest(values, k)
@@ -176,6 +177,26 @@ def _kth_highest(values: np.ndarray, k: int) -> float:
     return float(np.partition(values, values.size - k)[values.size - k])
 
 
+def _strongest_per_row(matrix: sp.csr_matrix, n: int) -> sp.csr_matrix:
+    """``matrix`` (sorted rows) with each row's ``n`` largest entries only (0: unchanged); of equal
+    values at the ``n``-th place the lowest columns stay."""
+    lengths = np.diff(matrix.indptr)
+    long_rows = np.flatnonzero(lengths > n) if n else np.zeros(0, dtype=np.intp)
+    if not long_rows.size:
+        return matrix
+    keep = np.ones(matrix.nnz, dtype=bool)
+    for row in long_rows.tolist():
+        lo, hi = int(matrix.indptr[row]), int(matrix.indptr[row + 1])
+        values = matrix.data[lo:hi]
+        cut = np.partition(values, values.size - n)[values.size - n]
+        kept = values > cut
+        ties = np.flatnonzero(values == cut)[: n - int(np.count_nonzero(kept))]
+        kept[ties] = True
+        keep[lo:hi] = kept
+    indptr = np.r_[0, np.cumsum(np.minimum(lengths, n))]  # a long row keeps exactly n
+    return sp.csr_matrix((matrix.data[keep], matrix.indices[keep], indptr), shape=matrix.shape)
+
+
 def _fraction(x: float) -> str:
     return f"{x:.0%}"
 
@@ -192,6 +213,12 @@ class ItemNeighbours:
     shrink
         Added to the cosine's denominator: pulls similarities resting on few shared customers
         towards zero (0: plain cosine).
+    neighbours
+        The closest products each product keeps (0: all): item-kNN's usual pruning (Deshpande &
+        Karypis 2004). On 10M interactions a popular product co-occurs with up to 134,000 others, and a
+        customer's history has a median of 121,000 entries to sum (p99 590,000); kept to 500 each, a
+        query sums at most 25,000 (p99 of the learned ``for_user`` 4-5 -> 2-3 ms). Catalogues of up
+        to 500 products are not pruned. A product's list (:meth:`similar`) holds at most this many.
 
     Attributes
     ----------
@@ -201,14 +228,17 @@ class ItemNeighbours:
     cooccurrence_ : csr_matrix (items x items), ``user_items_.T @ user_items_``
     """
 
-    def __init__(self, shrink: float = 0.0) -> None:
+    def __init__(self, shrink: float = 0.0, neighbours: int = 500) -> None:
         self.shrink = shrink
+        self.neighbours = neighbours
 
     def fit(self, interactions: pd.DataFrame) -> ItemNeighbours:
         """Learn the co-occurrence counts from ``interactions`` (see :mod:`.interactions`)."""
         frame = check_interactions(interactions)
         if not self.shrink >= 0:
             raise BadInputError(f"shrink {self.shrink!r}: expected a number >= 0")
+        if isinstance(self.neighbours, bool) or not isinstance(self.neighbours, int) or self.neighbours < 0:
+            raise BadInputError(f"neighbours {self.neighbours!r}: expected an integer >= 0 (0: keep all)")
         _, self.users_ = _factorised(frame["user_key"])
         _, self.items_ = _factorised(frame["product_id"])
         self._index()
@@ -278,7 +308,10 @@ class ItemNeighbours:
             denominator = norms[rows] * norms[counts.indices[lo:hi]] + self.shrink
             np.divide(counts.data[lo:hi], denominator, out=data[lo:hi], where=denominator > 0)
         self._norms = norms
-        self._cosines = sp.csr_matrix((data, counts.indices, counts.indptr), shape=counts.shape)
+        self._cosines = _strongest_per_row(
+            sp.csr_matrix((data, counts.indices, counts.indptr), shape=counts.shape),
+            getattr(self, "neighbours", 0),  # 0 for a model pickled before there was a limit
+        )
 
     def __getstate__(self) -> dict[str, object]:
         state = self.__dict__.copy()
@@ -337,8 +370,15 @@ class ItemNeighbours:
             return Candidates(reason=_unknown(query)), np.zeros(len(self.items_))
         rows = np.array([self.item_index_[p] for p in known], dtype=np.intp)
         factors = np.array([given[p] for p in known], dtype=float)
-        block = self._cosines[rows]
-        scores = block.T @ factors  # each column's cosines times the factors, summed in query order
+        # The query rows' entries, gathered by slicing (scipy's fancy row indexing and matrix-vector
+        # product cost twice as much for the few rows of a query), then summed per column.
+        cosines = self._cosines
+        spans = [(int(cosines.indptr[r]), int(cosines.indptr[r + 1])) for r in rows.tolist()]
+        columns = np.concatenate([cosines.indices[lo:hi] for lo, hi in spans])
+        lengths = np.array([hi - lo for lo, hi in spans])
+        contributions = np.concatenate([cosines.data[lo:hi] for lo, hi in spans])
+        contributions *= np.repeat(factors, lengths)
+        scores = np.bincount(columns, weights=contributions, minlength=len(self.items_))
         eligible = np.ones(len(self.items_), dtype=bool)
         if not include_query:
             eligible[rows] = False
@@ -349,16 +389,17 @@ class ItemNeighbours:
         if not top.size:
             reason = f"no other product shares customers with {', '.join(query[:3])}"
             return Candidates(reason=reason), scores
-        # The query item that gave each most: its cosine looked up in each (sorted) row.
-        dense = np.zeros((len(rows), top.size))
-        for i in range(len(rows)):
-            lo, hi = block.indptr[i], block.indptr[i + 1]
-            columns = block.indices[lo:hi]
-            at = np.minimum(np.searchsorted(columns, top), max(hi - lo - 1, 0))
-            if hi > lo:
-                found = columns[at] == top
-                dense[i, found] = factors[i] * block.data[lo:hi][at[found]]
-        strongest = dense.argmax(axis=0)
+        # The query item that gave each most: the largest contribution among the entries in its column
+        # (the first query item of equal ones).
+        place = np.full(len(self.items_), -1, dtype=np.intp)
+        place[top] = np.arange(top.size)
+        at = place[columns]
+        hit = np.flatnonzero(at >= 0)
+        source = np.repeat(np.arange(len(rows)), lengths)[hit]
+        order = np.lexsort((source, -contributions[hit], at[hit]))  # per top item: largest, then first
+        first = np.r_[True, np.diff(at[hit][order]) != 0]
+        strongest = np.zeros(top.size, dtype=np.intp)
+        strongest[at[hit][order][first]] = source[order][first]
         found = Candidates(
             Candidate(str(self.items_[j]), round(float(scores[j]), 6), self._reason(j, rows[s]))
             for j, s in zip(top, strongest, strict=True)
