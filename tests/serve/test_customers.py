@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
+from tests.serve.helpers import engine_of
 
 from winback.act import Contact, schedule
 from winback.act.outbox import Sent, claim, record_sent
@@ -16,11 +17,6 @@ from winback.act.tracking import Links, Signer
 from winback.config import Settings
 from winback.serve.db import coupons, deliveries, events, outbox
 from winback.serve.keys import create_key
-
-
-def engine_of(client: TestClient) -> sa.Engine:
-    engine: sa.Engine = client.app.state.winback.engine  # type: ignore[attr-defined]
-    return engine
 
 
 def key(client: TestClient, scope: str) -> dict[str, str]:

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
+from tests.serve.helpers import BASE, Clock, engine_of
 
 from winback.config import Settings
 from winback.decide.holdout import in_holdout
@@ -21,23 +22,8 @@ from winback.serve.carts import IdleThresholds
 from winback.serve.db import carts, coupons, decisions, make_engine, outbox
 from winback.serve.detect import Detector
 
+
 #: A Monday morning: static-10h's message (10 h after the last activity) falls outside quiet hours.
-BASE = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
-
-
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-def engine_of(client: TestClient) -> sa.Engine:
-    engine: sa.Engine = client.app.state.winback.engine  # type: ignore[attr-defined]
-    return engine
-
-
 def users(n: int, *, held: bool) -> list[str]:
     """``n`` customer ids in (or out of) the default 10% holdout."""
     candidates = [f"cust{i}" for i in range(400)]

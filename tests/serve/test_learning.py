@@ -4,11 +4,12 @@ has closed (recovered, revenue, discount, margin, and the revenue attributed to 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
+from tests.serve.helpers import BASE, Clock, engine_of
 
 from winback.act.outbox import Sent, claim, record_sent
 from winback.config import Settings
@@ -18,21 +19,6 @@ from winback.events.store import EventStore
 from winback.serve.db import decisions
 from winback.serve.detect import Detector
 from winback.serve.sync import sync_home
-
-BASE = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
-
-
-class Clock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
-
-
-def engine_of(client: TestClient) -> sa.Engine:
-    engine: sa.Engine = client.app.state.winback.engine  # type: ignore[attr-defined]
-    return engine
 
 
 def shop(

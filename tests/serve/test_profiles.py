@@ -12,6 +12,7 @@ import pandas as pd
 import pyarrow as pa
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
+from tests.serve.helpers import engine_of
 
 from winback.config import Settings
 from winback.decide.log import DecisionLog
@@ -22,11 +23,6 @@ from winback.serve.detect import Detector
 from winback.serve.keys import create_key
 
 T0 = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
-
-
-def engine_of(client: TestClient) -> sa.Engine:
-    engine: sa.Engine = client.app.state.winback.engine  # type: ignore[attr-defined]
-    return engine
 
 
 def admin(client: TestClient) -> dict[str, str]:

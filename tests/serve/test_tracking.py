@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
+from tests.serve.helpers import engine_of
 
 from winback.act import Contact, schedule
 from winback.act.attribution import attribute_purchases, log_outcomes
@@ -31,11 +32,6 @@ from winback.serve.db import events, outbox
 
 TARGET = "https://shop.example/p/1?ref=mail"
 CART = [{"product_id": "p1", "name": "Kettle", "price": 39.5, "quantity": 1, "url": TARGET}]
-
-
-def engine_of(client: TestClient) -> sa.Engine:
-    engine: sa.Engine = client.app.state.winback.engine  # type: ignore[attr-defined]
-    return engine
 
 
 def links_for(settings: Settings) -> Links:
