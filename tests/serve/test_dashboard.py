@@ -81,7 +81,7 @@ def artifacts() -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # stopped with this module: no server outlives its tests
 def service(measured_shop: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     """`winback serve` on a free loopback port over a copy of the measured shop (tests add to it), with
     a read and a write key, checking for new data every second."""
@@ -129,9 +129,9 @@ def service(measured_shop: Settings, tmp_path_factory: pytest.TempPathFactory) -
             process.kill()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    """Headless Chromium (Debian's, or ``WINBACK_CHROMIUM``) under Playwright; one per test run. A
+    """Headless Chromium (Debian's, or ``WINBACK_CHROMIUM``) under Playwright; one for this module. A
     browser that cannot start fails the tests with what is missing."""
     try:
         from playwright.sync_api import Error, sync_playwright

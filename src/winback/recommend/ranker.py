@@ -921,7 +921,6 @@ class Recommender:
         return _blend(lists, k, skip, fallback=self._fallback(wide), prefer=(2,) if cheaper else ())
 
     @_one_blas_thread
-    @_one_blas_thread
     def similar(self, product_id: str, k: int = 10, *, cheaper: bool = False) -> Candidates:
         """Products like ``product_id`` (the ``similar`` use); only cheaper ones if ``cheaper``."""
         k = check_k(k)
