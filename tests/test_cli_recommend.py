@@ -105,8 +105,9 @@ def test_unknown_ids_give_an_empty_list_with_the_reason(trained_home: Path) -> N
 def test_evaluate_recommend_prints_the_baselines(trained_home: Path) -> None:
     shown = run("evaluate", "recommend", home=trained_home)
     assert shown.returncode == 0, shown.stderr
-    for name in ("winback", "popularity", "random", "recall@10", "x popularity"):
+    for name in ("winback", "popularity", "random", "recall@10", "x popularity", "95% interval"):
         assert name in shown.stdout
+    assert "1.00 - 1.00" in shown.stdout  # popularity against itself
 
 
 def test_bad_requests_are_usage_errors(trained_home: Path, tmp_path: Path) -> None:
