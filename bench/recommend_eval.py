@@ -11,8 +11,13 @@ the purchases after T are of products the customer viewed or carted before (aban
 
 Run::
 
-    .venv/bin/python bench/recommend_eval.py                      # simulator 3,000 x 120 days + RetailRocket
-    .venv/bin/python bench/recommend_eval.py --customers 600 --days 60 --skip-retailrocket
+    .venv/bin/python bench/recommend_eval.py                      # simulator 30,000 x 120 days + RetailRocket
+    .venv/bin/python bench/recommend_eval.py --customers 3000 --seed 4 --skip-retailrocket  # quicker
+
+Each ratio to popularity comes with its 95% interval (``x_low``, ``x_high``: a bootstrap over the tested
+customers). The default shop has 30,000 customers and 300 products, so that about 6,300 customers are
+tested and a ratio is known to about +/-0.05; with 3,000 customers it is +/-0.18, too wide to judge a goal
+such as 1.5 x popularity.
 """
 
 from __future__ import annotations
@@ -253,9 +258,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--customers", type=int, default=3000)
+    parser.add_argument("--customers", type=int, default=30_000)
     parser.add_argument("--days", type=int, default=120)
-    parser.add_argument("--products", type=int, default=None, help="catalogue size (default: customers / 10)")
+    parser.add_argument("--products", type=int, default=300, help="catalogue size")
     parser.add_argument("--test-days", type=float, default=30)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--rr-test-share", type=float, default=0.3)
