@@ -406,7 +406,8 @@ class Recommender:
         A customer whose carted products cost, in the median, less than this share of their category's
         median price is treated as price-sensitive: substitutes for their cart are cheaper ones.
     threads
-        Threads for ALS (0: all cores).
+        Cores the fit may use (0: all): ALS learns on all but one of them in a thread of its own while
+        the other sources fit beside it; with one, ALS learns after them.
     ranker
         How the ``winback`` use orders its candidates: ``auto`` learns a ranker (:mod:`.learned`) from
         the purchases of the last ``window_days`` before the end of the data, with the sources fitted on
