@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from winback.recommend.interactions import TimeSplit
-from winback.recommend.tasks import evaluate_lists, ratio_interval
+from winback.recommend.tasks import evaluate_lists, ratio_intervals
 
 
 def test_the_ratio_interval_is_exact_when_every_customer_agrees_and_narrows_with_more_customers() -> None:
     rng = np.random.default_rng(3)
     base = rng.integers(1, 4, 200) / 4.0
-    assert ratio_interval(base, base) == (1.0, 1.0)
-    assert ratio_interval(2 * base, base) == pytest.approx((2.0, 2.0))
+    exact = ratio_intervals(np.column_stack([base, 2 * base, base]), baseline=2)
+    np.testing.assert_allclose(exact, [[1.0, 1.0], [2.0, 2.0], [1.0, 1.0]])
 
     def noisy(n: int) -> tuple[float, float, float]:
         baseline = (rng.random(n) < 0.2).astype(float)
         better = (rng.random(n) < 0.3).astype(float)
-        low, high = ratio_interval(better, baseline)
+        (low, high), _ = ratio_intervals(np.column_stack([better, baseline]), baseline=1)
         return low, better.mean() / baseline.mean(), high
 
     low, point, high = noisy(600)
@@ -28,7 +27,7 @@ def test_the_ratio_interval_is_exact_when_every_customer_agrees_and_narrows_with
     low, point, high = noisy(20_000)
     assert low < point < high
     assert high - low < wide / 4  # about 1/sqrt(n): 600 -> 20,000 customers, 5.8 times narrower
-    assert ratio_interval(np.zeros(0), np.zeros(0)) != ratio_interval(np.zeros(0), np.zeros(0))  # NaN
+    assert np.isnan(ratio_intervals(np.zeros((0, 2)), baseline=1)).all()  # no customers: no interval
 
 
 def test_evaluate_lists_gives_each_recommender_its_ratio_and_interval() -> None:

@@ -306,10 +306,11 @@ def test_a_prepared_decision_is_dropped_when_the_cart_changes(
     assert json.loads(decision["context"])["n_items"] == 2
 
 
-@pytest.mark.parametrize("session", ["s1", None])
-def test_a_cart_whose_customer_is_back_but_not_folded_in_yet_is_postponed(
+def prepared_cart(
     client: TestClient, auth: dict[str, str], detector: Detector, clock: Clock, session: str | None
-) -> None:
+) -> tuple[sa.Engine, str, datetime]:
+    """A consenting customer's one-item cart (of ``session``, or a session by the gap), folded in a
+    second before it falls due and its decision prepared; the engine, the customer and when it is due."""
     engine = engine_of(client)
     (user,) = users(1, held=False)
     consent(client, auth, user)
@@ -317,6 +318,14 @@ def test_a_cart_whose_customer_is_back_but_not_folded_in_yet_is_postponed(
     due = BASE + timedelta(minutes=30)
     clock.now = due - timedelta(seconds=1)
     assert detector.tick() == (1, 0)  # folded in, and its decision prepared
+    return engine, user, due
+
+
+@pytest.mark.parametrize("session", ["s1", None])
+def test_a_cart_whose_customer_is_back_but_not_folded_in_yet_is_postponed(
+    client: TestClient, auth: dict[str, str], detector: Detector, clock: Clock, session: str | None
+) -> None:
+    engine, user, due = prepared_cart(client, auth, detector, clock, session)
     cart_id = session or f"{user}#1"  # the source's session, or one by the gap
     assert set(detector._prepared) == {cart_id}
     # A view of the same session (a session by the gap: a view without a session id), stored but not
@@ -343,13 +352,7 @@ def test_a_cart_whose_customer_is_back_but_not_folded_in_yet_is_postponed(
 def test_an_event_of_another_session_does_not_postpone_a_cart(
     client: TestClient, auth: dict[str, str], detector: Detector, clock: Clock, session: str | None
 ) -> None:
-    engine = engine_of(client)
-    (user,) = users(1, held=False)
-    consent(client, auth, user)
-    post(client, auth, [add(user, session, "p1", BASE)])
-    due = BASE + timedelta(minutes=30)
-    clock.now = due - timedelta(seconds=1)
-    assert detector.tick() == (1, 0)
+    engine, user, due = prepared_cart(client, auth, detector, clock, session)
     at = (due - timedelta(milliseconds=500)).isoformat()
     view = {"event_id": "v1", "event_type": "view", "user_id": user, "product_id": "p9",
             "session_id": "elsewhere", "timestamp": at}  # fmt: skip

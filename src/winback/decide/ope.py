@@ -260,7 +260,7 @@ def evaluate(
     where = {name: j for j, name in enumerate(columns)}
     full = terms.sum(axis=0)
     with np.errstate(divide="ignore", invalid="ignore"):
-        boot = _bootstrap_sums(terms, n_boot, np.random.default_rng(seed))
+        boot = bootstrap_sums(terms, n_boot, np.random.default_rng(seed))
 
     tail = 100 * (1 - level) / 2
     results: dict[str, Estimate] = {}
@@ -487,7 +487,7 @@ def _contrast(
     return value - _from_sums(name, sums, where, n, 1) if policies > 1 else value
 
 
-def _bootstrap_sums(terms: NDArray[np.float64], n_boot: int, rng: np.random.Generator) -> NDArray[np.float64]:
+def bootstrap_sums(terms: NDArray[np.float64], n_boot: int, rng: np.random.Generator) -> NDArray[np.float64]:
     """Column sums of ``terms`` over ``n_boot`` resamples of its rows with replacement.
 
     Each resample is drawn as ``n`` row indices, counted per row, and the counts multiplied into the
