@@ -4,6 +4,7 @@ and a product, the batch file, cold start, JSON and exit codes."""
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -141,6 +142,23 @@ def test_a_recommender_saved_before_brand_is_refused_with_the_way_out(
     card = json.loads(card_path.read_text())
     card["features"] = [f for f in card["features"] if f != "brand"]
     card_path.write_text(json.dumps(card))
+    old = run("recommend", "--user", "u000001", home=home)
+    assert old.returncode == 2
+    assert "retrain it with `winback train recommend`" in old.stderr
+
+
+def test_a_recommender_saved_before_own_views_is_refused_with_the_way_out(
+    trained_home: Path, tmp_path: Path
+) -> None:
+    """A model whose category affinity predates the customers' own views: retrain, no crash."""
+    home = tmp_path / "home"
+    shutil.copytree(trained_home / "models", home / "models")
+    version = (home / "models" / "recommend" / "current").read_text().strip()
+    path = home / "models" / "recommend" / version / "model.pkl"
+    model = pickle.loads(path.read_bytes())
+    for name in ("within_prior_", "_own"):
+        delattr(model.affinity_, name)
+    path.write_bytes(pickle.dumps(model))
     old = run("recommend", "--user", "u000001", home=home)
     assert old.returncode == 2
     assert "retrain it with `winback train recommend`" in old.stderr

@@ -198,9 +198,14 @@ def test_recommend_all_and_pickle(model: Recommender) -> None:
 
 def test_category_affinity_follows_what_a_customer_browses(shop: pd.DataFrame) -> None:
     model = CategoryAffinity(prior=1.0).fit(shop)
-    assert model.for_user("u8", k=1)[0].product_id in {"novel", "poems"}
-    assert model.for_user("u8", k=1)[0].reason == "popular in books.fiction, which you browse"
-    assert model.profile("u8") == {"books.fiction": 5.0}  # visits
+    top = model.for_user("u8", k=2)  # the book u8 keeps viewing first, then the other one
+    assert [c.product_id for c in top] == ["novel", "poems"]
+    assert top[0].reason == "you viewed it 4 times; popular in books.fiction"
+    assert top[1].reason == "popular in books.fiction, which you browse"
+    profile = model.profile("u8")  # interest draws: five visits to one category, each its focus
+    assert profile is not None
+    assert list(profile) == ["books.fiction"]
+    assert profile["books.fiction"] == pytest.approx(5.0, abs=0.1)
     assert model.for_items(["case"], k=1)[0].product_id == "charger"
     assert "cold start" in model.for_user("nobody").reason
     assert "known category" in model.for_items(["nothing-like-it"]).reason
@@ -238,8 +243,10 @@ def test_category_affinity_ranks_a_category_at_the_customers_price_level() -> No
     plain = CategoryAffinity(prior=0.0).fit(frame.assign(price=np.nan))
     assert plain.price_width_ is None
     assert plain.price_level("thrifty") is None
-    assert [c.product_id for c in plain.for_user("thrifty", k=1)] == ["mid"]
-    assert [
-        c.product_id
-        for c in CategoryAffinity(prior=0.0, price_prior=None).fit(frame).for_user("thrifty", k=1)
-    ] == ["mid"]
+    # Without prices: a newcomer's list is the plain popular one, a customer's starts with what they
+    # keep viewing (4 views each of two products; "mid" is the shop's choice).
+    assert [c.product_id for c in plain.for_user("v0", k=1)] == ["mid"]
+    assert [c.product_id for c in plain.for_user("thrifty", k=2)] == ["budget", "cheap"]
+    unpriced = CategoryAffinity(prior=0.0, price_prior=None).fit(frame)
+    assert unpriced.price_width_ is None
+    assert [c.product_id for c in unpriced.for_user("thrifty", k=2)] == ["budget", "cheap"]

@@ -1,9 +1,10 @@
 """Category affinity: the popular products of the categories a customer browses, in proportion.
 
-A customer's interest in a category is the number of their visits spent on it (each visit counts 1,
-shared out by its interactions' categories: a visit's views cluster on one category, so counting views
-would count one choice many times), smoothed towards the shop's own mix (``prior`` pseudo-visits), so a
-customer seen twice is not locked into two categories.
+A customer's interest in a category is what :mod:`winback.recommend.interest`'s session-focus model
+makes of their visits: each visit's main category and the stray views into other favourites count,
+views that merely go with the main category (cases after a phone) do not; smoothed towards the shop's
+mix by as many pseudo-visits (``prior``) as the customers' own spread calls for, so a customer seen
+twice is not locked into two categories.
 A product's score is that share times the product's share of its category's interactions. This is the
 "popular in what you browse" list shops show.
 
@@ -31,13 +32,20 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
+from scipy.special import digamma
 
 from winback.errors import BadInputError
 from winback.recommend.interactions import check_interactions
+from winback.recommend.interest import fit_interest
 from winback.recommend.sources import MAX_K, Candidate, Candidates, _factorised, check_k
 
 #: Category of products whose category is unknown.
 UNKNOWN_CATEGORY = "(no category)"
+#: Customers' price levels are binned at these centres to sum the weights of a category once per bin.
+LEVEL_CENTRES = np.linspace(-2.975, 2.975, 120)
+#: Customers with two or more views in a category that a category needs for a prior of its own.
+MIN_REPEATERS = 30
 
 
 class CategoryAffinity:
@@ -46,7 +54,8 @@ class CategoryAffinity:
     Parameters
     ----------
     prior
-        Pseudo-visits, spread as the shop's category mix, added to each customer's own.
+        Pseudo-visits, spread as the shop's category mix, added to each customer's own; ``None`` learns
+        them from the customers (the Dirichlet concentration of their interests).
     depth
         Products kept per category (the most popular ones): a list never needs more.
     price_prior
@@ -57,12 +66,16 @@ class CategoryAffinity:
     ----------
     categories_ : ndarray of category names
     shop_share_ : ndarray, each category's share of all interactions
+    interest_mix_ : ndarray, each category's share of the customers' interest (the prior's mean)
+    prior_ : float, the pseudo-visits used (``prior``, or learnt)
+    visit_shares_ : tuple of the session-focus model's shares of interactions (focus, goes with the
+        focus, stray), or None when the shop has one category
     top_products_ : ndarray (categories x depth) of product ids, padded with ""
     top_share_ : ndarray (categories x depth), each product's share of its category, padded with 0
     price_width_ : float or None, the width of the price-level weight (None: no prices known)
     """
 
-    def __init__(self, prior: float = 4.0, depth: int = 50, price_prior: float | None = 5.0) -> None:
+    def __init__(self, prior: float | None = None, depth: int = 50, price_prior: float | None = 5.0) -> None:
         self.prior = prior
         self.depth = depth
         self.price_prior = price_prior
@@ -70,8 +83,8 @@ class CategoryAffinity:
     def fit(self, interactions: pd.DataFrame) -> CategoryAffinity:
         """Learn the categories' popularity and each customer's category interactions."""
         frame = check_interactions(interactions)
-        if not self.prior >= 0:
-            raise BadInputError(f"prior {self.prior!r}: expected a number >= 0")
+        if self.prior is not None and not self.prior >= 0:
+            raise BadInputError(f"prior {self.prior!r}: expected a number >= 0 or None")
         if not 1 <= self.depth <= MAX_K:
             raise BadInputError(f"depth {self.depth!r}: expected an integer from 1 to {MAX_K}")
         # Integer codes throughout: per-row strings and string group-bys cost most of the time on
@@ -108,32 +121,50 @@ class CategoryAffinity:
         c, r = c_sorted[keep], rank[keep]
         self.top_products_[c, r] = products[order[keep]]
         self.top_share_[c, r] = share[order][keep]
-        per_user = _visits_per_category(frame, codes)
+        per_user = self._interest_per_category(frame, codes)
         user_keys = per_user.index.get_level_values(0).to_numpy()
         starts = np.flatnonzero(np.r_[True, user_keys[1:] != user_keys[:-1]])
         self._user_index = {u: i for i, u in enumerate(user_keys[starts])}
         self._user_ptr = np.r_[starts, len(user_keys)]
         self._user_categories = per_user.index.get_level_values(1).to_numpy()
         self._user_counts = per_user.to_numpy(float)
-        self._fit_price_levels(frame, product_codes, product_category, (c, r, order[keep]))
+        self._products = products
+        self._product_index = {p: i for i, p in enumerate(products.tolist())}
+        self._product_category = product_category
+        self._share = share
+        self._top_code = np.full(shape, -1, dtype=np.intp)
+        self._top_code[c, r] = order[keep]
+        self._fit_price_levels(frame, product_codes, product_category)
+        self._fit_own_products(frame, product_codes, product_category)
         return self
 
-    def _fit_price_levels(
-        self,
-        frame: pd.DataFrame,
-        product_codes: np.ndarray,
-        product_category: np.ndarray,
-        top: tuple[np.ndarray, np.ndarray, np.ndarray],
-    ) -> None:
-        """Price levels of products and customers, the weight's width, and each kept product's mean
-        weight over its category's interactions (see the module docstring)."""
+    def _interest_per_category(self, frame: pd.DataFrame, codes: np.ndarray) -> pd.Series:
+        """Per (customer, category code): the customer's interest draws (:func:`fit_interest`); sets
+        :attr:`prior_`, :attr:`interest_mix_` and :attr:`visit_shares_`."""
+        user_codes, users = _factorised(frame["user_key"])
+        interest = fit_interest(user_codes, _visit_codes(frame), codes, self.prior)
+        self.prior_ = interest.concentration
+        self.interest_mix_ = np.zeros(len(self.categories_))
+        self.interest_mix_[: interest.mean.size] = interest.mean
+        self.visit_shares_ = interest.shares if len(self.categories_) > 1 else None
+        index = pd.MultiIndex.from_arrays([users[interest.user], interest.category], names=["u", "c"])
+        return pd.Series(interest.draws, index=index)
+
+    def _fit_price_levels(self, frame: pd.DataFrame, product_codes: np.ndarray, product_category: np.ndarray) -> None:
+        """Price levels of products and customers, the weight's width, each product's popularity
+        before the price weighting (its share over its mean weight among its category's interactions)
+        and the weights' sum per category and customer level bin (see the module docstring)."""
+        n_products, n_categories = product_category.size, len(self.categories_)
         self.price_width_: float | None = None
         self._user_level: np.ndarray | None = None
+        self._level = np.full(n_products, np.nan)
+        self._intrinsic = self._share.copy()
+        self._norm = np.bincount(product_category, weights=self._share, minlength=n_categories)[:, None]
         if self.price_prior is None or "price" not in frame.columns:
             return
         if not self.price_prior >= 0:
             raise BadInputError(f"price_prior {self.price_prior!r}: expected a number >= 0 or None")
-        price = np.full(product_category.size, np.nan)
+        price = np.full(n_products, np.nan)
         valid = frame["price"].notna().to_numpy() & (frame["price"].to_numpy(float) > 0)
         price[product_codes[valid]] = frame["price"].to_numpy(float)[valid]  # a last known price
         median = pd.Series(price).groupby(product_category).transform("median").to_numpy()
@@ -156,20 +187,46 @@ class CategoryAffinity:
         if not width > 0.01:
             return
         self.price_width_ = width
+        self._level = np.where(np.isfinite(level), level, np.nan)
         self._user_level = (total + self.price_prior * mean) / (n + self.price_prior)
-        # Mean weight of each kept product over its category's interactions, from a histogram of the
-        # interacting customers' levels per category (one pass, whatever the size of the log).
-        edges = np.linspace(-3.0, 3.0, 121)
-        centres = (edges[:-1] + edges[1:]) / 2
-        bins = np.clip(np.searchsorted(edges, self._user_level[user_codes]) - 1, 0, centres.size - 1)
-        counts = np.zeros((len(self.categories_), centres.size))
-        np.add.at(counts, (product_category[product_codes], bins), 1.0)
-        c, r, products = top
-        self._top_level = np.full(self.top_share_.shape, np.nan)
-        self._top_level[c, r] = level[products]
-        weight = self._weight(self._top_level[:, :, None] - centres)  # categories x depth x bins
-        mean_weight = np.einsum("cdb,cb->cd", weight, counts) / np.maximum(counts.sum(axis=1), 1.0)[:, None]
-        self._top_mean_weight = np.where(mean_weight > 0, mean_weight, 1.0)
+        # Histogram of the interacting customers' levels per category: one pass, whatever the log.
+        counts = np.zeros((n_categories, LEVEL_CENTRES.size))
+        np.add.at(counts, (product_category[product_codes], _level_bin(self._user_level[user_codes])), 1.0)
+        counts /= np.maximum(counts.sum(axis=1, keepdims=True), 1.0)
+        self._norm = np.zeros((n_categories, LEVEL_CENTRES.size))
+        for lo in range(0, n_products, 20_000):  # products x bins at a time
+            chunk = slice(lo, min(lo + 20_000, n_products))
+            weight = self._weight(self._level[chunk, None] - LEVEL_CENTRES)
+            mean_weight = np.einsum("pb,pb->p", weight, counts[product_category[chunk]])
+            self._intrinsic[chunk] = self._share[chunk] / np.where(mean_weight > 0, mean_weight, 1.0)
+            np.add.at(self._norm, product_category[chunk], self._intrinsic[chunk, None] * weight)
+
+    def _fit_own_products(self, frame: pd.DataFrame, product_codes: np.ndarray, product_category: np.ndarray) -> None:
+        """Each customer's views per product, and per category how many pseudo-views of the shop's
+        choice (at their price level) weigh against them (:attr:`within_prior_`, :func:`_within_priors`)."""
+        views = (frame["kind"] == "view").to_numpy() if "kind" in frame.columns else np.ones(len(frame), bool)
+        if not views.any():
+            views = np.ones(len(frame), dtype=bool)
+        user_codes, users = _factorised(frame["user_key"])
+        own = sp.csr_matrix(
+            (np.ones(int(views.sum())), (user_codes[views], product_codes[views])),
+            shape=(len(users), product_category.size),
+        )
+        own.sum_duplicates()
+        self._own = own
+        rows = np.repeat(np.arange(own.shape[0]), np.diff(own.indptr))
+        w = self._within_base(rows, own.indices)
+        self.within_prior_ = _within_priors(rows, product_category[own.indices], own.data, w, len(self.categories_))
+
+    def _within_base(self, users: np.ndarray, products: np.ndarray) -> np.ndarray:
+        """The shop's choice of ``products`` within their categories for customers ``users`` (codes):
+        popularity times the price-level weight, summing to 1 over a category."""
+        category = self._product_category[products]
+        if self._user_level is None:
+            return self._intrinsic[products] / self._norm[category, 0]
+        level = self._user_level[users]
+        weight = self._weight(self._level[products] - level)
+        return self._intrinsic[products] * weight / self._norm[category, _level_bin(level)]
 
     def _weight(self, difference: np.ndarray) -> np.ndarray:
         """The price-level weight of a difference of levels (1 where a level is unknown)."""
@@ -204,7 +261,7 @@ class CategoryAffinity:
         lo, hi = self._user_ptr[i], self._user_ptr[i + 1]
         counts = np.zeros(len(self.categories_))
         counts[self._user_categories[lo:hi]] = self._user_counts[lo:hi]
-        return (counts + self.prior * self.shop_share_) / (counts.sum() + self.prior), counts
+        return (counts + self.prior_ * self.interest_mix_) / (counts.sum() + self.prior_), counts
 
     def category_index(self, product_id: str) -> int:
         """The position of the product's category in :attr:`categories_` (-1 if the product is unknown)."""
@@ -220,8 +277,7 @@ class CategoryAffinity:
         lo, hi = self._user_ptr[i], self._user_ptr[i + 1]
         counts = np.zeros(len(self.categories_))
         counts[self._user_categories[lo:hi]] = self._user_counts[lo:hi]
-        level = self._user_level[i] if self._user_level is not None else None
-        return self._rank(counts, k, set(exclude), level)
+        return self._rank(counts, k, set(exclude), i)
 
     def for_items(self, product_ids: Sequence[str], k: int = 10, exclude: Iterable[str] = ()) -> Candidates:
         """Popular products in the categories of ``product_ids`` (e.g. a new visitor's views)."""
@@ -248,64 +304,119 @@ class CategoryAffinity:
             return Candidates(reason="none of the categories is known")
         return self._rank(counts, k, set(exclude))
 
-    def _rank(self, counts: np.ndarray, k: int, skip: set[str], level: float | None = None) -> Candidates:
-        share = (counts + self.prior * self.shop_share_) / (counts.sum() + self.prior)
-        scores = share[:, None] * self.top_share_
-        if level is not None:  # at the customer's price level
-            scores = scores * self._weight(self._top_level - level) / self._top_mean_weight
-        want = min(scores.size, k + len(skip))
-        flat = (
-            np.argpartition(-scores.ravel(), want - 1)[:want]
-            if want < scores.size
-            else np.arange(scores.size)
-        )
-        flat = flat[np.lexsort((flat, -scores.ravel()[flat]))]
+    def _rank(self, counts: np.ndarray, k: int, skip: set[str], user: int | None = None) -> Candidates:
+        """The best of the categories' kept products and, for a customer, the products they viewed."""
+        share = (counts + self.prior_ * self.interest_mix_) / (counts.sum() + self.prior_)
+        codes = self._top_code[self._top_code >= 0]
+        if user is not None:
+            codes = np.union1d(codes, self._own_row(user)[0])
+        scores = self._scores(share, codes, user)
+        want = min(codes.size, k + len(skip))
+        best = np.argpartition(-scores, want - 1)[:want] if want < codes.size else np.arange(codes.size)
+        best = best[np.lexsort((codes[best], -scores[best]))]
+        viewed = dict(zip(*self._own_row(user), strict=True)) if user is not None else {}
         out: list[Candidate] = []
-        for f in flat:
-            c, r = divmod(int(f), self.depth)
-            p, score = self.top_products_[c, r], float(scores[c, r])
-            if score <= 0 or not p or p in skip:
+        for i in best:
+            code, score = int(codes[i]), float(scores[i])
+            p = str(self._products[code])
+            if score <= 0 or p in skip:
                 continue
-            out.append(Candidate(str(p), round(score, 6), self._reason(c, counts)))
+            out.append(Candidate(p, round(score, 6), self._reason(self._product_category[code], counts, viewed.get(code, 0))))
             if len(out) == k:
                 break
         return Candidates(out, reason="" if out else "no products to propose")
 
-    def _reason(self, category: int, counts: np.ndarray) -> str:
+    def _own_row(self, user: int) -> tuple[np.ndarray, np.ndarray]:
+        """The customer's viewed products (codes) and their views."""
+        lo, hi = self._own.indptr[user], self._own.indptr[user + 1]
+        return self._own.indices[lo:hi], self._own.data[lo:hi]
+
+    def _scores(self, share: np.ndarray, codes: np.ndarray, user: int | None) -> np.ndarray:
+        """Scores of products ``codes``: the category's share times the product's share of the
+        category, for a customer their own views mixed with the shop's choice at their price level."""
+        category = self._product_category[codes]
+        if user is None:
+            return share[category] * self._share[codes]
+        base = self._within_base(np.full(codes.size, user), codes)
+        viewed, views = self._own_row(user)
+        in_category = np.bincount(self._product_category[viewed], weights=views, minlength=share.size)
+        mine = np.zeros(codes.size)
+        at = np.searchsorted(viewed, codes)  # CSR column indices are sorted
+        hit = at < viewed.size
+        hit[hit] = viewed[at[hit]] == codes[hit]
+        mine[hit] = views[at[hit]]
+        prior = self.within_prior_[category]
+        return share[category] * (mine + prior * base) / (in_category[category] + prior)
+
+    def score_products(self, user_key: str, product_ids: Sequence[str]) -> np.ndarray:
+        """The customer's score of each of ``product_ids`` as :meth:`for_user` ranks them (0 for an
+        unknown customer or product)."""
+        out = np.zeros(len(product_ids))
+        shares = self.shares(user_key)
+        if shares is None:
+            return out
+        codes = np.array([self._product_index.get(str(p), -1) for p in product_ids], dtype=np.intp)
+        known = codes >= 0
+        out[known] = self._scores(shares[0], codes[known], self._user_index[str(user_key)])
+        return out
+
+    def _reason(self, category: int, counts: np.ndarray, views: float = 0) -> str:
         name = self.categories_[category]
+        if views >= 2:
+            return f"you viewed it {int(views)} times; popular in {name}"
         if counts[category] > 0:
             return f"popular in {name}, which you browse"
         return f"popular in {name}"
 
 
-def _visits_per_category(frame: pd.DataFrame, codes: np.ndarray) -> pd.Series:
-    """Per (customer, category code): the customer's visits, each shared out by its categories.
-
-    A visit is a session (``session_key``), else the customer's day."""
-    user_codes, users = _factorised(frame["user_key"])
+def _visit_codes(frame: pd.DataFrame) -> np.ndarray:
+    """A code per interaction for its visit: the session (``session_key``), else the customer's day."""
     session = frame["session_key"] if "session_key" in frame.columns else None
     if session is not None and not session.isna().any():
-        visit_codes = pd.factorize(session.astype(str))[0]
-    else:  # the day's key only where there is no session (as a string, like a session id)
-        day = frame["user_key"].astype(str) + "@" + (frame["ts"] // 86_400).astype(int).astype(str)
-        visit = day if session is None else session.astype("object").where(session.notna(), day)
-        visit_codes = pd.factorize(visit.astype(str))[0]
-    n_visits, n_categories = int(visit_codes.max(initial=-1)) + 1, int(codes.max(initial=-1)) + 1
-    if len(users) * n_visits * n_categories >= 2**62:  # no room for one integer key: group by three
-        rows = pd.DataFrame({"u": user_codes, "v": visit_codes, "c": codes})
-        per_visit = rows.groupby(["u", "v", "c"], sort=False).size()
-        share = per_visit / per_visit.groupby(level=[0, 1], sort=False).transform("sum")
-        u, c = share.index.get_level_values(0).to_numpy(), share.index.get_level_values(2).to_numpy()
-        shares = share.to_numpy(float)
-    else:  # one integer key per (customer, visit, category), groups in the order of the log
-        key = (user_codes.astype(np.int64) * n_visits + visit_codes) * n_categories + codes
-        group, keys = pd.factorize(key)
-        size = np.bincount(group)
-        visit, _ = pd.factorize(keys // n_categories)
-        shares = size / np.bincount(visit, weights=size)[visit]
-        u, c = keys // (n_visits * n_categories), keys % n_categories
-    width = max(n_categories, 1)
-    summed = pd.Series(shares).groupby(u.astype(np.int64) * width + c, sort=True).sum()
-    keys = summed.index.to_numpy()
-    index = pd.MultiIndex.from_arrays([users[keys // width], keys % width], names=["u", "c"])
-    return pd.Series(summed.to_numpy(), index=index)
+        return pd.factorize(session.astype(str))[0]
+    day = frame["user_key"].astype(str) + "@" + (frame["ts"] // 86_400).astype(int).astype(str)
+    visit = day if session is None else session.astype("object").where(session.notna(), day)
+    return pd.factorize(visit.astype(str))[0]
+
+
+def _level_bin(level: np.ndarray | float) -> np.ndarray:
+    """The :data:`LEVEL_CENTRES` bin of each price level."""
+    step = LEVEL_CENTRES[1] - LEVEL_CENTRES[0]
+    return np.clip(np.round((np.asarray(level) - LEVEL_CENTRES[0]) / step), 0, LEVEL_CENTRES.size - 1).astype(np.intp)
+
+
+def _within_priors(
+    user: np.ndarray, category: np.ndarray, views: np.ndarray, base: np.ndarray, n_categories: int
+) -> np.ndarray:
+    """Per category, the pseudo-views of the shop's choice that best explain how customers' own views
+    spread over its products (a Dirichlet-multinomial around ``base``, Minka's fixed point): few where
+    customers keep to their own products (coffee, pet food), many where they pick as everyone does.
+    Only customers with two or more views in a category tell; a category with fewer than
+    :data:`MIN_REPEATERS` of them takes the estimate over every category."""
+    key = user.astype(np.int64) * n_categories + category
+    group = np.unique(key, return_inverse=True)[1].ravel()
+    total = np.bincount(group, weights=views)
+    keep = total[group] >= 2
+    group_category = np.zeros(total.size, dtype=np.intp)
+    group_category[group] = category
+    repeaters = total >= 2
+    n_repeaters = np.bincount(group_category[repeaters], minlength=n_categories)
+    v, w, c = views[keep], np.maximum(base[keep], 1e-12), category[keep]
+    t, tc = total[repeaters], group_category[repeaters]
+
+    def fixed_point(pair_category: np.ndarray, total_category: np.ndarray, size: int) -> np.ndarray:
+        prior = np.full(size, 10.0)
+        for _ in range(30):
+            sw = prior[pair_category] * w
+            top = np.bincount(pair_category, weights=w * (digamma(v + sw) - digamma(sw)), minlength=size)
+            s_t = prior[total_category]
+            bottom = np.bincount(total_category, weights=digamma(t + s_t) - digamma(s_t), minlength=size)
+            ok = (top > 0) & (bottom > 0)
+            prior = np.where(ok, np.clip(prior * np.where(ok, top, 1.0) / np.where(ok, bottom, 1.0), 0.5, 1e4), 1e4)
+        return prior
+
+    if not keep.any():
+        return np.full(n_categories, 1e4)
+    pooled = fixed_point(np.zeros(v.size, dtype=np.intp), np.zeros(t.size, dtype=np.intp), 1)[0]
+    own = fixed_point(c, tc, n_categories)
+    return np.where(n_repeaters >= MIN_REPEATERS, own, pooled)

@@ -322,19 +322,13 @@ def build_slate(
         ):
             counts = _dense_row(matrix, u)
             x[known, COLUMN[column]] = counts[category[known]] / max(counts.sum(), 1.0)
-    # The category affinity's own score, for every candidate: share of the category times the product's
-    # share of it, at the customer's price level.
-    dense = x[:, COLUMN["category_share"]] * x[:, COLUMN["item_category_share"]]
     level = model.affinity_.price_level(user_key)
     if level is not None:
         gap = x[:, COLUMN["item_price_level"]] - level
         x[:, COLUMN["price_gap"]] = gap
         x[:, COLUMN["abs_price_gap"]] = np.abs(gap)
         x[:, COLUMN["user_price_level"]] = level
-        width = model.affinity_.price_width_
-        if width:
-            dense = dense * np.where(np.isnan(gap), 1.0, np.exp(-0.5 * (gap / width) ** 2))
-    x[:, COLUMN["affinity_dense"]] = dense
+    x[:, COLUMN["affinity_dense"]] = model.affinity_.score_products(user_key, names)  # for every candidate
     at = np.full(len(names), -1, dtype=np.intp)
     for i, p in enumerate(history.products.tolist()):  # a customer's products: a few, or thousands
         row = products.get(p)

@@ -185,11 +185,17 @@ def train_recommend(tables: FeatureTables, as_of: pd.Timestamp | None = None) ->
 
 
 def load_recommender(settings: Settings) -> tuple[Recommender, ModelCard]:
-    """The current saved recommender and its card (a clear error if none was trained, or if it was trained
-    on other interaction columns, as recommenders saved before ``brand`` was one were)."""
+    """The current saved recommender and its card (a clear error if none was trained, if it was trained
+    on other interaction columns, as recommenders saved before ``brand`` was one were, or if its category
+    affinity predates the customers' own views)."""
     model, card = load_model(settings, NAME, features=list(COLUMNS))
     if not isinstance(model, Recommender):
         raise BadInputError(f"{settings.models_dir / NAME}: the saved model is not a recommender; retrain it")
+    if not hasattr(model.affinity_, "within_prior_"):
+        raise BadInputError(
+            f"the recommender {card.version} was saved by an earlier winback, before category affinity "
+            "weighed each customer's own views: retrain it with `winback train recommend`"
+        )
     return model, card
 
 
