@@ -8,9 +8,9 @@ import pytest
 from winback.recommend.interest import fit_interest
 
 
-def _visits(seed: int, customers: int = 3000, categories: int = 12, visits: int = 12) -> tuple[
-    np.ndarray, np.ndarray, np.ndarray, np.ndarray
-]:
+def _visits(
+    seed: int, customers: int = 3000, categories: int = 12, visits: int = 12
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Interactions drawn from the model itself: Dirichlet interests (concentration 6), each visit a
     focus and 4 views from it (70%), its one complement category (15%) or the interests again (15%)."""
     rng = np.random.default_rng(seed)

@@ -150,7 +150,9 @@ class CategoryAffinity:
         index = pd.MultiIndex.from_arrays([users[interest.user], interest.category], names=["u", "c"])
         return pd.Series(interest.draws, index=index)
 
-    def _fit_price_levels(self, frame: pd.DataFrame, product_codes: np.ndarray, product_category: np.ndarray) -> None:
+    def _fit_price_levels(
+        self, frame: pd.DataFrame, product_codes: np.ndarray, product_category: np.ndarray
+    ) -> None:
         """Price levels of products and customers, the weight's width, each product's popularity
         before the price weighting (its share over its mean weight among its category's interactions)
         and the weights' sum per category and customer level bin (see the module docstring)."""
@@ -159,7 +161,9 @@ class CategoryAffinity:
         self._user_level: np.ndarray | None = None
         self._level = np.full(n_products, np.nan)
         self._intrinsic = self._share.copy()
-        self._norm = np.bincount(product_category, weights=self._share, minlength=n_categories)[:, None]
+        self._norm: np.ndarray = np.bincount(product_category, weights=self._share, minlength=n_categories)[
+            :, None
+        ]
         if self.price_prior is None or "price" not in frame.columns:
             return
         if not self.price_prior >= 0:
@@ -201,7 +205,9 @@ class CategoryAffinity:
             self._intrinsic[chunk] = self._share[chunk] / np.where(mean_weight > 0, mean_weight, 1.0)
             np.add.at(self._norm, product_category[chunk], self._intrinsic[chunk, None] * weight)
 
-    def _fit_own_products(self, frame: pd.DataFrame, product_codes: np.ndarray, product_category: np.ndarray) -> None:
+    def _fit_own_products(
+        self, frame: pd.DataFrame, product_codes: np.ndarray, product_category: np.ndarray
+    ) -> None:
         """Each customer's views per product, and per category how many pseudo-views of the shop's
         choice (at their price level) weigh against them (:attr:`within_prior_`, :func:`_within_priors`)."""
         views = (frame["kind"] == "view").to_numpy() if "kind" in frame.columns else np.ones(len(frame), bool)
@@ -216,7 +222,9 @@ class CategoryAffinity:
         self._own = own
         rows = np.repeat(np.arange(own.shape[0]), np.diff(own.indptr))
         w = self._within_base(rows, own.indices)
-        self.within_prior_ = _within_priors(rows, product_category[own.indices], own.data, w, len(self.categories_))
+        self.within_prior_ = _within_priors(
+            rows, product_category[own.indices], own.data, w, len(self.categories_)
+        )
 
     def _within_base(self, users: np.ndarray, products: np.ndarray) -> np.ndarray:
         """The shop's choice of ``products`` within their categories for customers ``users`` (codes):
@@ -321,7 +329,13 @@ class CategoryAffinity:
             p = str(self._products[code])
             if score <= 0 or p in skip:
                 continue
-            out.append(Candidate(p, round(score, 6), self._reason(self._product_category[code], counts, viewed.get(code, 0))))
+            out.append(
+                Candidate(
+                    p,
+                    round(score, 6),
+                    self._reason(self._product_category[code], counts, viewed.get(code, 0)),
+                )
+            )
             if len(out) == k:
                 break
         return Candidates(out, reason="" if out else "no products to propose")
@@ -382,7 +396,9 @@ def _visit_codes(frame: pd.DataFrame) -> np.ndarray:
 def _level_bin(level: np.ndarray | float) -> np.ndarray:
     """The :data:`LEVEL_CENTRES` bin of each price level."""
     step = LEVEL_CENTRES[1] - LEVEL_CENTRES[0]
-    return np.clip(np.round((np.asarray(level) - LEVEL_CENTRES[0]) / step), 0, LEVEL_CENTRES.size - 1).astype(np.intp)
+    return np.clip(np.round((np.asarray(level) - LEVEL_CENTRES[0]) / step), 0, LEVEL_CENTRES.size - 1).astype(
+        np.intp
+    )
 
 
 def _within_priors(
@@ -412,7 +428,9 @@ def _within_priors(
             s_t = prior[total_category]
             bottom = np.bincount(total_category, weights=digamma(t + s_t) - digamma(s_t), minlength=size)
             ok = (top > 0) & (bottom > 0)
-            prior = np.where(ok, np.clip(prior * np.where(ok, top, 1.0) / np.where(ok, bottom, 1.0), 0.5, 1e4), 1e4)
+            prior = np.where(
+                ok, np.clip(prior * np.where(ok, top, 1.0) / np.where(ok, bottom, 1.0), 0.5, 1e4), 1e4
+            )
         return prior
 
     if not keep.any():

@@ -75,7 +75,9 @@ def fit_interest(
     x = x.astype(float)
     mean = np.bincount(pair_category, weights=x, minlength=n_categories) / max(x.sum(), 1.0)
     # Start from each visit counted once, shared out by its interactions (the simple estimate).
-    draws = np.bincount(uc, weights=x / np.bincount(pair_visit, weights=x)[pair_visit], minlength=uc_user.size)
+    draws = np.bincount(
+        uc, weights=x / np.bincount(pair_visit, weights=x)[pair_visit], minlength=uc_user.size
+    )
     s = concentration if concentration is not None else 4.0
     if n_categories <= 1 or pair_key.size == 0:
         return Interest(uc_user, uc_category, draws, s, mean, (1.0, 0.0, 0.0))
