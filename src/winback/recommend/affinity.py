@@ -44,8 +44,11 @@ from winback.recommend.sources import MAX_K, Candidate, Candidates, _factorised,
 UNKNOWN_CATEGORY = "(no category)"
 #: Customers' price levels are binned at these centres to sum the weights of a category once per bin.
 LEVEL_CENTRES = np.linspace(-2.975, 2.975, 120)
-#: Customers with two or more views in a category that a category needs for a prior of its own.
-MIN_REPEATERS = 30
+#: Customers with two or more views in a category that a category needs for a prior of its own, and
+#: the most of them its prior is learnt from.
+MIN_REPEATERS, WITHIN_SAMPLE = 30, 5_000
+#: Bounds of a category's pseudo-views of the shop's choice.
+MIN_WITHIN_PRIOR, MAX_WITHIN_PRIOR = 0.5, 1e4
 
 
 class CategoryAffinity:
@@ -316,24 +319,26 @@ class CategoryAffinity:
         """The best of the categories' kept products and, for a customer, the products they viewed."""
         share = (counts + self.prior_ * self.interest_mix_) / (counts.sum() + self.prior_)
         codes = self._top_code[self._top_code >= 0]
-        if user is not None:
-            codes = np.union1d(codes, self._own_row(user)[0])
+        viewed = self._own_row(user)[0] if user is not None else codes[:0]
+        codes = np.concatenate([codes, viewed])  # a product both kept and viewed comes twice, alike
         scores = self._scores(share, codes, user)
-        want = min(codes.size, k + len(skip))
+        want = min(codes.size, k + len(skip) + viewed.size)
+        skip = set(skip)
         best = np.argpartition(-scores, want - 1)[:want] if want < codes.size else np.arange(codes.size)
         best = best[np.lexsort((codes[best], -scores[best]))]
-        viewed = dict(zip(*self._own_row(user), strict=True)) if user is not None else {}
+        views = dict(zip(*self._own_row(user), strict=True)) if user is not None else {}
         out: list[Candidate] = []
         for i in best:
             code, score = int(codes[i]), float(scores[i])
             p = str(self._products[code])
             if score <= 0 or p in skip:
                 continue
+            skip.add(p)
             out.append(
                 Candidate(
                     p,
                     round(score, 6),
-                    self._reason(self._product_category[code], counts, viewed.get(code, 0)),
+                    self._reason(self._product_category[code], counts, views.get(code, 0)),
                 )
             )
             if len(out) == k:
@@ -407,18 +412,25 @@ def _within_priors(
     """Per category, the pseudo-views of the shop's choice that best explain how customers' own views
     spread over its products (a Dirichlet-multinomial around ``base``, Minka's fixed point): few where
     customers keep to their own products (coffee, pet food), many where they pick as everyone does.
-    Only customers with two or more views in a category tell; a category with fewer than
-    :data:`MIN_REPEATERS` of them takes the estimate over every category."""
+    Only customers with two or more views in a category tell (for one view the two sides of the fixed
+    point are equal), at most :data:`WITHIN_SAMPLE` of them per category; a category with fewer than
+    :data:`MIN_REPEATERS` takes the estimate over every category."""
     key = user.astype(np.int64) * n_categories + category
     group = np.unique(key, return_inverse=True)[1].ravel()
     total = np.bincount(group, weights=views)
-    keep = total[group] >= 2
     group_category = np.zeros(total.size, dtype=np.intp)
     group_category[group] = category
+    group_user = np.zeros(total.size, dtype=np.int64)
+    group_user[group] = user
     repeaters = total >= 2
     n_repeaters = np.bincount(group_category[repeaters], minlength=n_categories)
+    step = np.maximum(-(-n_repeaters // WITHIN_SAMPLE), 1)  # every n-th customer of a big category
+    chosen = repeaters & (group_user % step[group_category] == 0)
+    keep = chosen[group]
+    if not keep.any():
+        return np.full(n_categories, MAX_WITHIN_PRIOR)
     v, w, c = views[keep], np.maximum(base[keep], 1e-12), category[keep]
-    t, tc = total[repeaters], group_category[repeaters]
+    t, tc = total[chosen], group_category[chosen]
 
     def fixed_point(pair_category: np.ndarray, total_category: np.ndarray, size: int) -> np.ndarray:
         prior = np.full(size, 10.0)
@@ -428,13 +440,15 @@ def _within_priors(
             s_t = prior[total_category]
             bottom = np.bincount(total_category, weights=digamma(t + s_t) - digamma(s_t), minlength=size)
             ok = (top > 0) & (bottom > 0)
-            prior = np.where(
-                ok, np.clip(prior * np.where(ok, top, 1.0) / np.where(ok, bottom, 1.0), 0.5, 1e4), 1e4
-            )
+            ratio = np.divide(top, bottom, out=np.ones(size), where=ok)
+            after = np.where(ok, np.clip(prior * ratio, MIN_WITHIN_PRIOR, MAX_WITHIN_PRIOR), MAX_WITHIN_PRIOR)
+            if np.allclose(after, prior, rtol=1e-3):
+                return after
+            prior = after
         return prior
 
-    if not keep.any():
-        return np.full(n_categories, 1e4)
-    pooled = fixed_point(np.zeros(v.size, dtype=np.intp), np.zeros(t.size, dtype=np.intp), 1)[0]
     own = fixed_point(c, tc, n_categories)
+    if (n_repeaters >= MIN_REPEATERS).all():
+        return own
+    pooled = fixed_point(np.zeros(v.size, dtype=np.intp), np.zeros(t.size, dtype=np.intp), 1)[0]
     return np.where(n_repeaters >= MIN_REPEATERS, own, pooled)

@@ -37,6 +37,8 @@ MAX_FOCI = 8
 ROUNDS = 15
 #: Pseudo-count spread over each row of the category table ``C``.
 TABLE_SMOOTHING = 1.0
+#: Customers the prior's strength is learnt from (every n-th beyond this: one number needs no more).
+PRIOR_SAMPLE = 100_000
 
 
 @dataclass
@@ -91,7 +93,10 @@ def fit_interest(
     a, b, o = 0.6, 0.2, 0.2
     table = np.full(table_keys.size, 1.0 / n_categories)
     x_other = x[other]
+    step = -(-n_users // PRIOR_SAMPLE)
+    sample = uc_user % step == 0
     for _ in range(ROUNDS):
+        before = (a, b, o, s)
         theta = _theta(draws, uc_user, uc_category, s, mean, n_users)
         stray = o * theta[uc[other]]
         mix = a * same + b * table[table_index] + stray
@@ -107,8 +112,10 @@ def fit_interest(
         row_total = np.bincount(table_row, weights=counts, minlength=n_categories)
         table = (counts + TABLE_SMOOTHING / n_categories) / (row_total[table_row] + TABLE_SMOOTHING)
         mean = np.bincount(uc_category, weights=draws, minlength=n_categories) / draws.sum()
-        if concentration is None:
-            s = _concentration(draws, uc_user, uc_category, mean, n_users, s)
+        if concentration is None:  # a few steps from the last round's value
+            s = _concentration(draws[sample], uc_user[sample], uc_category[sample], mean, n_users, s)
+        if np.allclose(before, (a, b, o, s), rtol=1e-4, atol=1e-5):
+            break
     return Interest(uc_user, uc_category, draws, float(s), mean, (float(a), float(b), float(o)))
 
 
@@ -167,7 +174,7 @@ def _concentration(
     mean: np.ndarray,
     n_users: int,
     s: float,
-    steps: int = 20,
+    steps: int = 5,
 ) -> float:
     """The Dirichlet concentration that best explains the customers' draws around ``mean`` (Minka 2000,
     fixed point for the precision; the draws are fractional, which the digamma form allows)."""
