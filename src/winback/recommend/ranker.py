@@ -34,7 +34,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -406,8 +406,9 @@ class Recommender:
         A customer whose carted products cost, in the median, less than this share of their category's
         median price is treated as price-sensitive: substitutes for their cart are cheaper ones.
     threads
-        Cores the fit may use (0: all): ALS learns on all but one of them in a thread of its own while
-        the other sources fit beside it; with one, ALS learns after them.
+        Cores the fit may use (0: all): ALS learns on all but one of them in a thread of its own, and
+        category affinity in another, while the other sources fit beside them; with one, one after
+        another.
     ranker
         How the ``winback`` use orders its candidates: ``auto`` learns a ranker (:mod:`.learned`) from
         the purchases of the last ``window_days`` before the end of the data, with the sources fitted on
@@ -517,19 +518,21 @@ class Recommender:
         _, users = _factorised(frame["user_key"])  # coded before ALS's thread reads the shared codes
         wants_als = self.factors > 0 and len(users) >= 2 and len(items) > self.factors
         self.als_list_ = wants_als and len(items) <= ALS_LIST_PRODUCTS
-        # ALS, the longest part, learns in a thread of its own beside the others (which are mostly
-        # single-threaded NumPy, pandas and SciPy, releasing the GIL as it does).
+        # ALS and category affinity, the longest parts, learn in threads of their own beside the others
+        # (which are mostly single-threaded NumPy, pandas and SciPy, releasing the GIL as they do).
         threads = self.threads or _cores()
         als = (
             ALSFactors(factors=self.factors, iterations=self.als_iterations, threads=max(threads - 1, 1))
             if wants_als
             else None
         )
-        with ThreadPoolExecutor(1, thread_name_prefix="winback-als") as pool:
-            learning = None
-            if als is not None and threads > 1:
-                learning = pool.submit(contextvars.copy_context().run, als.fit, frame)
-            self._fit_rest(frame, products, stock)
+        with ThreadPoolExecutor(2, thread_name_prefix="winback-fit") as pool:
+            learning = affinity = None
+            if threads > 1:  # category affinity too, the longest of the others
+                affinity = pool.submit(contextvars.copy_context().run, CategoryAffinity().fit, frame)
+                if als is not None:
+                    learning = pool.submit(contextvars.copy_context().run, als.fit, frame)
+            self._fit_rest(frame, products, stock, affinity)
             self.als_ = learning.result() if learning else als.fit(frame) if als else None
         return self
 
@@ -538,15 +541,16 @@ class Recommender:
         frame: pd.DataFrame,
         products: pd.DataFrame | None,
         stock: Mapping[str, object] | pd.Series | None,
+        affinity: Future[CategoryAffinity] | None = None,
     ) -> None:
-        """Every source but ALS, the tables of the learned ranker's features, and the ranker."""
+        """Every source but ALS (and category affinity when ``affinity`` learns it in a thread), the
+        tables of the learned ranker's features, and the ranker."""
         self.neighbours_ = ItemNeighbours().fit(frame)
         self.rules_ = BasketRules().fit(frame)
         self.complements_ = BasketRules(**COMPLEMENT_RULES).fit(frame)
         catalogue = frame if products is None else pd.concat([catalogue_rows(frame), products])
         self.content_ = ContentNeighbours().fit(catalogue)
         self.popularity_ = Popularity(self.half_life_days).fit(frame)
-        self.affinity_ = CategoryAffinity().fit(frame)
         self.repeat_ = RepeatPurchases().fit(frame)
         self.histories_ = Histories(frame)
         self.carts_, self.cart_seen_ = _open_carts(frame, self.now_ - self.cart_days * 86_400)
@@ -559,6 +563,7 @@ class Recommender:
                 dict(zip(products["product_id"].astype(str), products["in_stock"], strict=True))
             )
         self.price_ratio_ = self._price_ratios(frame)
+        self.affinity_ = affinity.result() if affinity else CategoryAffinity().fit(frame)
         self.item_stats_ = ItemStats().fit(
             frame,
             self.now_,
