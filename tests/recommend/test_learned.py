@@ -87,7 +87,9 @@ def shop_split(sim_shop: tuple[Settings, SimulationResult]) -> TimeSplit:
 
 @pytest.fixture(scope="module")
 def learned(shop_split: TimeSplit) -> Recommender:
-    return Recommender(min_customers=30).fit(shop_split.train)
+    """Kept whatever it does on the held-out customers (whether it beats the blend on 60 of them is
+    chance on a shop this small)."""
+    return Recommender(min_customers=30, ranker="learned").fit(shop_split.train)
 
 
 def _recall(lists: dict[str, list[str]], truth: dict[str, set[str]]) -> float:
@@ -102,7 +104,7 @@ def test_the_ranker_learns_from_a_label_window_and_beats_its_weakest_source(
     report = learned.ranker_report_
     assert report["learnt_from"] >= 30
     assert 0 < report["candidate_recall"] <= 1
-    assert report["held_out_recall_learned"] >= report["held_out_recall_blend"]
+    assert report["held_out"] >= 30 // 5
     assert set(learned.ranker_.features_) == set(FEATURES)
     truth = shop_split.truth()
     at = shop_split.at
@@ -120,6 +122,15 @@ def test_the_ranker_learns_from_a_label_window_and_beats_its_weakest_source(
     # The learned order is not the blend's.
     blend = {u: [c.product_id for c in learned.for_user(u, 10, now=at, learned=False)] for u in truth}
     assert sum(ranked[u] != blend[u] for u in truth) > len(truth) / 4
+
+
+def test_auto_keeps_the_learned_ranker_only_where_it_beats_the_blend(shop_split: TimeSplit) -> None:
+    model = Recommender(min_customers=30, factors=0).fit(shop_split.train)
+    report = model.ranker_report_
+    beats = report["held_out_recall_learned"] >= report["held_out_recall_blend"]
+    assert (model.ranker_ is not None) == beats, model.ranker_reason_
+    if not beats:
+        assert "did not beat the fixed blend" in model.ranker_reason_
 
 
 def _bought(model: Recommender, user: str) -> list[str]:

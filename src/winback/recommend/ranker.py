@@ -114,7 +114,7 @@ Asked = Candidates | Callable[[], Candidates]
 FALLBACK_DEPTH = 200
 
 #: How the ``winback`` use is ranked: ``auto`` learns a ranker when the data allow, ``blend`` never does.
-RANKERS = ("auto", "blend")
+RANKERS = ("auto", "learned", "blend")
 
 
 @dataclass(frozen=True)
@@ -414,6 +414,7 @@ class Recommender:
         the purchases of the last ``window_days`` before the end of the data, with the sources fitted on
         what came before, and falls back to the fixed blend when there are too few of them to learn
         from (or when the learned order does worse than the blend on customers held out);
+        ``learned`` keeps the learned ranker whenever there are enough of them, however it compares;
         ``blend`` always uses the fixed weights.
     window_days, windows
         The label windows of the learned ranker: ``windows`` of ``window_days`` each, the last ending
@@ -663,7 +664,7 @@ class Recommender:
             f"recall@10 of the candidates' purchases on {len(valid)} lists held out: "
             f"learned {learned:.3f}, blend {blend:.3f}"
         )
-        if learned < blend:
+        if learned < blend and self.ranker == "auto":
             self._fall_back(f"the learned ranker did not beat the fixed blend ({figures})")
             return
         self.ranker_ = LearnedRanker(base="blend", n_estimators=trial.best_iteration_).fit(
