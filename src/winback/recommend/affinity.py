@@ -326,9 +326,9 @@ class CategoryAffinity:
         skip = set(skip)
         best = np.argpartition(-scores, want - 1)[:want] if want < codes.size else np.arange(codes.size)
         best = best[np.lexsort((codes[best], -scores[best]))]
-        views = dict(zip(*self._own_row(user), strict=True)) if user is not None else {}
+        views = self._views(user, codes[best])
         out: list[Candidate] = []
-        for i in best:
+        for i, seen in zip(best, views, strict=True):
             code, score = int(codes[i]), float(scores[i])
             p = str(self._products[code])
             if score <= 0 or p in skip:
@@ -338,12 +338,24 @@ class CategoryAffinity:
                 Candidate(
                     p,
                     round(score, 6),
-                    self._reason(self._product_category[code], counts, views.get(code, 0)),
+                    self._reason(self._product_category[code], counts, seen),
                 )
             )
             if len(out) == k:
                 break
         return Candidates(out, reason="" if out else "no products to propose")
+
+    def _views(self, user: int | None, codes: np.ndarray) -> np.ndarray:
+        """The customer's views of each of ``codes`` (0 for none, or no customer)."""
+        out = np.zeros(codes.size)
+        if user is None:
+            return out
+        viewed, views = self._own_row(user)
+        at = np.searchsorted(viewed, codes)  # CSR column indices are sorted
+        hit = at < viewed.size
+        hit[hit] = viewed[at[hit]] == codes[hit]
+        out[hit] = views[at[hit]]
+        return out
 
     def _own_row(self, user: int) -> tuple[np.ndarray, np.ndarray]:
         """The customer's viewed products (codes) and their views."""
@@ -359,11 +371,7 @@ class CategoryAffinity:
         base = self._within_base(np.full(codes.size, user), codes)
         viewed, views = self._own_row(user)
         in_category = np.bincount(self._product_category[viewed], weights=views, minlength=share.size)
-        mine = np.zeros(codes.size)
-        at = np.searchsorted(viewed, codes)  # CSR column indices are sorted
-        hit = at < viewed.size
-        hit[hit] = viewed[at[hit]] == codes[hit]
-        mine[hit] = views[at[hit]]
+        mine = self._views(user, codes)
         prior = self.within_prior_[category]
         return share[category] * (mine + prior * base) / (in_category[category] + prior)
 
