@@ -5,17 +5,23 @@ makes of their visits: each visit's main category and the stray views into other
 views that merely go with the main category (cases after a phone) do not; smoothed towards the shop's
 mix by as many pseudo-visits (``prior``) as the customers' own spread calls for, so a customer seen
 twice is not locked into two categories.
-A product's score is that share times the product's share of its category's interactions. This is the
-"popular in what you browse" list shops show.
+A product's score is that share times the product's share of its category for this customer. This is
+the "popular in what you browse" list shops show.
 
-Within a category, customers buy at their own price level (the price-sensitive cheaper), so where
-prices are known the product's share is re-weighted for the customer: a product's *price level* is
-``ln(price / median price of its category)``; the customer's is the mean level of the products they
-interacted with, shrunk towards the shop's mean by ``price_prior`` pseudo-interactions; the weight is
-``g(product level - customer level) / mean g over the category's interactions``, ``g`` a Gaussian whose
-width is the spread of customers' own levels around their means (learnt from the data). Dividing by the
-category's mean weight keeps a product's share what it is for the average customer, so a customer with
-no history, or a shop without prices, gets the plain popular list.
+Within a category, customers buy at their own price level (the price-sensitive cheaper): a product's
+*price level* is ``ln(price / median price of its category)``; the customer's is the mean level of the
+products they interacted with, shrunk towards the shop's mean by ``price_prior`` pseudo-interactions.
+The shop's choice for the customer is a product's popularity times ``g(product level - customer
+level)``, ``g`` a Gaussian whose width is the spread of customers' own levels around their means
+(learnt), summing to 1 over the category; popularity here is the product's share of the category's
+interactions divided by its mean ``g`` over the customers who made them, which undoes the price
+weighting those customers' choices already carry. Without prices it is the plain share.
+
+Where customers keep to their own products (coffee, pet food) the one a customer viewed again and again
+beats the shop's favourite: the product's share for the customer is ``(their views of it + m x the
+shop's choice) / (their views in the category + m)``, with ``m`` learnt per category from how
+customers' views spread over its products (a Dirichlet-multinomial, Minka's fixed point): small where
+they keep to their own, large where they choose as everyone does.
 
 >>> import pandas as pd
 >>> from winback.recommend.interactions import with_weights
@@ -73,9 +79,10 @@ class CategoryAffinity:
     prior_ : float, the pseudo-visits used (``prior``, or learnt)
     visit_shares_ : tuple of the session-focus model's shares of interactions (focus, goes with the
         focus, stray), or None when the shop has one category
-    top_products_ : ndarray (categories x depth) of product ids, padded with ""
-    top_share_ : ndarray (categories x depth), each product's share of its category, padded with 0
+    top_products_ : ndarray (categories x depth) of the product ids a list is drawn from (beside the
+        customer's own), padded with ""
     price_width_ : float or None, the width of the price-level weight (None: no prices known)
+    within_prior_ : ndarray, per category the pseudo-views of the shop's choice against a customer's own
     """
 
     def __init__(self, prior: float | None = None, depth: int = 50, price_prior: float | None = 5.0) -> None:
@@ -120,17 +127,9 @@ class CategoryAffinity:
         keep = rank < self.depth
         shape = (len(self.categories_), self.depth)
         self.top_products_ = np.full(shape, "", dtype=object)
-        self.top_share_ = np.zeros(shape)
         c, r = c_sorted[keep], rank[keep]
         self.top_products_[c, r] = products[order[keep]]
-        self.top_share_[c, r] = share[order][keep]
-        per_user = self._interest_per_category(frame, codes)
-        user_keys = per_user.index.get_level_values(0).to_numpy()
-        starts = np.flatnonzero(np.r_[True, user_keys[1:] != user_keys[:-1]])
-        self._user_index = {u: i for i, u in enumerate(user_keys[starts])}
-        self._user_ptr = np.r_[starts, len(user_keys)]
-        self._user_categories = per_user.index.get_level_values(1).to_numpy()
-        self._user_counts = per_user.to_numpy(float)
+        self._fit_interest(frame, codes)
         self._products = products
         self._product_index = {p: i for i, p in enumerate(products.tolist())}
         self._product_category = product_category
@@ -141,17 +140,21 @@ class CategoryAffinity:
         self._fit_own_products(frame, product_codes, product_category)
         return self
 
-    def _interest_per_category(self, frame: pd.DataFrame, codes: np.ndarray) -> pd.Series:
-        """Per (customer, category code): the customer's interest draws (:func:`fit_interest`); sets
-        :attr:`prior_`, :attr:`interest_mix_` and :attr:`visit_shares_`."""
+    def _fit_interest(self, frame: pd.DataFrame, codes: np.ndarray) -> None:
+        """Each customer's interest draws per category (:func:`fit_interest`), :attr:`prior_`,
+        :attr:`interest_mix_` and :attr:`visit_shares_`."""
         user_codes, users = _factorised(frame["user_key"])
         interest = fit_interest(user_codes, _visit_codes(frame), codes, self.prior)
         self.prior_ = interest.concentration
         self.interest_mix_ = np.zeros(len(self.categories_))
         self.interest_mix_[: interest.mean.size] = interest.mean
         self.visit_shares_ = interest.shares if len(self.categories_) > 1 else None
-        index = pd.MultiIndex.from_arrays([users[interest.user], interest.category], names=["u", "c"])
-        return pd.Series(interest.draws, index=index)
+        # Pairs come by customer code, and every customer has one: a customer's row is their code.
+        starts = np.flatnonzero(np.r_[True, np.diff(interest.user) != 0])
+        self._user_index = {str(u): i for i, u in enumerate(users.tolist())}
+        self._user_ptr = np.r_[starts, interest.user.size]
+        self._user_categories = interest.category
+        self._user_counts = interest.draws
 
     def _fit_price_levels(
         self, frame: pd.DataFrame, product_codes: np.ndarray, product_category: np.ndarray
