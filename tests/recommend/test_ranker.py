@@ -251,3 +251,40 @@ def test_category_affinity_ranks_a_category_at_the_customers_price_level() -> No
     unpriced = CategoryAffinity(prior=0.0, price_prior=None).fit(frame)
     assert unpriced.price_width_ is None
     assert [c.product_id for c in unpriced.for_user("thrifty", k=2)] == ["budget", "cheap"]
+
+
+def test_category_affinity_keeps_customers_apart_who_share_a_session_id() -> None:
+    """Session ids are a customer's own: "1" of one customer is not "1" of another."""
+    frame = with_weights(
+        pd.DataFrame(
+            {
+                "user_key": ["u1", "u2", "u2"],
+                "product_id": ["a", "b", "c"],
+                "ts": [0.0, 1.0, 2.0],
+                "kind": ["view"] * 3,
+                "session_key": ["1", "1", "2"],
+                "category": ["x", "y", "z"],
+            }
+        )
+    )
+    model = CategoryAffinity().fit(frame)
+    assert list(model.profile("u1") or {}) == ["x"]
+    assert sorted(model.profile("u2") or {}) == ["y", "z"]
+    assert model.for_user("u2", k=1)[0].product_id in {"b", "c"}
+
+
+def test_category_affinity_without_views_has_no_own_views_to_cite() -> None:
+    frame = with_weights(
+        pd.DataFrame(
+            {
+                "user_key": ["u1", "u1", "u2"],
+                "product_id": ["a", "a", "b"],
+                "ts": [0.0, 9e5, 1.0],
+                "kind": ["purchase"] * 3,
+                "category": ["x", "x", "x"],
+            }
+        )
+    )
+    model = CategoryAffinity().fit(frame)
+    assert [c.product_id for c in model.for_user("u1", k=2)] == ["a", "b"]  # the shop's choice
+    assert all("viewed" not in c.reason for c in model.for_user("u1", k=2))

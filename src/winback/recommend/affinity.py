@@ -63,8 +63,9 @@ class CategoryAffinity:
     Parameters
     ----------
     prior
-        Pseudo-visits, spread as the shop's category mix, added to each customer's own; ``None`` learns
-        them from the customers (the Dirichlet concentration of their interests).
+        Pseudo-visits, spread as the customers' mix of interest (:attr:`interest_mix_`), added to each
+        customer's own; ``None`` learns them from the customers (the Dirichlet concentration of their
+        interests).
     depth
         Products kept per category (the most popular ones): a list never needs more.
     price_prior
@@ -129,35 +130,43 @@ class CategoryAffinity:
         self.top_products_ = np.full(shape, "", dtype=object)
         c, r = c_sorted[keep], rank[keep]
         self.top_products_[c, r] = products[order[keep]]
-        self._fit_interest(frame, codes)
+        user_codes, users = _factorised(frame["user_key"])  # customers are these codes throughout
+        self._fit_interest(frame, user_codes, users, codes)
         self._products = products
         self._product_index = {p: i for i, p in enumerate(products.tolist())}
         self._product_category = product_category
         self._share = share
         self._top_code = np.full(shape, -1, dtype=np.intp)
         self._top_code[c, r] = order[keep]
-        self._fit_price_levels(frame, product_codes, product_category)
-        self._fit_own_products(frame, product_codes, product_category)
+        self._fit_price_levels(frame, user_codes, product_codes, product_category)
+        self._fit_own_products(frame, user_codes, product_codes, product_category)
         return self
 
-    def _fit_interest(self, frame: pd.DataFrame, codes: np.ndarray) -> None:
+    def _fit_interest(
+        self, frame: pd.DataFrame, user_codes: np.ndarray, users: np.ndarray, codes: np.ndarray
+    ) -> None:
         """Each customer's interest draws per category (:func:`fit_interest`), :attr:`prior_`,
         :attr:`interest_mix_` and :attr:`visit_shares_`."""
-        user_codes, users = _factorised(frame["user_key"])
-        interest = fit_interest(user_codes, _visit_codes(frame), codes, self.prior)
+        # A visit is a customer's own, even where two customers' session ids are the same.
+        visit = _visit_codes(frame).astype(np.int64)
+        visit = pd.factorize(user_codes.astype(np.int64) * (int(visit.max(initial=0)) + 1) + visit)[0]
+        interest = fit_interest(user_codes, visit, codes, self.prior)
         self.prior_ = interest.concentration
         self.interest_mix_ = np.zeros(len(self.categories_))
         self.interest_mix_[: interest.mean.size] = interest.mean
         self.visit_shares_ = interest.shares if len(self.categories_) > 1 else None
-        # Pairs come by customer code, and every customer has one: a customer's row is their code.
-        starts = np.flatnonzero(np.r_[True, np.diff(interest.user) != 0])
+        # Pairs come by customer code: a customer's row is their code.
         self._user_index = {str(u): i for i, u in enumerate(users.tolist())}
-        self._user_ptr = np.r_[starts, interest.user.size]
+        self._user_ptr = np.searchsorted(interest.user, np.arange(len(users) + 1))
         self._user_categories = interest.category
         self._user_counts = interest.draws
 
     def _fit_price_levels(
-        self, frame: pd.DataFrame, product_codes: np.ndarray, product_category: np.ndarray
+        self,
+        frame: pd.DataFrame,
+        user_codes: np.ndarray,
+        product_codes: np.ndarray,
+        product_category: np.ndarray,
     ) -> None:
         """Price levels of products and customers, the weight's width, each product's popularity
         before the price weighting (its share over its mean weight among its category's interactions)
@@ -184,9 +193,7 @@ class CategoryAffinity:
         known = np.isfinite(row_level)
         if np.count_nonzero(known) < 2:
             return
-        # Customers are numbered as _factorised codes them: every one of them has visits, in code order.
-        user_codes, users = _factorised(frame["user_key"])
-        n_users = len(users)
+        n_users = len(self._user_index)
         n = np.bincount(user_codes[known], minlength=n_users).astype(float)
         total = np.bincount(user_codes[known], weights=row_level[known], minlength=n_users)
         mean = float(row_level[known].mean())
@@ -212,17 +219,19 @@ class CategoryAffinity:
             np.add.at(self._norm, product_category[chunk], self._intrinsic[chunk, None] * weight)
 
     def _fit_own_products(
-        self, frame: pd.DataFrame, product_codes: np.ndarray, product_category: np.ndarray
+        self,
+        frame: pd.DataFrame,
+        user_codes: np.ndarray,
+        product_codes: np.ndarray,
+        product_category: np.ndarray,
     ) -> None:
         """Each customer's views per product, and per category how many pseudo-views of the shop's
-        choice (at their price level) weigh against them (:attr:`within_prior_`, :func:`_within_priors`)."""
-        views = (frame["kind"] == "view").to_numpy() if "kind" in frame.columns else np.ones(len(frame), bool)
-        if not views.any():
-            views = np.ones(len(frame), dtype=bool)
-        user_codes, users = _factorised(frame["user_key"])
+        choice (at their price level) weigh against them (:attr:`within_prior_`, :func:`_within_priors`).
+        A log without views leaves every customer without any, and the shop's choice alone."""
+        views = (frame["kind"] == "view").to_numpy()
         own = sp.csr_matrix(
             (np.ones(int(views.sum())), (user_codes[views], product_codes[views])),
-            shape=(len(users), product_category.size),
+            shape=(len(self._user_index), product_category.size),
         )
         own.sum_duplicates()
         self._own = own
@@ -237,10 +246,14 @@ class CategoryAffinity:
         popularity times the price-level weight, summing to 1 over a category."""
         category = self._product_category[products]
         if self._user_level is None:
-            return self._intrinsic[products] / self._norm[category, 0]
-        level = self._user_level[users]
-        weight = self._weight(self._level[products] - level)
-        return self._intrinsic[products] * weight / self._norm[category, _level_bin(level)]
+            norm = self._norm[category, 0]
+            return np.divide(self._intrinsic[products], norm, out=np.zeros(products.size), where=norm > 0)
+        bins = _level_bin(self._user_level[users])  # the level of its bin, as the sums were made
+        weight = self._weight(self._level[products] - LEVEL_CENTRES[bins])
+        norm = self._norm[category, bins]
+        return np.divide(
+            self._intrinsic[products] * weight, norm, out=np.zeros(products.size), where=norm > 0
+        )
 
     def _weight(self, difference: np.ndarray) -> np.ndarray:
         """The price-level weight of a difference of levels (1 where a level is unknown)."""
@@ -256,26 +269,29 @@ class CategoryAffinity:
         return float(self._user_level[i])
 
     def profile(self, user_key: str) -> dict[str, float] | None:
-        """The customer's visits per category (None for an unknown customer)."""
+        """The customer's interest draws per category, about their visits there (None for an unknown
+        customer)."""
         i = self._user_index.get(str(user_key))
         if i is None:
             return None
-        lo, hi = self._user_ptr[i], self._user_ptr[i + 1]
-        return {
-            str(self.categories_[c]): float(n)
-            for c, n in zip(self._user_categories[lo:hi], self._user_counts[lo:hi], strict=True)
-        }
+        counts = self._draws(i)
+        return {str(self.categories_[c]): float(counts[c]) for c in np.flatnonzero(counts)}
 
     def shares(self, user_key: str) -> tuple[np.ndarray, np.ndarray] | None:
         """The customer's smoothed share of each category (:attr:`categories_` order), as the ranking
-        uses it, and their own visits per category (None for an unknown customer)."""
+        uses it, and their own interest draws per category (None for an unknown customer)."""
         i = self._user_index.get(str(user_key))
         if i is None:
             return None
-        lo, hi = self._user_ptr[i], self._user_ptr[i + 1]
+        counts = self._draws(i)
+        return (counts + self.prior_ * self.interest_mix_) / (counts.sum() + self.prior_), counts
+
+    def _draws(self, user: int) -> np.ndarray:
+        """A customer's interest draws per category, every category."""
+        lo, hi = self._user_ptr[user], self._user_ptr[user + 1]
         counts = np.zeros(len(self.categories_))
         counts[self._user_categories[lo:hi]] = self._user_counts[lo:hi]
-        return (counts + self.prior_ * self.interest_mix_) / (counts.sum() + self.prior_), counts
+        return counts
 
     def category_index(self, product_id: str) -> int:
         """The position of the product's category in :attr:`categories_` (-1 if the product is unknown)."""
@@ -288,10 +304,7 @@ class CategoryAffinity:
         i = self._user_index.get(str(user_key))
         if i is None:
             return Candidates(reason=f"unknown customer {user_key}: no interactions yet (cold start)")
-        lo, hi = self._user_ptr[i], self._user_ptr[i + 1]
-        counts = np.zeros(len(self.categories_))
-        counts[self._user_categories[lo:hi]] = self._user_counts[lo:hi]
-        return self._rank(counts, k, set(exclude), i)
+        return self._rank(self._draws(i), k, set(exclude), i)
 
     def for_items(self, product_ids: Sequence[str], k: int = 10, exclude: Iterable[str] = ()) -> Candidates:
         """Popular products in the categories of ``product_ids`` (e.g. a new visitor's views)."""

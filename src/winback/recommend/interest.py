@@ -54,17 +54,15 @@ class Interest:
 
     def smoothed(self, n_users: int) -> np.ndarray:
         """Each pair's posterior share ``(draws + s m_c) / (draws of the customer + s)``."""
-        total = np.bincount(self.user, weights=self.draws, minlength=n_users)
-        s = self.concentration
-        return (self.draws + s * self.mean[self.category]) / (total[self.user] + s)
+        return _theta(self.draws, self.user, self.category, self.concentration, self.mean, n_users)
 
 
 def fit_interest(
     user: np.ndarray, visit: np.ndarray, category: np.ndarray, concentration: float | None = None
 ) -> Interest:
     """Fit the session-focus model to interactions given as integer codes (one entry per interaction;
-    ``visit`` codes are unique across customers). ``concentration`` fixes the prior's strength instead
-    of learning it."""
+    a ``visit`` code must belong to one customer: where two share one, the visit is credited to the
+    last). ``concentration`` fixes the prior's strength instead of learning it."""
     n_categories = int(category.max(initial=-1)) + 1
     n_users = int(user.max(initial=-1)) + 1
     key = visit.astype(np.int64) * max(n_categories, 1) + category

@@ -406,9 +406,9 @@ class Recommender:
         A customer whose carted products cost, in the median, less than this share of their category's
         median price is treated as price-sensitive: substitutes for their cart are cheaper ones.
     threads
-        Cores the fit may use (0: all): ALS learns on all but one of them in a thread of its own, and
-        category affinity in another, while the other sources fit beside them; with one, one after
-        another.
+        Cores the fit may use (0: all): ALS learns on all but two of them (at least one) in a thread of
+        its own, and category affinity in another, while the other sources fit beside them; with one
+        core, one after another.
     ranker
         How the ``winback`` use orders its candidates: ``auto`` learns a ranker (:mod:`.learned`) from
         the purchases of the last ``window_days`` before the end of the data, with the sources fitted on
@@ -523,7 +523,7 @@ class Recommender:
         # (which are mostly single-threaded NumPy, pandas and SciPy, releasing the GIL as they do).
         threads = self.threads or _cores()
         als = (
-            ALSFactors(factors=self.factors, iterations=self.als_iterations, threads=max(threads - 1, 1))
+            ALSFactors(factors=self.factors, iterations=self.als_iterations, threads=max(threads - 2, 1))
             if wants_als
             else None
         )
