@@ -51,6 +51,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/model_quality.py
 	$(BIN)/python bench/recommend_eval.py
 	$(BIN)/python bench/revisits.py
+	$(BIN)/python bench/recommend_bound.py
 	$(BIN)/python bench/bench_recommend.py
 	$(BIN)/python bench/hillstrom.py --threads 1
 	$(BIN)/python -m winback.decide.evaluate --customers 60000 --days 180 --seeds 0 1 2 3 4
