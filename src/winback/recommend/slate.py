@@ -7,8 +7,8 @@ less what may not be shown, with one row of features per candidate (:data:`FEATU
   its list (``<source>_rank``), missing (NaN) where the source did not propose it;
 - scores every candidate has, whoever proposed it: the ALS taste fit (``als_dot``), the summed item
   neighbour similarity to the customer's history (``neighbours_sum``), the customer's smoothed share of
-  visits in the candidate's category, and their own share of visits, carts and purchases there, the
-  category affinity's score (``affinity_dense``);
+  interest in the candidate's category, and their own share of interest draws, carts and purchases
+  there, the category affinity's score (``affinity_dense``);
 - the product: its recency-weighted popularity, interactions and buyers (against the average product),
   purchases per interaction, trend (last week against last month), days since first seen (capped at
   :data:`NEW_DAYS`), share of its category, whether it is replenishable;
