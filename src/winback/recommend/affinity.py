@@ -140,6 +140,7 @@ class CategoryAffinity:
         self._top_code[c, r] = order[keep]
         self._fit_price_levels(frame, user_codes, product_codes, product_category)
         self._fit_own_products(frame, user_codes, product_codes, product_category)
+        self._fit_kept()
         return self
 
     def _fit_interest(
@@ -244,16 +245,31 @@ class CategoryAffinity:
     def _within_base(self, users: np.ndarray, products: np.ndarray) -> np.ndarray:
         """The shop's choice of ``products`` within their categories for customers ``users`` (codes):
         popularity times the price-level weight, summing to 1 over a category."""
+        bins = None if self._user_level is None else _level_bin(self._user_level[users])
+        return self._base_at(bins, products)
+
+    def _base_at(self, bins: np.ndarray | None, products: np.ndarray) -> np.ndarray:
+        """:meth:`_within_base` for customers in the price-level ``bins`` (None: no prices)."""
         category = self._product_category[products]
-        if self._user_level is None:
+        if bins is None:
             norm = self._norm[category, 0]
-            return np.divide(self._intrinsic[products], norm, out=np.zeros(products.size), where=norm > 0)
-        bins = _level_bin(self._user_level[users])  # the level of its bin, as the sums were made
-        weight = self._weight(self._level[products] - LEVEL_CENTRES[bins])
-        norm = self._norm[category, bins]
-        return np.divide(
-            self._intrinsic[products] * weight, norm, out=np.zeros(products.size), where=norm > 0
-        )
+            top = self._intrinsic[products]
+        else:  # at the level of the bin, as the sums were made
+            norm = self._norm[category, bins]
+            top = self._intrinsic[products] * self._weight(self._level[products] - LEVEL_CENTRES[bins])
+        return np.divide(top, norm, out=np.zeros(products.size), where=norm > 0)
+
+    def _fit_kept(self) -> None:
+        """The kept products with their categories, priors, and the shop's choice of each for every
+        price-level bin, so that a query gathers it instead of weighing every kept product again."""
+        self._kept = self._top_code[self._top_code >= 0]
+        self._kept_category = self._product_category[self._kept]
+        self._kept_prior = self.within_prior_[self._kept_category]
+        if self._user_level is None:
+            self._kept_base = self._base_at(None, self._kept)[None, :]
+        else:
+            bins = np.arange(LEVEL_CENTRES.size)
+            self._kept_base = np.stack([self._base_at(np.full(self._kept.size, b), self._kept) for b in bins])
 
     def _weight(self, difference: np.ndarray) -> np.ndarray:
         """The price-level weight of a difference of levels (1 where a level is unknown)."""
@@ -334,10 +350,18 @@ class CategoryAffinity:
     def _rank(self, counts: np.ndarray, k: int, skip: set[str], user: int | None = None) -> Candidates:
         """The best of the categories' kept products and, for a customer, the products they viewed."""
         share = (counts + self.prior_ * self.interest_mix_) / (counts.sum() + self.prior_)
-        codes = self._top_code[self._top_code >= 0]
-        viewed = self._own_row(user)[0] if user is not None else codes[:0]
-        codes = np.concatenate([codes, viewed])  # a product both kept and viewed comes twice, alike
-        scores = self._scores(share, codes, user)
+        category = self._kept_category
+        if user is None:
+            codes, scores = self._kept, share[category] * self._share[self._kept]
+            viewed = codes[:0]
+        else:  # kept products as if unviewed, then the viewed ones: a viewed kept one comes twice
+            viewed, views = self._own_row(user)
+            in_category = np.bincount(self._product_category[viewed], weights=views, minlength=share.size)
+            level = 0 if self._user_level is None else _level_bin(self._user_level[user])
+            prior = self._kept_prior
+            kept = share[category] * prior * self._kept_base[level] / (in_category[category] + prior)
+            codes = np.concatenate([self._kept, viewed])
+            scores = np.concatenate([kept, self._scores(share, viewed, user)])
         want = min(codes.size, k + len(skip) + viewed.size)
         skip = set(skip)
         best = np.argpartition(-scores, want - 1)[:want] if want < codes.size else np.arange(codes.size)
