@@ -353,17 +353,16 @@ class CategoryAffinity:
         category = self._kept_category
         if user is None:
             codes, scores = self._kept, share[category] * self._share[self._kept]
-            viewed = codes[:0]
-        else:  # kept products as if unviewed, then the viewed ones: a viewed kept one comes twice
+        else:  # the kept products the customer did not view, then the ones they viewed
             viewed, views = self._own_row(user)
             in_category = np.bincount(self._product_category[viewed], weights=views, minlength=share.size)
             level = 0 if self._user_level is None else _level_bin(self._user_level[user])
             prior = self._kept_prior
             kept = share[category] * prior * self._kept_base[level] / (in_category[category] + prior)
-            codes = np.concatenate([self._kept, viewed])
-            scores = np.concatenate([kept, self._scores(share, viewed, user)])
-        want = min(codes.size, k + len(skip) + viewed.size)
-        skip = set(skip)
+            unviewed = self._views(user, self._kept) == 0
+            codes = np.concatenate([self._kept[unviewed], viewed])
+            scores = np.concatenate([kept[unviewed], self._scores(share, viewed, user)])
+        want = min(codes.size, k + len(skip))
         best = np.argpartition(-scores, want - 1)[:want] if want < codes.size else np.arange(codes.size)
         best = best[np.lexsort((codes[best], -scores[best]))]
         views = self._views(user, codes[best])
@@ -373,7 +372,6 @@ class CategoryAffinity:
             p = str(self._products[code])
             if score <= 0 or p in skip:
                 continue
-            skip.add(p)
             out.append(
                 Candidate(
                     p,
