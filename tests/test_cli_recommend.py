@@ -131,34 +131,38 @@ def test_bad_requests_are_usage_errors(trained_home: Path, tmp_path: Path) -> No
     assert "train one first with `winback train recommend`" in untrained.stderr
 
 
+def _saved_copy(trained_home: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A home with a copy of the trained models, and the current recommender's version directory."""
+    home = tmp_path / "home"
+    shutil.copytree(trained_home / "models", home / "models")
+    version = (home / "models" / "recommend" / "current").read_text().strip()
+    return home, home / "models" / "recommend" / version
+
+
+def _refused_with_the_way_out(home: Path) -> None:
+    old = run("recommend", "--user", "u000001", home=home)
+    assert old.returncode == 2
+    assert "retrain it with `winback train recommend`" in old.stderr
+
+
 def test_a_recommender_saved_before_brand_is_refused_with_the_way_out(
     trained_home: Path, tmp_path: Path
 ) -> None:
     """A model saved by an earlier winback, trained on interactions without ``brand``: retrain, no crash."""
-    home = tmp_path / "home"
-    shutil.copytree(trained_home / "models", home / "models")
-    version = (home / "models" / "recommend" / "current").read_text().strip()
-    card_path = home / "models" / "recommend" / version / "card.json"
-    card = json.loads(card_path.read_text())
+    home, saved = _saved_copy(trained_home, tmp_path)
+    card = json.loads((saved / "card.json").read_text())
     card["features"] = [f for f in card["features"] if f != "brand"]
-    card_path.write_text(json.dumps(card))
-    old = run("recommend", "--user", "u000001", home=home)
-    assert old.returncode == 2
-    assert "retrain it with `winback train recommend`" in old.stderr
+    (saved / "card.json").write_text(json.dumps(card))
+    _refused_with_the_way_out(home)
 
 
 def test_a_recommender_saved_before_own_views_is_refused_with_the_way_out(
     trained_home: Path, tmp_path: Path
 ) -> None:
     """A model whose category affinity predates the customers' own views: retrain, no crash."""
-    home = tmp_path / "home"
-    shutil.copytree(trained_home / "models", home / "models")
-    version = (home / "models" / "recommend" / "current").read_text().strip()
-    path = home / "models" / "recommend" / version / "model.pkl"
-    model = pickle.loads(path.read_bytes())
+    home, saved = _saved_copy(trained_home, tmp_path)
+    model = pickle.loads((saved / "model.pkl").read_bytes())
     for name in ("within_prior_", "_own"):
         delattr(model.affinity_, name)
-    path.write_bytes(pickle.dumps(model))
-    old = run("recommend", "--user", "u000001", home=home)
-    assert old.returncode == 2
-    assert "retrain it with `winback train recommend`" in old.stderr
+    (saved / "model.pkl").write_bytes(pickle.dumps(model))
+    _refused_with_the_way_out(home)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from winback.recommend.interest import fit_interest
+from winback.recommend.interest import dirichlet_precision, fit_interest
 
 
 def _visits(
@@ -86,3 +86,26 @@ def test_a_fixed_concentration_and_a_single_category() -> None:
     one = fit_interest(np.array([0, 0, 1]), np.array([0, 1, 2]), np.array([0, 0, 0]))
     assert one.draws.tolist() == [2.0, 1.0]  # each visit once
     assert one.shares == (1.0, 0.0, 0.0)
+
+
+def test_dirichlet_precision_recovers_each_groups_precision() -> None:
+    """Two groups of units, each unit's 20 draws from its own Dirichlet around a shared mean: precision 2
+    in one (units keep to their own outcomes), 50 in the other (they choose much like the mean)."""
+    rng = np.random.default_rng(7)
+    mean = rng.dirichlet(np.full(8, 3.0))
+    counts, means, pair_group, totals, total_group = [], [], [], [], []
+    for group, precision in enumerate((2.0, 50.0)):
+        for _ in range(3000):
+            drawn = rng.multinomial(20, rng.dirichlet(precision * mean))
+            seen = drawn > 0
+            counts += list(drawn[seen])
+            means += list(mean[seen])
+            pair_group += [group] * int(seen.sum())
+            totals.append(20)
+            total_group.append(group)
+    found = dirichlet_precision(
+        np.array(counts, float), np.array(means), np.array(totals, float), start=10.0, steps=200,
+        pair_group=np.array(pair_group), total_group=np.array(total_group), size=2,
+    )  # fmt: skip
+    assert found[0] == pytest.approx(2.0, rel=0.15)
+    assert found[1] == pytest.approx(50.0, rel=0.25)

@@ -39,11 +39,10 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from scipy.special import digamma
 
 from winback.errors import BadInputError
 from winback.recommend.interactions import check_interactions
-from winback.recommend.interest import fit_interest
+from winback.recommend.interest import dirichlet_precision, fit_interest
 from winback.recommend.sources import MAX_K, Candidate, Candidates, _factorised, check_k
 
 #: Category of products whose category is unknown.
@@ -478,23 +477,14 @@ def _within_priors(
     v, w, c = views[keep], np.maximum(base[keep], 1e-12), category[keep]
     t, tc = total[chosen], group_category[chosen]
 
-    def fixed_point(pair_category: np.ndarray, total_category: np.ndarray, size: int) -> np.ndarray:
-        prior = np.full(size, 10.0)
-        for _ in range(30):
-            sw = prior[pair_category] * w
-            top = np.bincount(pair_category, weights=w * (digamma(v + sw) - digamma(sw)), minlength=size)
-            s_t = prior[total_category]
-            bottom = np.bincount(total_category, weights=digamma(t + s_t) - digamma(s_t), minlength=size)
-            ok = (top > 0) & (bottom > 0)
-            ratio = np.divide(top, bottom, out=np.ones(size), where=ok)
-            after = np.where(ok, np.clip(prior * ratio, MIN_WITHIN_PRIOR, MAX_WITHIN_PRIOR), MAX_WITHIN_PRIOR)
-            if np.allclose(after, prior, rtol=1e-3):
-                return after
-            prior = after
-        return prior
+    def fit(pair_group: np.ndarray | None, total_group: np.ndarray | None, size: int) -> np.ndarray:
+        return dirichlet_precision(
+            v, w, t, start=10.0, steps=30, pair_group=pair_group, total_group=total_group, size=size,
+            bounds=(MIN_WITHIN_PRIOR, MAX_WITHIN_PRIOR),
+        )  # fmt: skip
 
-    own = fixed_point(c, tc, n_categories)
+    own = fit(c, tc, n_categories)
     if (n_repeaters >= MIN_REPEATERS).all():
         return own
-    pooled = fixed_point(np.zeros(v.size, dtype=np.intp), np.zeros(t.size, dtype=np.intp), 1)[0]
+    pooled = fit(None, None, 1)[0]
     return np.where(n_repeaters >= MIN_REPEATERS, own, pooled)

@@ -111,7 +111,12 @@ def fit_interest(
         table = (counts + TABLE_SMOOTHING / n_categories) / (row_total[table_row] + TABLE_SMOOTHING)
         mean = np.bincount(uc_category, weights=draws, minlength=n_categories) / draws.sum()
         if concentration is None:  # a few steps from the last round's value
-            s = _concentration(draws[sample], uc_user[sample], uc_category[sample], mean, n_users, s)
+            totals = np.bincount(uc_user[sample], weights=draws[sample], minlength=n_users)
+            s = float(
+                dirichlet_precision(
+                    draws[sample], mean[uc_category[sample]], totals[totals > 0], start=s, steps=5
+                )[0]
+            )
         if np.allclose(before, (a, b, o, s), rtol=1e-4, atol=1e-5):
             break
     return Interest(uc_user, uc_category, draws, float(s), mean, (float(a), float(b), float(o)))
@@ -165,24 +170,35 @@ def _softmax_by(log_p: np.ndarray, group: np.ndarray) -> np.ndarray:
     return e / np.repeat(np.add.reduceat(e, start), size)
 
 
-def _concentration(
-    draws: np.ndarray,
-    user: np.ndarray,
-    category: np.ndarray,
+def dirichlet_precision(
+    counts: np.ndarray,
     mean: np.ndarray,
-    n_users: int,
-    s: float,
-    steps: int = 5,
-) -> float:
-    """The Dirichlet concentration that best explains the customers' draws around ``mean`` (Minka 2000,
-    fixed point for the precision; the draws are fractional, which the digamma form allows)."""
-    total = np.bincount(user, weights=draws, minlength=n_users)
-    total = total[total > 0]
-    prior = mean[category]
+    totals: np.ndarray,
+    *,
+    start: float,
+    steps: int,
+    pair_group: np.ndarray | None = None,
+    total_group: np.ndarray | None = None,
+    size: int = 1,
+    bounds: tuple[float, float] = (0.01, 1e6),
+) -> np.ndarray:
+    """Per group, the precision ``s`` of a Dirichlet-multinomial whose mean is known: the pseudo-counts
+    that best explain how units' counts spread around ``mean`` (Minka 2000, the fixed point for the
+    precision; fractional counts are fine in its digamma form). ``counts`` and ``mean`` are given for
+    each (unit, outcome) pair with a count, ``totals`` for each unit; zero counts add nothing to either
+    side, and neither do units with a total of 1. Stops after ``steps`` or when settled; a group whose
+    sides are not both positive keeps its value."""
+    pair_group = np.zeros(counts.size, dtype=np.intp) if pair_group is None else pair_group
+    total_group = np.zeros(totals.size, dtype=np.intp) if total_group is None else total_group
+    s = np.full(size, float(start))
     for _ in range(steps):
-        top = float((prior * (digamma(draws + s * prior) - digamma(s * prior))).sum())
-        bottom = float((digamma(total + s) - digamma(s)).sum())
-        if not (top > 0 and bottom > 0):
-            break
-        s = float(np.clip(s * top / bottom, 0.01, 1e6))
+        sm = s[pair_group] * mean
+        top = np.bincount(pair_group, weights=mean * (digamma(counts + sm) - digamma(sm)), minlength=size)
+        st = s[total_group]
+        bottom = np.bincount(total_group, weights=digamma(totals + st) - digamma(st), minlength=size)
+        ok = (top > 0) & (bottom > 0)
+        after = np.where(ok, np.clip(s * np.divide(top, bottom, out=np.ones(size), where=ok), *bounds), s)
+        if np.allclose(after, s, rtol=1e-4):
+            return after
+        s = after
     return s
